@@ -1,0 +1,105 @@
+"""The `ganrec` command line. Every command takes --config FILE.yaml and --key=value overrides of
+its stage dataclass (see config.py for the precedence), and turns user errors into one line."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import json
+import logging
+import sys
+import typing
+from collections.abc import Callable
+from typing import Any
+
+from ganrec_dist import config as cfgmod
+from ganrec_dist.errors import UserError
+from ganrec_dist.logs import quiet_ray_environment, setup_logging
+
+log = logging.getLogger("ganrec_dist.cli")
+
+
+def _flags(cls: type, prefix: str = "") -> list[tuple[str, type]]:
+    hints = typing.get_type_hints(cls)
+    out: list[tuple[str, type]] = []
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+            out += _flags(tp, prefix=f"{prefix}{f.name}.")
+        else:
+            out.append((prefix + f.name, tp))
+    return out
+
+
+def _add_config_args(parser: argparse.ArgumentParser, cls: type) -> None:
+    parser.add_argument("--config", help="YAML config file (defaults < YAML < command line)")
+    parser.add_argument("--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--quiet", action="store_true", help="warnings and errors only")
+    for name, tp in _flags(cls):
+        names = {f"--{name}", f"--{name.replace('_', '-')}"}
+        kwargs: dict[str, Any] = {"dest": f"cfg:{name}", "default": argparse.SUPPRESS, "metavar": tp.__name__.upper()}
+        if tp is bool:
+            kwargs.update(nargs="?", const="true", metavar="BOOL")
+        parser.add_argument(*sorted(names), **kwargs)
+
+
+# command name -> (config class, "module:function")
+COMMANDS: dict[str, tuple[type, str, str]] = {
+    "prepare": (cfgmod.PrepareConfig, "ganrec_dist.prepare:prepare", "raw logs -> validated, split, sharded Parquet"),
+    "demo": (cfgmod.DemoConfig, "ganrec_dist.demo:demo", "the whole pipeline on the embedded data"),
+}
+BENCHES: dict[str, tuple[str, str]] = {
+    "ingest": ("ganrec_dist.bench.ingest:BenchIngestConfig", "ganrec_dist.bench.ingest:run"),
+}
+
+
+def _resolve(spec: str) -> Any:
+    module, _, attr = spec.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, tuple[type, Callable]]]:
+    parser = argparse.ArgumentParser(prog="ganrec", description="GAN-based generative recommender on Ray")
+    sub = parser.add_subparsers(dest="command", required=True)
+    handlers: dict[str, tuple[type, Callable]] = {}
+    for name, (cls, target, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text)
+        _add_config_args(p, cls)
+        handlers[name] = (cls, lambda c, target=target: _resolve(target)(c))
+    bench = sub.add_parser("bench", help="benchmarks, each with its baseline in the same run")
+    bench_sub = bench.add_subparsers(dest="bench", required=True)
+    for name, (cls_spec, target) in BENCHES.items():
+        cls = _resolve(cls_spec)
+        p = bench_sub.add_parser(name)
+        _add_config_args(p, cls)
+        handlers[f"bench {name}"] = (cls, lambda c, target=target: _resolve(target)(c))
+    return parser, handlers
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `ganrec` console script. Returns the exit status."""
+    quiet_ray_environment()
+    parser, handlers = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(verbose=args.verbose, quiet=args.quiet)
+    key = f"bench {args.bench}" if args.command == "bench" else args.command
+    cls, handler = handlers[key]
+    overrides = {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg:")}
+    try:
+        stage = key.replace(" ", "_")
+        config = cfgmod.load(cls, stage, args.config, overrides)
+        result = handler(config)
+    except UserError as exc:
+        print(f"ganrec {key}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"ganrec {key}: interrupted", file=sys.stderr)
+        return 130
+    if isinstance(result, dict) and not args.quiet:
+        log.debug("result: %s", json.dumps(result, default=str)[:2000])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
