@@ -47,10 +47,13 @@ def _add_config_args(parser: argparse.ArgumentParser, cls: type) -> None:
 # command name -> (config class, "module:function")
 COMMANDS: dict[str, tuple[type, str, str]] = {
     "prepare": (cfgmod.PrepareConfig, "ganrec_dist.prepare:prepare", "raw logs -> validated, split, sharded Parquet"),
+    "train": (cfgmod.TrainConfig, "ganrec_dist.train:train", "train the GAN recommender on Ray Train"),
+    "evaluate": (cfgmod.EvaluateConfig, "ganrec_dist.evaluate:evaluate", "GAN vs baselines, full ranking, one table"),
     "demo": (cfgmod.DemoConfig, "ganrec_dist.demo:demo", "the whole pipeline on the embedded data"),
 }
 BENCHES: dict[str, tuple[str, str]] = {
     "ingest": ("ganrec_dist.bench.ingest:BenchIngestConfig", "ganrec_dist.bench.ingest:run"),
+    "train": ("ganrec_dist.bench.train:BenchTrainConfig", "ganrec_dist.bench.train:run"),
 }
 
 

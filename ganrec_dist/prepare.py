@@ -56,7 +56,7 @@ STAGED_SCHEMA = pa.schema(
         ("seq", pa.int64()),
     ]
 )
-OUTPUT_COLUMNS = ["user_id", "item_id", "timestamp", "weight", "user_idx", "item_idx"]
+OUTPUT_COLUMNS = ["user_id", "item_id", "timestamp", "weight", "user_idx", "item_idx", "position"]
 REASONS = ("missing user_id", "missing item_id", "bad timestamp", "non-finite weight", "malformed row")
 _NUMBER = r"^\s*[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?\s*$"
 _TS_LIMIT = 1e11  # |Unix seconds| beyond this (year ~5100) is not a timestamp
@@ -350,8 +350,9 @@ def split_bucket(task: dict) -> dict:
     table = table.group_by(keys, use_threads=False).aggregate([("seq", "min")]).rename_columns(keys + ["seq"])
     table = table.sort_by([("user_id", "ascending"), ("timestamp", "ascending"), ("seq", "ascending")])
     users = table["user_id"].to_numpy(zero_copy_only=False)
-    _, is_test = split_sorted(users, float(task["test_fraction"]))
+    position, is_test = split_sorted(users, float(task["test_fraction"]))
     table = table.drop_columns(["seq"]).append_column("is_test", pa.array(is_test))
+    table = table.append_column("position", pa.array(position.astype(np.int32)))
     out = staging / "split"
     out.mkdir(exist_ok=True)
     pq.write_table(table, out / f"b{bucket:05d}.parquet")

@@ -23,7 +23,9 @@ def ensure_ray(address: str = "", num_cpus: int | None = None) -> None:
         ray.init(address=address, **kwargs)
         log.info("connected to Ray cluster at %s", address)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, **kwargs)
+        # The dashboard process also serves the State API that Ray Train's monitor queries.
+        # Loopback only: a local instance is never reachable from (or sending to) the network.
+        ray.init(num_cpus=num_cpus, _node_ip_address="127.0.0.1", **kwargs)
     verbose = logging.getLogger("ganrec_dist").getEffectiveLevel() <= logging.DEBUG
     quiet = logging.getLogger("ganrec_dist").getEffectiveLevel() > logging.INFO
     # Ray Data prints progress bars on a terminal; its per-operator log lines only when verbose.

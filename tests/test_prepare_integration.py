@@ -31,7 +31,11 @@ def test_movielens_small_counts_and_layout(movielens_data):
     assert m["train_rows"] + m["test_rows"] == m["rows_kept"]
     assert json.loads((out / "manifest.json").read_text()) == m
     train, test = pq.read_table(out / "train"), pq.read_table(out / "test")
-    assert train.column_names == ["user_id", "item_id", "timestamp", "weight", "user_idx", "item_idx"]
+    assert train.column_names == ["user_id", "item_id", "timestamp", "weight", "user_idx", "item_idx", "position"]
+    # position numbers each user's interactions in time order, test continuing after train
+    first = train.filter(pa.compute.equal(train["user_idx"], 0))["position"].to_pylist()
+    assert first == list(range(len(first)))
+    assert min(test.filter(pa.compute.equal(test["user_idx"], 0))["position"].to_pylist()) == len(first)
     assert train.schema.field("user_idx").type == pa.int32()
     assert len(list((out / "train").glob("*.parquet"))) == m["shards"] >= 2
     # The split rule, user by user: ceil(0.2 n) of the latest interactions go to test.

@@ -1,0 +1,94 @@
+"""The adversarial objective: the D-step and the G-step as plain functions of a batch.
+
+D maximises log D(u, real) + log(1 - D(u, G(u, z))); G minimises the non-saturating
+-log D(u, G(u, z)) times ``adv_weight``, plus a softmax cross-entropy over the catalogue that
+anchors G's vector to the real next item. ``adv_weight = 0`` is the ablation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+
+@dataclass
+class Batch:
+    history: torch.Tensor  # [b, L] item indices, padded with n_items, most recent last
+    users: torch.Tensor  # [b] user indices (n_users = unknown)
+    targets: torch.Tensor  # [b] the real next item
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    return getattr(module, "module", module)
+
+
+def sample_noise(batch: int, dim: int, device: torch.device, generator: torch.Generator | None = None) -> torch.Tensor:
+    return torch.randn(batch, dim, device=device, generator=generator)
+
+
+def d_step(gen: nn.Module, disc: nn.Module, d_opt: torch.optim.Optimizer, batch: Batch, z: torch.Tensor) -> dict[str, float]:
+    """One discriminator update on real (user, next item) pairs against generated ones."""
+    core = unwrap(gen)
+    with torch.no_grad():  # no gradient reaches G here, so DDP's wrapper is not needed
+        state = core.encoder(batch.history, batch.users)
+        fake = core.generate(state, z)
+        real = core.item_embeddings(batch.targets)
+    d_real = disc(state, real)
+    d_fake = disc(state, fake)
+    loss = F.binary_cross_entropy_with_logits(d_real, torch.ones_like(d_real)) + \
+        F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake))
+    d_opt.zero_grad(set_to_none=True)
+    loss.backward()
+    d_opt.step()
+    return {
+        "d_loss": float(loss.detach()),
+        "d_real": float(torch.sigmoid(d_real).mean().detach()),
+        "d_fake": float(torch.sigmoid(d_fake).mean().detach()),
+    }
+
+
+def g_step(
+    gen: nn.Module,
+    disc: nn.Module,
+    g_opt: torch.optim.Optimizer,
+    batch: Batch,
+    z: torch.Tensor,
+    adv_weight: float,
+    negatives: torch.Tensor | None = None,
+) -> dict[str, float]:
+    """One generator update: softmax cross-entropy + ``adv_weight`` * non-saturating GAN loss.
+
+    Args:
+        negatives: ``[c]`` shared sampled items for a sampled softmax; None = full softmax.
+    """
+    # The ranking loss trains the deterministic output G(u, z = 0) that inference uses; the
+    # adversarial loss trains the samples G(u, z), which must look like real next items to D.
+    if negatives is None:
+        state, mean_vector, logits = gen(batch.history, batch.users, None)
+        ce = F.cross_entropy(logits, batch.targets)
+    else:
+        candidates = torch.cat([batch.targets, negatives])
+        state, mean_vector, logits = gen(batch.history, batch.users, None, candidates=candidates)
+        # In-batch targets plus shared negatives; a target's own copies elsewhere stay as noise.
+        ce = F.cross_entropy(logits, torch.arange(len(batch.targets), device=logits.device))
+    core = unwrap(disc)
+    if adv_weight > 0:
+        fake = unwrap(gen).generate(state, z)
+        for p in core.parameters():
+            p.requires_grad_(False)
+        d_fake = core(state.detach(), fake)
+        for p in core.parameters():
+            p.requires_grad_(True)
+    else:  # the ablation: no adversarial term, nothing for D to judge
+        with torch.no_grad():
+            d_fake = core(state.detach(), mean_vector.detach())
+    adv = F.binary_cross_entropy_with_logits(d_fake, torch.ones_like(d_fake))
+    loss = ce + adv_weight * adv
+    g_opt.zero_grad(set_to_none=True)
+    loss.backward()
+    g_opt.step()
+    return {"g_loss": float(adv.detach()), "ce_loss": float(ce.detach()), "g_d_fake": float(torch.sigmoid(d_fake).mean().detach())}

@@ -1,0 +1,83 @@
+"""In-memory views of a prepared DATA/ that training, evaluation and scoring share: per-user
+time-ordered item sequences (CSR arrays), sparse user-item matrices, and history windows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import scipy.sparse as sp
+
+from ganrec_dist.prepare import n_test_rows, read_manifest
+
+
+@dataclass
+class Sequences:
+    """Each user's items in time order: ``items[offsets[u]:offsets[u + 1]]``."""
+
+    offsets: np.ndarray  # [n_users + 1] int64
+    items: np.ndarray  # [rows] int32
+    n_users: int
+    n_items: int
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def window(self, users: np.ndarray, ends: np.ndarray, length: int) -> np.ndarray:
+        """The ``length`` items before position ``ends`` of each user, most recent last.
+
+        Returns:
+            ``[len(users), length]`` int64, padded on the left with ``n_items``.
+        """
+        start = self.offsets[users]
+        idx = (start + ends)[:, None] - length + np.arange(length)[None, :]
+        valid = idx >= start[:, None]
+        gathered = self.items[np.clip(idx, 0, max(len(self.items) - 1, 0))] if len(self.items) else idx
+        return np.where(valid, gathered, self.n_items).astype(np.int64)
+
+    def matrix(self, limits: np.ndarray | None = None) -> sp.csr_matrix:
+        """``[n_users, n_items]`` binary matrix of each user's first ``limits[u]`` items (all if None)."""
+        lengths = self.lengths if limits is None else np.minimum(limits, self.lengths)
+        rows = np.repeat(np.arange(self.n_users), lengths)
+        pos = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        cols = self.items[np.repeat(self.offsets[:-1], lengths) + pos]
+        m = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(self.n_users, self.n_items))
+        m.sum_duplicates()
+        m.data[:] = 1.0
+        return m
+
+
+def load_sequences(data: str | Path, split: str = "train") -> Sequences:
+    """Read one split's (user_idx, item_idx, position) columns into CSR sequences."""
+    manifest = read_manifest(data)
+    table = pq.read_table(Path(data) / split, columns=["user_idx", "item_idx", "position"])
+    users = table["user_idx"].to_numpy()
+    order = np.lexsort((table["position"].to_numpy(), users))
+    counts = np.bincount(users, minlength=manifest["users"])
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    return Sequences(offsets, table["item_idx"].to_numpy()[order].astype(np.int32), manifest["users"], manifest["items"])
+
+
+def validation_limits(seq: Sequences, val_fraction: float) -> np.ndarray:
+    """Per user, how many leading train items are fitted; the rest is the validation split.
+
+    The same temporal rule as the test split: the last ``ceil(val_fraction * n)`` train items of
+    each user with at least two are held out.
+    """
+    lengths = seq.lengths
+    return lengths - n_test_rows(lengths, val_fraction)
+
+
+def held_out(seq: Sequences, starts: np.ndarray) -> sp.csr_matrix:
+    """``[n_users, n_items]`` matrix of each user's items from position ``starts[u]`` on."""
+    lengths = seq.lengths - np.minimum(starts, seq.lengths)
+    rows = np.repeat(np.arange(seq.n_users), lengths)
+    pos = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    cols = seq.items[np.repeat(seq.offsets[:-1] + starts, lengths) + pos]
+    m = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(seq.n_users, seq.n_items))
+    m.sum_duplicates()
+    m.data[:] = 1.0
+    return m

@@ -1,0 +1,128 @@
+"""The generator G(u, z) and discriminator D(u, v): pure ``nn.Module``s (no Ray, no I/O, no
+device choice). A user is an encoding of their recent items (so that users unseen in training
+work from a history alone) plus, for known users, an id embedding.
+
+Scores are inner products between G's vector and the catalogue's item embeddings, everywhere:
+training's softmax, the FAISS index, scoring and serving.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    n_items: int
+    n_users: int
+    dim: int = 64
+    hidden: int = 256
+    history_len: int = 50
+    noise_dim: int = 16
+    dropout: float = 0.3
+    tie_embeddings: bool = True  # the history encoder reads the catalogue embeddings G targets
+
+
+class UserEncoder(nn.Module):
+    """Encodes (history, user id) into a hidden state ``[batch, hidden]``.
+
+    The history is a ``[batch, history_len]`` tensor of item indices, most recent last, padded on
+    the left with ``n_items``. A user index of ``n_users`` (or any negative value) means unknown.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.items = nn.Embedding(cfg.n_items + 1, cfg.dim, padding_idx=cfg.n_items)
+        self.users = nn.Embedding(cfg.n_users + 1, cfg.dim, padding_idx=cfg.n_users)
+        self.recency = nn.Parameter(torch.linspace(-1.0, 0.0, cfg.history_len))
+        self.mlp = nn.Sequential(
+            nn.Dropout(cfg.dropout),
+            nn.Linear(3 * cfg.dim, cfg.hidden),
+            nn.GELU(),
+            nn.Linear(cfg.hidden, cfg.hidden),
+        )
+        nn.init.normal_(self.items.weight, std=0.5)
+        nn.init.normal_(self.users.weight, std=0.05)
+        with torch.no_grad():
+            self.items.weight[cfg.n_items].zero_()
+            self.users.weight[cfg.n_users].zero_()
+
+    def forward(self, history: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
+        mask = history != self.cfg.n_items  # [batch, L]
+        emb = self.items(history)  # [batch, L, dim]
+        count = mask.sum(dim=1, keepdim=True).clamp(min=1)
+        mean = (emb * mask.unsqueeze(-1)).sum(dim=1) / count
+        logits = self.recency.unsqueeze(0).masked_fill(~mask, float("-inf"))
+        weights = torch.nan_to_num(torch.softmax(logits, dim=1))  # all-padding rows -> 0
+        recent = torch.einsum("bl,bld->bd", weights, emb)
+        users = torch.where((users < 0) | (users > self.cfg.n_users), self.cfg.n_users, users)
+        return self.mlp(torch.cat([mean, recent, self.users(users)], dim=1))
+
+
+class Generator(nn.Module):
+    """G(u, z): a vector in the item-embedding space; also owns the catalogue embeddings."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = UserEncoder(cfg)
+        self.head = nn.Sequential(
+            nn.Linear(cfg.hidden + cfg.noise_dim, cfg.hidden), nn.GELU(), nn.Linear(cfg.hidden, cfg.dim)
+        )
+        if not cfg.tie_embeddings:
+            self.output_items = nn.Embedding(cfg.n_items, cfg.dim)
+            nn.init.normal_(self.output_items.weight, std=0.05)
+
+    def generate(self, state: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
+        """``[batch, hidden]`` user state and ``[batch, noise_dim]`` noise -> ``[batch, dim]``."""
+        if z is None:  # deterministic inference: the noise's mean
+            z = state.new_zeros(state.shape[0], self.cfg.noise_dim)
+        return self.head(torch.cat([state, z], dim=1))
+
+    def forward(
+        self,
+        history: torch.Tensor,
+        users: torch.Tensor,
+        z: torch.Tensor | None = None,
+        candidates: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Returns (user state ``[b, hidden]``, generated vector ``[b, dim]``, logits).
+
+        Logits are over the whole catalogue ``[b, n_items]``, or over ``candidates`` ``[c]``.
+        """
+        state = self.encoder(history, users)
+        vector = self.generate(state, z)
+        table = self.catalogue() if candidates is None else self.item_embeddings(candidates)
+        return state, vector, vector @ table.T
+
+    def catalogue(self) -> torch.Tensor:
+        """``[n_items, dim]``: the embeddings the retrieval index is built from."""
+        if self.cfg.tie_embeddings:
+            return self.encoder.items.weight[: self.cfg.n_items]  # without the padding row
+        return self.output_items.weight
+
+    def item_embeddings(self, items: torch.Tensor) -> torch.Tensor:
+        """Catalogue embeddings of ``items`` ``[...]`` -> ``[..., dim]``."""
+        return self.catalogue()[items]
+
+
+class Discriminator(nn.Module):
+    """D(u, v): the logit that item vector ``v`` ``[b, dim]`` is a real next item of user state
+    ``[b, hidden]``. It sees directions only (``v`` is normalised), so it judges which items G
+    points at, not the scale the softmax needs."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.project = nn.Linear(cfg.hidden, cfg.dim)
+        self.net = nn.Sequential(
+            nn.Linear(cfg.hidden + 2 * cfg.dim, cfg.hidden), nn.LeakyReLU(0.2), nn.Linear(cfg.hidden, 1)
+        )
+
+    def forward(self, state: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:
+        v = F.normalize(vector, dim=1)
+        return self.net(torch.cat([state, v, self.project(state) * v], dim=1)).squeeze(1)

@@ -1,0 +1,64 @@
+"""Load a trained run and turn users into items: G(u, z = 0) -> FAISS index -> top-k.
+
+Evaluation, offline scoring and online serving all recommend through this class, so the same
+user gets the same items everywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+from ganrec_dist.config import IndexConfig
+from ganrec_dist.errors import UserError
+from ganrec_dist.index import build_index, search_excluding
+from ganrec_dist.models import Generator, ModelConfig
+
+log = logging.getLogger(__name__)
+
+
+class Recommender:
+    """A trained generator, its catalogue and the retrieval index, rebuilt from RUN/ alone."""
+
+    def __init__(self, run: str | Path, index_cfg: IndexConfig | None = None) -> None:
+        self.run = Path(run)
+        ckpt_dir = self.run / "checkpoint"
+        if not (ckpt_dir / "model.pt").exists():
+            raise UserError(f"{self.run}: no checkpoint (run ganrec train first)")
+        payload = torch.load(ckpt_dir / "model.pt", map_location="cpu", weights_only=False)
+        self.meta = json.loads((ckpt_dir / "meta.json").read_text())
+        self.model_config = ModelConfig(**payload["model_config"])
+        self.generator = Generator(self.model_config)
+        self.generator.load_state_dict(payload["generator"])
+        self.generator.eval()
+        self.train_config = payload["train_config"]
+        items = pq.read_table(ckpt_dir / "items.parquet")
+        self.item_ids = np.asarray(items["item_id"].to_pylist(), dtype=object)
+        self.item_titles = items["title"].to_pylist() if "title" in items.column_names else None
+        self.item_index = {item: i for i, item in enumerate(self.item_ids)}
+        users = pq.read_table(ckpt_dir / "users.parquet")
+        self.user_index = {u: i for i, u in enumerate(users["user_id"].to_pylist())}
+        self.embeddings = self.generator.catalogue().detach().float().numpy()
+        self.index_cfg = index_cfg or IndexConfig(**payload["train_config"].get("index", {}))
+        self.index = build_index(self.embeddings, self.index_cfg)
+        self.version = f"{self.run.name}@{self.meta['phase']}-epoch{self.meta['epoch']}"
+
+    @property
+    def history_len(self) -> int:
+        return self.model_config.history_len
+
+    @torch.no_grad()
+    def vectors(self, histories: np.ndarray, users: np.ndarray) -> np.ndarray:
+        """G(u, z = 0) for ``[b, history_len]`` padded histories and ``[b]`` user indices. ``[b, dim]``"""
+        state = self.generator.encoder(torch.as_tensor(histories, dtype=torch.long),
+                                       torch.as_tensor(users, dtype=torch.long))
+        return self.generator.generate(state, None).numpy()
+
+    def recommend(self, histories: np.ndarray, users: np.ndarray, exclude: list[np.ndarray], k: int):
+        """Top-k item indices and scores per user, ``exclude`` items left out. ``[b, k]`` each."""
+        return search_excluding(self.index, self.vectors(histories, users), exclude, k)

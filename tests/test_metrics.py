@@ -1,0 +1,93 @@
+"""Metrics against hand-computed examples; EASE against its closed form; FAISS path against numpy."""
+
+import math
+
+import numpy as np
+import scipy.sparse as sp
+import pytest
+
+from ganrec_dist import baselines
+from ganrec_dist.config import IndexConfig
+from ganrec_dist.index import build_index, search_excluding
+from ganrec_dist.metrics import beyond_accuracy, ranking_metrics, top_k_excluding
+
+
+def _truth(rows, n_items):
+    data = [(u, i) for u, items in enumerate(rows) for i in items]
+    r, c = zip(*data)
+    return sp.csr_matrix((np.ones(len(r)), (r, c)), shape=(len(rows), n_items))
+
+
+def test_ranking_metrics_hand_computed():
+    # user 0: relevant {1, 3}; recs [1, 2, 3] -> hits at ranks 1 and 3
+    # user 1: relevant {0};    recs [2, 3, 0] -> hit at rank 3
+    # user 2: no held-out items -> not counted
+    truth = _truth([[1, 3], [0], []], 5)
+    recs = np.array([[1, 2, 3], [2, 3, 0], [0, 1, 2]])
+    m = ranking_metrics(recs, truth, [2, 3])
+    assert m["precision@2"] == pytest.approx((1 / 2 + 0) / 2)
+    assert m["recall@2"] == pytest.approx((1 / 2 + 0) / 2)
+    assert m["hit@2"] == pytest.approx(0.5)
+    assert m["mrr@2"] == pytest.approx((1 + 0) / 2)
+    ndcg0 = (1 + 1 / math.log2(4)) / (1 + 1 / math.log2(3))  # ideal: 2 hits in top 3
+    ndcg1 = (1 / math.log2(4)) / 1.0  # ideal: 1 hit
+    assert m["ndcg@3"] == pytest.approx((ndcg0 + ndcg1) / 2)
+    assert m["ndcg@2"] == pytest.approx((1 / (1 + 1 / math.log2(3)) + 0) / 2)
+    assert m["mrr@3"] == pytest.approx((1 + 1 / 3) / 2)
+    assert m["recall@3"] == pytest.approx((1 + 1) / 2)
+    assert m["precision@3"] == pytest.approx((2 / 3 + 1 / 3) / 2)
+
+
+def test_missing_recommendations_count_as_misses():
+    truth = _truth([[0]], 3)
+    m = ranking_metrics(np.array([[-1, -1]]), truth, [2])
+    assert m["ndcg@2"] == 0 and m["hit@2"] == 0
+
+
+def test_beyond_accuracy():
+    train = _truth([[0, 1], [0, 1], [2], [3]], 5)
+    recs = np.array([[0, 1], [0, 2], [3, 4], [0, 1]])
+    m = beyond_accuracy(recs, train, [2])
+    assert m["coverage@2"] == pytest.approx(5 / 5)
+    # items 0 and 1 have identical columns (cos 1); 0,2 and 3,4 are orthogonal (cos 0)
+    assert m["diversity@2"] == pytest.approx((0 + 1 + 1 + 0) / 4)
+    pop = np.array([2, 2, 1, 1, 0]) / 4
+    info = -np.log2(np.maximum(pop, 1 / 4))
+    assert m["novelty@2"] == pytest.approx(info[recs.reshape(-1)].mean())
+
+
+def test_top_k_excluding_removes_seen_items():
+    scores = np.array([[5.0, 4.0, 3.0, 2.0], [1.0, 2.0, 3.0, 4.0]])
+    seen = _truth([[0], [3, 2]], 4)
+    top = top_k_excluding(scores, seen, np.array([0, 1]), 3)
+    assert top.tolist() == [[1, 2, 3], [1, 0, -1]]
+
+
+def test_ease_matches_its_closed_form():
+    rng = np.random.default_rng(0)
+    x = (rng.random((30, 8)) < 0.3).astype(np.float64)
+    lam = 5.0
+    weights = baselines.ease_weights(sp.csr_matrix(x), lam)
+    # Closed form: argmin ||X - XB||^2 + lam ||B||^2 s.t. diag(B) = 0 (Steck 2019, eq. 8)
+    p = np.linalg.inv(x.T @ x + lam * np.eye(8))
+    expected = np.eye(8) - p / np.diag(p)[None, :]
+    np.fill_diagonal(expected, 0)
+    assert np.allclose(weights, expected, atol=1e-6)
+    # And it is the constrained optimum: the gradient vanishes off the diagonal.
+    grad = -2 * x.T @ (x - x @ weights) + 2 * lam * weights
+    off = ~np.eye(8, dtype=bool)
+    assert np.abs(grad[off]).max() < 1e-6
+
+
+def test_faiss_search_excluding_matches_numpy_and_returns_k():
+    rng = np.random.default_rng(1)
+    items = rng.normal(size=(50, 8)).astype(np.float32)
+    queries = rng.normal(size=(6, 8)).astype(np.float32)
+    exclude = [rng.choice(50, size=s, replace=False) for s in (0, 3, 10, 20, 40, 45)]
+    index = build_index(items, IndexConfig(kind="flat"))
+    got, scores = search_excluding(index, queries, exclude, 10)
+    seen = sp.csr_matrix((np.ones(sum(map(len, exclude))), (np.repeat(np.arange(6), [len(e) for e in exclude]), np.concatenate(exclude))), shape=(6, 50))
+    want = top_k_excluding(queries @ items.T, seen, np.arange(6), 10)
+    assert (got == want).all()
+    assert (got[:5] >= 0).all()  # 10 items left even after excluding 40
+    assert (got[5, :5] >= 0).all() and (got[5, 5:] == -1).all()  # only 5 remain

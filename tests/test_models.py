@@ -1,0 +1,134 @@
+"""Models and the adversarial steps in one process: no Ray."""
+
+import numpy as np
+import pytest
+import torch
+
+from ganrec_dist import gan
+from ganrec_dist.interactions import Sequences
+from ganrec_dist.models import Discriminator, Generator, ModelConfig
+
+CFG = ModelConfig(n_items=40, n_users=10, dim=8, hidden=16, history_len=5, noise_dim=4, dropout=0.0)
+
+
+def _batch(b=12, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    history = torch.randint(0, CFG.n_items + 1, (b, CFG.history_len), generator=g)
+    history[0] = CFG.n_items  # an empty history
+    return gan.Batch(history, torch.randint(0, CFG.n_users + 1, (b,), generator=g),
+                     torch.randint(0, CFG.n_items, (b,), generator=g))
+
+
+def test_shapes_and_deterministic_inference():
+    torch.manual_seed(0)
+    gen, disc = Generator(CFG), Discriminator(CFG)
+    batch = _batch()
+    state, vector, logits = gen(batch.history, batch.users)
+    assert state.shape == (12, CFG.hidden) and vector.shape == (12, CFG.dim) and logits.shape == (12, CFG.n_items)
+    assert torch.isfinite(logits).all()  # the empty history row too
+    assert disc(state, vector).shape == (12,)
+    _, again, _ = gen(batch.history, batch.users)
+    assert torch.equal(vector, again)  # z = None is the noise's mean: deterministic
+    z = torch.randn(12, CFG.noise_dim)
+    assert not torch.equal(gen(batch.history, batch.users, z)[1], vector)
+    candidates = torch.tensor([3, 5, 7])
+    assert gen(batch.history, batch.users, candidates=candidates)[2].shape == (12, 3)
+
+
+def test_unknown_users_are_encoded_from_history_alone():
+    torch.manual_seed(0)
+    gen = Generator(CFG)
+    history = torch.tensor([[CFG.n_items, 1, 2, 3, 4]])
+    unknown = gen(history, torch.tensor([CFG.n_users]))[1]
+    negative = gen(history, torch.tensor([-1]))[1]
+    assert torch.equal(unknown, negative)
+    other_history = gen(torch.tensor([[5, 6, 7, 8, 9]]), torch.tensor([CFG.n_users]))[1]
+    assert not torch.allclose(unknown, other_history)
+
+
+def test_gradients_reach_both_models():
+    torch.manual_seed(0)
+    gen, disc = Generator(CFG), Discriminator(CFG)
+    g_opt, d_opt = torch.optim.SGD(gen.parameters(), lr=0.0), torch.optim.SGD(disc.parameters(), lr=0.0)
+    batch = _batch()
+    z = torch.randn(12, CFG.noise_dim)
+    gan.d_step(gen, disc, d_opt, batch, z)
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in disc.parameters())
+    assert all(p.grad is None for p in gen.parameters())  # the D-step leaves G alone
+    gan.g_step(gen, disc, g_opt, batch, z, adv_weight=1.0)
+    assert gen.head[0].weight.grad.abs().sum() > 0
+    assert gen.encoder.items.weight.grad.abs().sum() > 0
+    assert gen.catalogue().grad is None and gen.encoder.items.weight.grad[:CFG.n_items].abs().sum() > 0
+    assert all(p.requires_grad for p in disc.parameters())  # restored after the G-step
+
+
+def test_adversarial_gradient_is_zero_in_the_ablation():
+    torch.manual_seed(0)
+    gen, disc = Generator(CFG), Discriminator(CFG)
+    batch, z = _batch(), torch.randn(12, CFG.noise_dim)
+    grads = {}
+    for w in (0.0, 1.0):
+        gen.zero_grad()
+        gan.g_step(gen, disc, torch.optim.SGD(gen.parameters(), lr=0.0), batch, z, adv_weight=w)
+        grads[w] = gen.head[2].weight.grad.clone()
+    assert not torch.allclose(grads[0.0], grads[1.0])
+
+
+def test_discriminator_learns_real_from_shuffled_pairs():
+    """Toy data: user u's real item is u itself. D must tell (u, E[u]) from (u, E[other])."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(n_items=10, n_users=10, dim=8, hidden=16, history_len=2, noise_dim=2, dropout=0.0)
+    gen, disc = Generator(cfg), Discriminator(cfg)
+    opt = torch.optim.Adam(disc.parameters(), lr=1e-2)
+    users = torch.arange(10).repeat(20)
+    history = torch.full((200, 2), cfg.n_items)
+    with torch.no_grad():
+        state = gen.encoder(history, users)
+    real = gen.catalogue()[users].detach()
+    fake = gen.catalogue()[(users + 1 + torch.randint(0, 9, (200,))) % 10].detach()
+    for _ in range(800):
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(disc(state, real), torch.ones(200)) + \
+            torch.nn.functional.binary_cross_entropy_with_logits(disc(state, fake), torch.zeros(200))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        accuracy = ((disc(state, real) > 0).float().mean() + (disc(state, fake) < 0).float().mean()) / 2
+    assert accuracy > 0.95
+
+
+def test_g_step_raises_d_of_fake():
+    torch.manual_seed(0)
+    gen, disc = Generator(CFG), Discriminator(CFG)
+    batch, z = _batch(b=64), torch.randn(64, CFG.noise_dim)
+    d_opt = torch.optim.Adam(disc.parameters(), lr=1e-2)
+    for _ in range(30):  # a D that has learned to reject G's current output
+        gan.d_step(gen, disc, d_opt, batch, z)
+
+    def d_fake():
+        with torch.no_grad():
+            state = gen.encoder(batch.history, batch.users)
+            return torch.sigmoid(disc(state, gen.generate(state, z))).mean().item()
+
+    before = d_fake()
+    g_opt = torch.optim.Adam(gen.parameters(), lr=1e-2)
+    for _ in range(20):
+        gan.g_step(gen, disc, g_opt, batch, z, adv_weight=1.0)
+    assert d_fake() > before + 0.05
+
+
+def test_history_windows():
+    seq = Sequences(np.array([0, 3, 3, 5]), np.array([7, 8, 9, 1, 2], dtype=np.int32), 3, 10)
+    w = seq.window(np.array([0, 0, 1, 2]), np.array([3, 1, 0, 2]), 2)
+    assert w.tolist() == [[8, 9], [10, 7], [10, 10], [1, 2]]
+    m = seq.matrix(np.array([1, 0, 2]))
+    assert m.toarray()[0].nonzero()[0].tolist() == [7] and m[1].nnz == 0
+
+
+@pytest.mark.parametrize("adv", [0.0, 0.5])
+def test_sampled_softmax_step_runs(adv):
+    torch.manual_seed(0)
+    gen, disc = Generator(CFG), Discriminator(CFG)
+    stats = gan.g_step(gen, disc, torch.optim.Adam(gen.parameters()), _batch(), torch.randn(12, CFG.noise_dim),
+                       adv_weight=adv, negatives=torch.randint(0, CFG.n_items, (16,)))
+    assert np.isfinite(stats["ce_loss"])
