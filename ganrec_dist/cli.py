@@ -45,12 +45,15 @@ def _add_config_args(parser: argparse.ArgumentParser, cls: type) -> None:
 
 
 # command name -> (config class, "module:function")
-COMMANDS: dict[str, tuple[type, str, str]] = {
+COMMANDS: dict[str, tuple[type | None, str, str]] = {
     "prepare": (cfgmod.PrepareConfig, "ganrec_dist.prepare:prepare", "raw logs -> validated, split, sharded Parquet"),
     "train": (cfgmod.TrainConfig, "ganrec_dist.train:train", "train the GAN recommender on Ray Train"),
     "evaluate": (cfgmod.EvaluateConfig, "ganrec_dist.evaluate:evaluate", "GAN vs baselines, full ranking, one table"),
+    "index": (None, "ganrec_dist.index:index_command", "build the FAISS catalogue index of a run"),
+    "score": (None, "ganrec_dist.score:score", "top-K for every user, a Ray Data job, to Parquet"),
     "demo": (cfgmod.DemoConfig, "ganrec_dist.demo:demo", "the whole pipeline on the embedded data"),
 }
+CONFIG_CLASSES = {"index": "IndexCommandConfig", "score": "ScoreConfig"}
 BENCHES: dict[str, tuple[str, str]] = {
     "ingest": ("ganrec_dist.bench.ingest:BenchIngestConfig", "ganrec_dist.bench.ingest:run"),
     "train": ("ganrec_dist.bench.train:BenchTrainConfig", "ganrec_dist.bench.train:run"),
@@ -67,6 +70,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, tuple[type, Calla
     sub = parser.add_subparsers(dest="command", required=True)
     handlers: dict[str, tuple[type, Callable]] = {}
     for name, (cls, target, help_text) in COMMANDS.items():
+        if cls is None:  # the config class lives next to the command
+            cls = _resolve(target.rsplit(":", 1)[0] + ":" + CONFIG_CLASSES[name])
         p = sub.add_parser(name, help=help_text)
         _add_config_args(p, cls)
         handlers[name] = (cls, lambda c, target=target: _resolve(target)(c))

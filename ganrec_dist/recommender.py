@@ -16,10 +16,25 @@ import torch
 
 from ganrec_dist.config import IndexConfig
 from ganrec_dist.errors import UserError
-from ganrec_dist.index import build_index, search_excluding
+from ganrec_dist.index import ExactIndex, build_index, load_index, search_excluding
 from ganrec_dist.models import Generator, ModelConfig
 
 log = logging.getLogger(__name__)
+
+
+def _load(run: Path) -> dict:
+    path = run / "checkpoint" / "model.pt"
+    if not path.exists():
+        raise UserError(f"{run}: no checkpoint (run ganrec train --out {run} first)")
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def load_catalogue(run: str | Path) -> tuple[np.ndarray, dict]:
+    """The catalogue embeddings ``[n_items, dim]`` of a run's checkpoint, and the checkpoint."""
+    payload = _load(Path(run))
+    generator = Generator(ModelConfig(**payload["model_config"]))
+    generator.load_state_dict(payload["generator"])
+    return generator.catalogue().detach().float().numpy(), payload
 
 
 class Recommender:
@@ -28,9 +43,7 @@ class Recommender:
     def __init__(self, run: str | Path, index_cfg: IndexConfig | None = None) -> None:
         self.run = Path(run)
         ckpt_dir = self.run / "checkpoint"
-        if not (ckpt_dir / "model.pt").exists():
-            raise UserError(f"{self.run}: no checkpoint (run ganrec train first)")
-        payload = torch.load(ckpt_dir / "model.pt", map_location="cpu", weights_only=False)
+        payload = _load(self.run)
         self.meta = json.loads((ckpt_dir / "meta.json").read_text())
         self.model_config = ModelConfig(**payload["model_config"])
         self.generator = Generator(self.model_config)
@@ -44,8 +57,15 @@ class Recommender:
         users = pq.read_table(ckpt_dir / "users.parquet")
         self.user_index = {u: i for i, u in enumerate(users["user_id"].to_pylist())}
         self.embeddings = self.generator.catalogue().detach().float().numpy()
-        self.index_cfg = index_cfg or IndexConfig(**payload["train_config"].get("index", {}))
-        self.index = build_index(self.embeddings, self.index_cfg)
+        # RUN/index/ when `ganrec index` built one (checked against these embeddings), else the
+        # run's index settings; exact search completes rows an ANN index leaves short.
+        self.exact = ExactIndex(self.embeddings)
+        if index_cfg is None and (self.run / "index" / "meta.json").exists():
+            self.index, self.index_meta = load_index(self.run, self.embeddings)
+        else:
+            cfg = index_cfg or IndexConfig(**payload["train_config"].get("index", {}))
+            self.index = self.exact if cfg.kind in ("flat",) else build_index(self.embeddings, cfg)
+            self.index_meta = {"kind": cfg.kind}
         self.version = f"{self.run.name}@{self.meta['phase']}-epoch{self.meta['epoch']}"
 
     @property
@@ -61,4 +81,4 @@ class Recommender:
 
     def recommend(self, histories: np.ndarray, users: np.ndarray, exclude: list[np.ndarray], k: int):
         """Top-k item indices and scores per user, ``exclude`` items left out. ``[b, k]`` each."""
-        return search_excluding(self.index, self.vectors(histories, users), exclude, k)
+        return search_excluding(self.index, self.vectors(histories, users), exclude, k, exact=self.exact)

@@ -95,7 +95,7 @@ def validation_ndcg(gen: Generator, seq: Sequences, limits: np.ndarray, truth, i
 
     users = np.flatnonzero(limits < seq.lengths)
     vectors = user_vectors(gen, seq, users, limits[users], history_len, device)
-    index = build_index(gen.catalogue().detach().float().cpu().numpy(), index_cfg)
+    index = build_index(gen.catalogue().detach().float().cpu().numpy(), index_cfg)  # the run's own kind
     seen = [seq.items[seq.offsets[u] : seq.offsets[u] + limits[u]] for u in users]
     recs = np.full((seq.n_users, 10), -1, dtype=np.int64)
     recs[users], _ = search_excluding(index, vectors, seen, 10)

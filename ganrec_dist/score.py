@@ -1,0 +1,164 @@
+"""`ganrec score`: top-K for every user as a Ray Data job, streamed to Parquet.
+
+Users (indices into the run's id map) stream in blocks; an actor pool loads the generator, the
+index and the train histories once per actor; each batch goes G -> index -> top-K and comes out in
+the long format of design.md (user_id, rank, item_id, score). Memory is flat in the number of
+users: only a block of users and its recommendations are in flight per actor.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from ganrec_dist.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class ScoreConfig:
+    data: str = "data/movielens-small"
+    run: str = "runs/movielens-small"
+    out: str = "recs.parquet"
+    k: int = 10
+    users: str = ""  # a file of user ids (text, one per line; or CSV/Parquet with a user_id column)
+    include_seen: bool = False
+    batch_size: int = 1024
+    actors: int = 0  # 0: one per CPU of the cluster, at most 8
+    overwrite: bool = False
+    address: str = ""
+
+
+class Scorer:
+    """One per actor: the model, its index and the users' train histories, loaded once."""
+
+    def __init__(self, data: str, run: str, k: int, include_seen: bool) -> None:
+        import torch
+
+        from ganrec_dist.interactions import load_sequences
+        from ganrec_dist.recommender import Recommender
+
+        torch.set_num_threads(1)
+        self.rec = Recommender(run)
+        self.seq = load_sequences(data)
+        self.k, self.include_seen = k, include_seen
+        self.user_ids = pq.read_table(Path(data) / "users.parquet", columns=["user_id"])["user_id"]
+
+    def __call__(self, batch: dict) -> dict:
+        users = batch["user_idx"].astype(np.int64)
+        seq = self.seq
+        histories = seq.window(users, seq.lengths[users], self.rec.history_len)
+        empty = np.zeros(0, np.int64)
+        seen = [empty if self.include_seen else seq.items[seq.offsets[u] : seq.offsets[u + 1]] for u in users]
+        items, scores = self.rec.recommend(histories, users, seen, self.k)
+        valid = items >= 0
+        rows, ranks = np.nonzero(valid)
+        return {
+            "user_id": self.user_ids.take(pa.array(users[rows])).to_numpy(zero_copy_only=False),
+            "rank": (ranks + 1).astype(np.int32),
+            "item_id": self.rec.item_ids[items[valid]],
+            "score": scores[valid].astype(np.float32),
+        }
+
+
+def _requested_users(path: str) -> list[str]:
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"{path}: --users file does not exist")
+    suffix = p.suffix.lower()
+    try:
+        if suffix == ".parquet":
+            table = pq.read_table(p)
+        elif suffix in (".csv", ".tsv"):
+            table = pacsv.read_csv(p, parse_options=pacsv.ParseOptions(delimiter="\t" if suffix == ".tsv" else ","),
+                                   convert_options=pacsv.ConvertOptions(column_types={"user_id": pa.string()}))
+        else:
+            return [line.strip() for line in p.read_text().splitlines() if line.strip()]
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise UserError(f"{path}: cannot read the users file ({str(exc).splitlines()[0]})") from None
+    if "user_id" not in table.column_names:
+        raise UserError(f"{path}: needs a user_id column")
+    return [str(u) for u in table["user_id"].to_pylist() if u is not None]
+
+
+def score(cfg: ScoreConfig) -> dict:
+    import ray
+
+    from ganrec_dist.interactions import load_sequences
+    from ganrec_dist.prepare import read_manifest
+    from ganrec_dist.raycluster import ensure_ray
+    from ganrec_dist.recommender import load_catalogue
+
+    read_manifest(cfg.data)
+    load_catalogue(cfg.run)  # fails fast, before Ray, if the run has no checkpoint
+    if not 1 <= cfg.k <= 10_000:
+        raise UserError("--k must be between 1 and 10000")
+    out = Path(cfg.out).absolute()
+    if out.exists() and not cfg.overwrite:
+        raise UserError(f"{out}: already exists; pass --overwrite to replace it")
+    skipped_path = out.parent / (out.name + ".skipped.parquet")
+    user_table = pq.read_table(Path(cfg.data) / "users.parquet")
+    known = dict(zip(user_table["user_id"].to_pylist(), user_table["user_idx"].to_pylist()))
+    seq = load_sequences(cfg.data)
+    skipped: list[tuple[str, str]] = []
+    if cfg.users:
+        wanted = []
+        for u in dict.fromkeys(_requested_users(cfg.users)):
+            if u not in known:
+                skipped.append((u, "unknown user: not in the prepared data"))
+            elif seq.lengths[known[u]] == 0:
+                skipped.append((u, "no train history"))
+            else:
+                wanted.append(known[u])
+        users = np.asarray(wanted, dtype=np.int64)
+    else:
+        test = pq.read_table(Path(cfg.data) / "test", columns=["user_idx"])["user_idx"].to_numpy()
+        users = np.unique(test).astype(np.int64)
+    ensure_ray(cfg.address)
+    actors = cfg.actors or int(max(1, min(8, ray.cluster_resources().get("CPU", 1))))
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    start = time.time()
+    try:
+        ds = ray.data.from_items([{"user_idx": int(u)} for u in users]) if len(users) < 100_000 else \
+            ray.data.from_numpy(users).rename_columns({"data": "user_idx"})
+        recs = ds.map_batches(
+            Scorer,
+            fn_constructor_args=(str(Path(cfg.data).absolute()), str(Path(cfg.run).absolute()), cfg.k, cfg.include_seen),
+            batch_size=cfg.batch_size,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
+            num_cpus=1,
+        )
+        recs.write_parquet(str(tmp))
+        if not list(tmp.glob("*.parquet")):  # no users at all: still a readable, empty result
+            tmp.mkdir(parents=True, exist_ok=True)
+            pq.write_table(pa.table({"user_id": pa.array([], pa.string()), "rank": pa.array([], pa.int32()),
+                                     "item_id": pa.array([], pa.string()), "score": pa.array([], pa.float32())}),
+                           tmp / "part-empty.parquet")
+        if out.exists():
+            shutil.rmtree(out) if out.is_dir() else out.unlink()
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if skipped:
+        pq.write_table(pa.table({"user_id": [u for u, _ in skipped], "reason": [r for _, r in skipped]}), skipped_path)
+        log.warning("%d user(s) skipped, reasons in %s", len(skipped), skipped_path)
+    elif skipped_path.exists():
+        skipped_path.unlink()
+    seconds = time.time() - start
+    summary = {"users": int(len(users)), "skipped": len(skipped), "k": cfg.k, "seconds": round(seconds, 2),
+               "users_per_s": len(users) / max(seconds, 1e-9), "out": str(out)}
+    log.info("score: %d users in %.1fs (%.0f users/s), top-%d -> %s; %d skipped",
+             len(users), seconds, summary["users_per_s"], cfg.k, out, len(skipped))
+    return summary

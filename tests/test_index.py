@@ -1,0 +1,87 @@
+"""Every index kind against exact brute force on seeded data; the RUN/index contract."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from ganrec_dist.config import IndexConfig
+from ganrec_dist.errors import UserError
+from ganrec_dist.index import ExactIndex, build_index, checksum, load_index, save_index, search_excluding
+
+
+def clustered(n=20_000, dim=32, clusters=64, seed=0):
+    """Item embeddings that look learned: a mixture of clusters, not isotropic noise."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(clusters, dim)).astype(np.float32)
+    items = centres[rng.integers(0, clusters, n)] + 0.3 * rng.normal(size=(n, dim)).astype(np.float32)
+    queries = centres[rng.integers(0, clusters, 200)] + 0.3 * rng.normal(size=(200, dim)).astype(np.float32)
+    return items, queries
+
+
+def brute(items, queries, k):
+    scores = queries @ items.T
+    return np.argsort(-scores, axis=1, kind="stable")[:, :k]
+
+
+def recall(got, want):
+    return np.mean([len(set(g) & set(w)) / len(w) for g, w in zip(got, want)])
+
+
+def test_exact_index_equals_brute_force():
+    items, queries = clustered(n=5_000)
+    index = ExactIndex(items, block=1_000)  # several blocks: the running merge is exercised
+    scores, got = index.search(queries, 10)
+    assert recall(got, brute(items, queries, 10)) == 1.0
+    assert np.allclose(scores, np.take_along_axis(queries @ items.T, got, axis=1), atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "kind, params, minimum",
+    [
+        ("ivf", dict(nlist=128, nprobe=16), 0.95),
+        ("hnsw", dict(hnsw_m=16, ef_search=128), 0.95),
+        ("ivfpq", dict(nlist=128, nprobe=16, pq_bytes=16, refine_factor=8), 0.9),
+    ],
+)
+def test_ann_kinds_recall_against_brute_force(kind, params, minimum):
+    items, queries = clustered()
+    index = build_index(items, IndexConfig(kind=kind, **params))
+    _, got = index.search(queries, 10)
+    assert recall(got, brute(items, queries, 10)) >= minimum
+
+
+def test_auto_picks_exact_for_small_and_ivf_for_large():
+    items, _ = clustered(n=3_000)
+    assert isinstance(build_index(items, IndexConfig(kind="auto")), ExactIndex)
+    big = build_index(items, IndexConfig(kind="auto", auto_exact_max_items=1_000))
+    assert not isinstance(big, ExactIndex) and big.nprobe == IndexConfig().nprobe
+
+
+def test_seen_items_are_excluded_with_ann_and_exactly_k_come_back():
+    items, queries = clustered(n=4_000)
+    index = build_index(items, IndexConfig(kind="ivf", nlist=64, nprobe=1))
+    exact = ExactIndex(items)
+    want = brute(items, queries, 60)
+    exclude = [w[:50] for w in want]  # the 50 best of each query are "seen"
+    got, scores = search_excluding(index, queries, exclude, 10, exact=exact)
+    assert (got >= 0).all() and got.shape == (200, 10)
+    assert not any(set(g) & set(e) for g, e in zip(got, exclude))
+    exact_got, _ = search_excluding(exact, queries, exclude, 10)
+    assert recall(got, exact_got) > 0.5  # nprobe=1 is poor, but never short and never seen
+
+
+def test_meta_mismatch_is_refused(tmp_path):
+    items, _ = clustered(n=2_000)
+    cfg = IndexConfig(kind="hnsw", hnsw_m=8)
+    meta = save_index(build_index(items, cfg), items, cfg, tmp_path)
+    assert meta["checksum"] == checksum(items) and meta["kind"] == "hnsw" and meta["n_items"] == 2_000
+    index, loaded = load_index(tmp_path, items)
+    assert loaded == meta and index.ntotal == 2_000
+    with pytest.raises(UserError, match="retrained"):
+        load_index(tmp_path, items + 0.01)
+    with pytest.raises(UserError, match="items"):
+        load_index(tmp_path, items[:100])
+    cfg2 = dataclasses.replace(cfg, kind="flat")
+    save_index(build_index(items, cfg2), items, cfg2, tmp_path)
+    assert isinstance(load_index(tmp_path, items)[0], ExactIndex)
