@@ -8,6 +8,7 @@ import dataclasses
 import importlib
 import json
 import logging
+import os
 import sys
 import typing
 from collections.abc import Callable
@@ -51,12 +52,16 @@ COMMANDS: dict[str, tuple[type | None, str, str]] = {
     "evaluate": (cfgmod.EvaluateConfig, "ganrec_dist.evaluate:evaluate", "GAN vs baselines, full ranking, one table"),
     "index": (None, "ganrec_dist.index:index_command", "build the FAISS catalogue index of a run"),
     "score": (None, "ganrec_dist.score:score", "top-K for every user, a Ray Data job, to Parquet"),
+    "serve": (None, "ganrec_dist.serve:serve_command", "serve the run on Ray Serve at 127.0.0.1:8000"),
     "demo": (cfgmod.DemoConfig, "ganrec_dist.demo:demo", "the whole pipeline on the embedded data"),
 }
-CONFIG_CLASSES = {"index": "IndexCommandConfig", "score": "ScoreConfig"}
+CONFIG_CLASSES = {"index": "IndexCommandConfig", "score": "ScoreConfig", "serve": "ServeConfig"}
 BENCHES: dict[str, tuple[str, str]] = {
     "ingest": ("ganrec_dist.bench.ingest:BenchIngestConfig", "ganrec_dist.bench.ingest:run"),
     "train": ("ganrec_dist.bench.train:BenchTrainConfig", "ganrec_dist.bench.train:run"),
+    "index": ("ganrec_dist.bench.index:BenchIndexConfig", "ganrec_dist.bench.index:run"),
+    "score": ("ganrec_dist.bench.score:BenchScoreConfig", "ganrec_dist.bench.score:run"),
+    "serve": ("ganrec_dist.bench.serve:BenchServeConfig", "ganrec_dist.bench.serve:run"),
 }
 
 
@@ -75,6 +80,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, tuple[type, Calla
         p = sub.add_parser(name, help=help_text)
         _add_config_args(p, cls)
         handlers[name] = (cls, lambda c, target=target: _resolve(target)(c))
+    sub.add_parser("submit", help="run any ganrec command as a Ray job: submit --address URL -- COMMAND ...")
     bench = sub.add_parser("bench", help="benchmarks, each with its baseline in the same run")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
     for name, (cls_spec, target) in BENCHES.items():
@@ -85,9 +91,34 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, tuple[type, Calla
     return parser, handlers
 
 
+def _submit(argv: list[str]) -> int:
+    """`ganrec submit --address URL [--no-wait] -- COMMAND ARGS...`"""
+    head, command = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
+    parser = argparse.ArgumentParser(prog="ganrec submit", description="run a ganrec command as a Ray job")
+    parser.add_argument("--address", default="", help="Ray dashboard/Jobs URL, e.g. http://127.0.0.1:8265")
+    parser.add_argument("--no-wait", action="store_true", help="return after submitting")
+    parser.add_argument("--verbose", action="store_true")
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args(head)
+    setup_logging(verbose=args.verbose, quiet=args.quiet)
+    from ganrec_dist.cluster import submit
+
+    address = args.address or os.environ.get("RAY_ADDRESS", "")
+    try:
+        if not address:
+            raise UserError("--address (or RAY_ADDRESS) is required: the cluster's Jobs URL")
+        return submit(address, command, wait=not args.no_wait)
+    except UserError as exc:
+        print(f"ganrec submit: error: {exc}", file=sys.stderr)
+        return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `ganrec` console script. Returns the exit status."""
     quiet_ray_environment()
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["submit"]:
+        return _submit(argv[1:])
     parser, handlers = build_parser()
     args = parser.parse_args(argv)
     setup_logging(verbose=args.verbose, quiet=args.quiet)

@@ -75,16 +75,17 @@ class TrainConfig:
     gpu: bool = False
     cpus_per_worker: float = 1.0
     epochs: int = 30
-    patience: int = 3
-    batch_size: int = 512
-    lr: float = 3e-3
+    patience: int = 4
+    batch_size: int = 256
+    lr: float = 2e-3
     weight_decay: float = 0.0
     dim: int = 64
     hidden: int = 256
     history_len: int = 50
     noise_dim: int = 16
     dropout: float = 0.3
-    adv_weight: float = 0.1  # 0 = the no-adversarial ablation
+    adv_weight: float = 0.3  # 0 = the no-adversarial ablation
+    adv_horizon: int = 20  # D's real item: one of the user's next N interactions (1 = the next)
     d_steps: int = 1
     g_steps: int = 1
     d_lr: float = 1e-3
@@ -107,7 +108,7 @@ class EvaluateConfig:
     data: str = "data/movielens-small"
     run: str = "runs/movielens-small"
     ks: str = "10,20"
-    ease_lambdas: str = "50,100,200,400,800"
+    ease_lambdas: str = "100,200,400,800"
     ease_max_items: int = 20_000
     als_factors: int = 64
     als_regs: str = "0.01,0.1,1.0"

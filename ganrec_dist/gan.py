@@ -20,6 +20,7 @@ class Batch:
     history: torch.Tensor  # [b, L] item indices, padded with n_items, most recent last
     users: torch.Tensor  # [b] user indices (n_users = unknown)
     targets: torch.Tensor  # [b] the real next item
+    future: torch.Tensor | None = None  # [b] a real item from the user's next few (D's "real"); None = targets
 
 
 def unwrap(module: nn.Module) -> nn.Module:
@@ -36,7 +37,7 @@ def d_step(gen: nn.Module, disc: nn.Module, d_opt: torch.optim.Optimizer, batch:
     with torch.no_grad():  # no gradient reaches G here, so DDP's wrapper is not needed
         state = core.encoder(batch.history, batch.users)
         fake = core.generate(state, z)
-        real = core.item_embeddings(batch.targets)
+        real = core.item_embeddings(batch.targets if batch.future is None else batch.future)
     d_real = disc(state, real)
     d_fake = disc(state, fake)
     loss = F.binary_cross_entropy_with_logits(d_real, torch.ones_like(d_real)) + \

@@ -57,6 +57,10 @@ class Recommender:
         users = pq.read_table(ckpt_dir / "users.parquet")
         self.user_index = {u: i for i, u in enumerate(users["user_id"].to_pylist())}
         self.embeddings = self.generator.catalogue().detach().float().numpy()
+        sequences = np.load(ckpt_dir / "sequences.npz")
+        self.offsets, self.seq_items = sequences["offsets"], sequences["items"]
+        self.popularity = sequences["popularity"]
+        self.popular = np.argsort(-self.popularity, kind="stable")
         # RUN/index/ when `ganrec index` built one (checked against these embeddings), else the
         # run's index settings; exact search completes rows an ANN index leaves short.
         self.exact = ExactIndex(self.embeddings)
@@ -67,6 +71,16 @@ class Recommender:
             self.index = self.exact if cfg.kind in ("flat",) else build_index(self.embeddings, cfg)
             self.index_meta = {"kind": cfg.kind}
         self.version = f"{self.run.name}@{self.meta['phase']}-epoch{self.meta['epoch']}"
+
+    def seen(self, user: int) -> np.ndarray:
+        """A known user's train items, in time order."""
+        return self.seq_items[self.offsets[user] : self.offsets[user + 1]]
+
+    def popular_items(self, k: int, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The k most popular train items not in ``exclude`` (the no-history fallback)."""
+        candidates = self.popular[: k + len(exclude)]
+        chosen = candidates[~np.isin(candidates, exclude)][:k]
+        return chosen, self.popularity[chosen].astype(np.float32)
 
     @property
     def history_len(self) -> int:

@@ -52,6 +52,7 @@ class LoopState:
     best_metric: float = -1.0
     bad_epochs: int = 0
     history: list = dataclasses.field(default_factory=list)
+    nodes: list = dataclasses.field(default_factory=list)  # the Ray node of each rank, last start
 
 
 def model_config(cfg: TrainConfig, n_users: int, n_items: int) -> ModelConfig:
@@ -62,13 +63,24 @@ def model_config(cfg: TrainConfig, n_users: int, n_items: int) -> ModelConfig:
 
 
 def make_batch(seq: Sequences, users: np.ndarray, items: np.ndarray, positions: np.ndarray,
-               history_len: int, device: torch.device) -> gan.Batch:
-    """Rows (user, next item, its position) -> a batch whose history is the items before it."""
+               history_len: int, device: torch.device, limits: np.ndarray | None = None,
+               horizon: int = 1, rng: np.random.Generator | None = None) -> gan.Batch:
+    """Rows (user, next item, its position) -> a batch whose history is the items before it.
+
+    With ``horizon > 1`` the batch also carries, for D, a real item drawn from the user's next
+    ``horizon`` interactions (within ``limits``), the window a recommendation is judged on.
+    """
     history = seq.window(users, positions, history_len)
+    future = None
+    if horizon > 1 and rng is not None and limits is not None:
+        ahead = np.minimum(positions + rng.integers(0, horizon, len(users)), limits[users] - 1)
+        ahead = np.maximum(ahead, positions)
+        future = torch.as_tensor(seq.items[seq.offsets[users] + ahead].astype(np.int64), device=device)
     return gan.Batch(
         history=torch.as_tensor(history, device=device),
         users=torch.as_tensor(users.astype(np.int64), device=device),
         targets=torch.as_tensor(items.astype(np.int64), device=device),
+        future=future,
     )
 
 
@@ -125,8 +137,21 @@ def _broadcast(value: float, device: torch.device) -> float:
     return float(t.item())
 
 
+def _gather_nodes(world: int) -> list[str]:
+    """The Ray node id of every rank (where the worker group actually ran)."""
+    import ray
+    import torch.distributed as dist
+
+    node = ray.get_runtime_context().get_node_id()
+    if world == 1 or not dist.is_initialized():
+        return [node]
+    nodes: list = [None] * world
+    dist.all_gather_object(nodes, node)
+    return nodes
+
+
 def save_checkpoint(directory: Path, gen, disc, g_opt, d_opt, state: LoopState, mcfg: ModelConfig,
-                    cfg: TrainConfig, data: str, best_generator: dict | None) -> None:
+                    cfg: TrainConfig, data: str, best_generator: dict | None, seq: Sequences) -> None:
     """A self-describing checkpoint: rebuilds G, D and the item embeddings with no code defaults."""
     directory.mkdir(parents=True, exist_ok=True)
     payload = {
@@ -144,9 +169,13 @@ def save_checkpoint(directory: Path, gen, disc, g_opt, d_opt, state: LoopState, 
     torch.save(payload, directory / CHECKPOINT_FILE)
     shutil.copy(Path(data) / "items.parquet", directory / "items.parquet")
     shutil.copy(Path(data) / "users.parquet", directory / "users.parquet")
+    # Serving rebuilds known users' histories, seen items and the popularity fallback from here.
+    np.savez(directory / "sequences.npz", offsets=seq.offsets, items=seq.items,
+             popularity=np.bincount(seq.items, minlength=seq.n_items).astype(np.int64))
     meta = {
         "phase": state.phase, "epoch": state.epoch, "best_epoch": state.best_epoch,
         "final": state.phase == "done", "metrics": state.history[-1] if state.history else {},
+        "nodes": state.nodes,
         "model_config": dataclasses.asdict(mcfg), "adv_weight": cfg.adv_weight,
     }
     (directory / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
@@ -208,6 +237,7 @@ def train_loop(config: dict) -> None:
 
     gen = ray.train.torch.prepare_model(gen)
     disc = ray.train.torch.prepare_model(disc)
+    state.nodes = _gather_nodes(world)
     g_opt = torch.optim.Adam(gen.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     d_opt = torch.optim.Adam(disc.parameters(), lr=cfg.d_lr, betas=(0.5, 0.999))
     if g_opt_state is not None:
@@ -230,6 +260,7 @@ def train_loop(config: dict) -> None:
                 log.warning("test hook: rank %d exits at epoch %d", rank, epoch)
                 os._exit(1)
         noise.manual_seed(cfg.seed * 7919 + epoch * 31 + rank + (0 if state.phase == "search" else 100_003))
+        horizon_rng = np.random.default_rng([cfg.seed, epoch, rank, state.phase == "refit"])
         sums: dict[str, float] = {}
         steps = rows = 0
         wait = compute = 0.0
@@ -246,7 +277,8 @@ def train_loop(config: dict) -> None:
             wait += started - tick
             if len(users) == 0:
                 users, items, positions = raw["user_idx"][:1], raw["item_idx"][:1], raw["position"][:1] * 0
-            batch = make_batch(seq, users, items, positions, cfg.history_len, device)
+            batch = make_batch(seq, users, items, positions, cfg.history_len, device,
+                               limits, cfg.adv_horizon, horizon_rng)
             z = torch.randn(len(users), cfg.noise_dim, device=device, generator=noise)
             stats: dict[str, float] = {}
             if cfg.adv_weight > 0:
@@ -309,7 +341,7 @@ def train_loop(config: dict) -> None:
         if rank == 0:
             with tempfile.TemporaryDirectory() as tmp:
                 save_checkpoint(Path(tmp), gen, disc, g_opt, d_opt, state, mcfg, cfg, data,
-                                best_generator if state.phase == "search" else None)
+                                best_generator if state.phase == "search" else None, seq)
                 publish_checkpoint(Path(tmp), run_dir)
                 ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(tmp))
         else:

@@ -1,0 +1,210 @@
+"""Online inference: a Ray Serve application with a FastAPI ingress (the HTTP API of design.md).
+
+One deployment holds the generator, the index and the known users' histories, and answers
+``POST /recommend``. Concurrent requests are batched (``@serve.batch``) so G and the index see
+batches. ``user_config`` carries the run to serve, so a new model version rolls out by
+reconfiguring the deployment in place, without dropping requests.
+"""
+
+
+
+import dataclasses
+import logging
+import threading
+import time
+from typing import Annotated
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from ray import serve
+
+from ganrec_dist.recommender import Recommender
+
+log = logging.getLogger(__name__)
+
+MAX_K = 1000
+MAX_LIST = 10_000  # longest history/exclude list accepted; longer bodies are refused with 422
+
+ItemId = Annotated[StrictStr, Field(min_length=1, max_length=256)]
+
+
+class RecommendRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    user_id: Annotated[StrictStr, Field(min_length=1, max_length=256)]
+    k: StrictInt = Field(10, ge=1, le=MAX_K)
+    history: list[ItemId] | None = Field(None, max_length=MAX_LIST)
+    exclude: list[ItemId] | None = Field(None, max_length=MAX_LIST)
+
+
+class ScoredItem(BaseModel):
+    item_id: str
+    score: float
+
+
+class RecommendResponse(BaseModel):
+    user_id: str
+    items: list[ScoredItem]
+    model_version: str
+    fallback: str | None
+    ignored: list[str]
+
+
+api = FastAPI(title="ganrec-dist", version="1", description="GAN-based generative item recommender")
+
+
+@api.exception_handler(RequestValidationError)
+async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """422 with one message naming the field (FastAPI's default lists raw pydantic errors)."""
+    errors = exc.errors()
+    first = errors[0] if errors else {"loc": ("body",), "msg": "invalid request"}
+    field = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
+    return JSONResponse(status_code=422, content={"detail": f"{field}: {first.get('msg', 'invalid')}",
+                                                  "errors": [{"field": ".".join(str(p) for p in e.get("loc", ()) if p != "body"),
+                                                              "message": e.get("msg", "")} for e in errors[:20]]})
+
+
+@api.exception_handler(Exception)
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unexpected error")
+    return JSONResponse(status_code=503, content={"detail": f"service unavailable: {type(exc).__name__}"})
+
+
+class Engine:
+    """The recommend logic without Ray: shared by the Serve deployment and the bare baseline."""
+
+    def __init__(self, run: str) -> None:
+        self.rec = Recommender(run)
+        self.run = run
+
+    def answer(self, requests: list[RecommendRequest]) -> list[dict]:
+        rec = self.rec
+        n_users, pad, L = rec.model_config.n_users, rec.model_config.n_items, rec.history_len
+        out: list[dict | None] = [None] * len(requests)
+        model_rows, histories, users, excludes = [], [], [], []
+        for i, req in enumerate(requests):
+            ignored = [h for h in (req.history or []) if h not in rec.item_index]
+            extra = np.asarray([rec.item_index[h] for h in (req.history or []) if h in rec.item_index], np.int64)
+            exclude = np.asarray([rec.item_index[e] for e in (req.exclude or []) if e in rec.item_index], np.int64)
+            user = rec.user_index.get(req.user_id)
+            base = rec.seen(user) if user is not None else np.zeros(0, np.int64)
+            sequence = np.concatenate([base, extra]).astype(np.int64)
+            if user is None and len(sequence) == 0:
+                items, scores = rec.popular_items(req.k, exclude)
+                out[i] = self._response(req, items, scores, "popularity", ignored)
+                continue
+            window = sequence[-L:]
+            histories.append(np.concatenate([np.full(L - len(window), pad), window]))
+            users.append(user if user is not None else n_users)
+            excludes.append(np.unique(np.concatenate([sequence, exclude])))
+            model_rows.append((i, ignored, None if user is not None else "history"))
+        if model_rows:
+            k = max(requests[i].k for i, _, _ in model_rows)
+            items, scores = rec.recommend(np.stack(histories), np.asarray(users), excludes, k)
+            for row, (i, ignored, fallback) in enumerate(model_rows):
+                kk = requests[i].k
+                valid = items[row, :kk] >= 0
+                out[i] = self._response(requests[i], items[row, :kk][valid], scores[row, :kk][valid], fallback, ignored)
+        return out  # type: ignore[return-value]
+
+    def _response(self, req: RecommendRequest, items, scores, fallback, ignored) -> dict:
+        return {
+            "user_id": req.user_id,
+            "items": [{"item_id": str(self.rec.item_ids[i]), "score": float(s)} for i, s in zip(items, scores)],
+            "model_version": self.rec.version,
+            "fallback": fallback,
+            "ignored": ignored,
+        }
+
+
+@serve.deployment(
+    name="GanRecommender",
+    max_ongoing_requests=64,
+    autoscaling_config={"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 16},
+    ray_actor_options={"num_cpus": 0.5},
+    health_check_period_s=5,
+)
+@serve.ingress(api)
+class GanRecommender:
+    def __init__(self, run: str, max_batch_size: int = 32, batch_wait_timeout_s: float = 0.002) -> None:
+        self.engine = Engine(run)
+        self.lock = threading.Lock()
+        self.recommend_batch.set_max_batch_size(max_batch_size)
+        self.recommend_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
+
+    def reconfigure(self, config: dict) -> None:
+        """``user_config: {run: PATH}`` switches the model in place (a rollout)."""
+        run = config.get("run")
+        if run and run != self.engine.run:
+            engine = Engine(run)  # load fully before swapping: requests keep flowing meanwhile
+            with self.lock:
+                self.engine = engine
+            log.info("now serving %s", engine.rec.version)
+
+    def check_health(self) -> None:
+        rec = self.engine.rec
+        probe = np.full((1, rec.history_len), rec.model_config.n_items)
+        items, _ = rec.recommend(probe, np.asarray([rec.model_config.n_users]), [np.zeros(0, np.int64)], 1)
+        if items[0, 0] < 0:
+            raise RuntimeError("model or index is not usable")
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
+    async def recommend_batch(self, requests: list[RecommendRequest]) -> list[dict]:
+        with self.lock:
+            engine = self.engine
+        return engine.answer(requests)
+
+    @api.post("/recommend", response_model=RecommendResponse)
+    async def recommend(self, body: RecommendRequest) -> dict:
+        return await self.recommend_batch(body)
+
+    @api.get("/health")
+    async def health(self) -> dict:
+        self.check_health()
+        return {"status": "ok", "model_version": self.engine.rec.version}
+
+
+def app_builder(args: dict) -> serve.Application:
+    """``serve run``/``serve deploy`` entry: ``args: {run: PATH, max_batch_size: N}``."""
+    return GanRecommender.bind(args["run"], int(args.get("max_batch_size", 32)),
+                               float(args.get("batch_wait_timeout_s", 0.002)))
+
+
+@dataclasses.dataclass
+class ServeConfig:
+    """`ganrec serve --run RUN`: the app on a local Ray, 127.0.0.1:8000, until Ctrl-C."""
+
+    run: str = "runs/movielens-small"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_batch_size: int = 32
+    address: str = ""
+    duration_s: float = 0.0  # 0: until interrupted
+
+
+def start(cfg: ServeConfig):
+    """Deploy on the connected Ray; return the handle (the app keeps running)."""
+    from ganrec_dist.raycluster import ensure_ray
+
+    Recommender(cfg.run)  # fail fast on a bad run directory, before Ray
+    ensure_ray(cfg.address)
+    serve.start(http_options={"host": cfg.host, "port": cfg.port})
+    handle = serve.run(app_builder({"run": cfg.run, "max_batch_size": cfg.max_batch_size}),
+                       name="ganrec", route_prefix="/")
+    return handle
+
+
+def serve_command(cfg: ServeConfig) -> dict:
+    start(cfg)
+    print(f"serving {cfg.run} on http://{cfg.host}:{cfg.port} (POST /recommend, GET /health, /docs); Ctrl-C stops")
+    try:
+        deadline = time.time() + cfg.duration_s if cfg.duration_s > 0 else None
+        while deadline is None or time.time() < deadline:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        serve.shutdown()
+    return {}

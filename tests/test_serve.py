@@ -1,0 +1,234 @@
+"""The Ray Serve application on the shared local Ray: API contract, fuzzing, failures, rollout."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import socket
+import threading
+import time
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import requests
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ganrec_dist.config import PrepareConfig, TrainConfig
+from ganrec_dist.prepare import prepare
+from ganrec_dist.score import ScoreConfig, score
+from ganrec_dist.serve import ServeConfig, start
+from ganrec_dist.train import train
+
+pytestmark = pytest.mark.integration
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def service(ray_local, tmp_path_factory):
+    from ray import serve
+
+    base = tmp_path_factory.mktemp("serve")
+    data, run, run2 = base / "data", base / "run", base / "run2"
+    prepare(PrepareConfig(source="synthetic", out=str(data), users=300, items=400, interactions=12_000, seed=3))
+    small = dict(refit=False, dim=16, hidden=32, history_len=10, noise_dim=4, cpus_per_worker=1)
+    train(TrainConfig(data=str(data), out=str(run), epochs=2, **small))
+    train(TrainConfig(data=str(data), out=str(run2), epochs=1, seed=1, **small))
+    port = _free_port()
+    start(ServeConfig(run=str(run), port=port))
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            if requests.get(f"{url}/health", timeout=2).status_code == 200:
+                break
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.5)
+    yield {"url": url, "data": data, "run": run, "run2": run2}
+    serve.shutdown()
+
+
+def post(service, body, **kw):
+    return requests.post(f"{service['url']}/recommend", json=body, timeout=30, **kw)
+
+
+def test_known_unknown_and_cold_users(service):
+    users = pq.read_table(service["data"] / "users.parquet")["user_id"].to_pylist()
+    items = pq.read_table(service["data"] / "items.parquet")["item_id"].to_pylist()
+    r = post(service, {"user_id": users[0], "k": 5})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["fallback"] is None and len(body["items"]) == 5 and body["ignored"] == []
+    assert body["model_version"].startswith("run@")
+    r = post(service, {"user_id": "new-user", "history": [items[1], "no-such-item", items[2]], "k": 3})
+    body = r.json()
+    assert body["fallback"] == "history" and body["ignored"] == ["no-such-item"] and len(body["items"]) == 3
+    assert not {items[1], items[2]} & {i["item_id"] for i in body["items"]}
+    body = post(service, {"user_id": "nobody", "history": ["unknown"], "exclude": [items[0]]}).json()
+    assert body["fallback"] == "popularity" and len(body["items"]) == 10
+    assert items[0] not in {i["item_id"] for i in body["items"]}
+    assert requests.get(f"{service['url']}/health", timeout=5).json()["status"] == "ok"
+    assert "/recommend" in requests.get(f"{service['url']}/openapi.json", timeout=5).json()["paths"]
+
+
+def test_online_equals_offline_score(service, tmp_path):
+    out = tmp_path / "recs.parquet"
+    score(ScoreConfig(data=str(service["data"]), run=str(service["run"]), out=str(out), k=8))
+    offline = {}
+    for row in sorted(pq.read_table(out).to_pylist(), key=lambda r: r["rank"]):
+        offline.setdefault(row["user_id"], []).append(row["item_id"])
+    for user in list(offline)[:25]:
+        online = post(service, {"user_id": user, "k": 8}).json()
+        assert [i["item_id"] for i in online["items"]] == offline[user]
+
+
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"k": 5}, "user_id"),
+        ({"user_id": 7}, "user_id"),
+        ({"user_id": ""}, "user_id"),
+        ({"user_id": "a", "k": 0}, "k"),
+        ({"user_id": "a", "k": 1001}, "k"),
+        ({"user_id": "a", "k": "10"}, "k"),
+        ({"user_id": "a", "history": "i1"}, "history"),
+        ({"user_id": "a", "history": [1, 2]}, "history.0"),
+        ({"user_id": "a", "history": ["x"] * 10_001}, "history"),
+        ({"user_id": "a", "surprise": 1}, "surprise"),
+    ],
+)
+def test_invalid_bodies_are_422_naming_the_field(service, body, field):
+    r = post(service, body)
+    assert r.status_code == 422
+    assert r.json()["detail"].startswith(field)
+
+
+@pytest.mark.parametrize("raw", [b"", b"{", b"\xff\xfe\x00", b"[]", b"null", b'{"user_id": "a", "k": 1e999}', b"A" * 100_000])
+def test_raw_bad_bytes_are_4xx(service, raw):
+    r = requests.post(f"{service['url']}/recommend", data=raw, headers={"content-type": "application/json"}, timeout=30)
+    assert 400 <= r.status_code < 500
+
+
+def from_schema(schema: dict) -> st.SearchStrategy:
+    """Values for an OpenAPI/JSON schema: mostly inside it, sometimes just outside its bounds."""
+    if "anyOf" in schema:
+        return st.one_of([from_schema(s) for s in schema["anyOf"]])
+    kind = schema.get("type")
+    if kind == "null":
+        return st.none()
+    if kind == "string":
+        lo, hi = schema.get("minLength", 0), schema.get("maxLength", 300)
+        return st.text(min_size=max(0, lo - 1), max_size=min(hi + 1, 300))
+    if kind == "integer":
+        lo, hi = schema.get("minimum", -(2**40)), schema.get("maximum", 2**40)
+        return st.integers(lo - 2, hi + 2)
+    if kind == "array":
+        return st.lists(from_schema(schema.get("items", {})), max_size=30)
+    if kind == "object":
+        props = {name: from_schema(sub) for name, sub in schema.get("properties", {}).items()}
+        required = set(schema.get("required", []))
+        return st.fixed_dictionaries(
+            {k: v for k, v in props.items() if k in required},
+            optional={k: v for k, v in props.items() if k not in required},
+        )
+    return st.none() | st.integers() | st.text()
+
+
+def test_fuzz_from_openapi_schema_never_5xx(service):
+    spec = requests.get(f"{service['url']}/openapi.json", timeout=5).json()
+    schema = spec["components"]["schemas"]["RecommendRequest"]
+    statuses = []
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.one_of(from_schema(schema), st.dictionaries(st.text(max_size=8), st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+        lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=5), c, max_size=4), max_leaves=10),
+        max_size=5)))
+    def check(body):
+        r = post(service, body)
+        statuses.append(r.status_code)
+        assert r.status_code < 500, (body, r.text)
+        if r.status_code == 200:
+            assert len(r.json()["items"]) <= body["k"] if "k" in body else 10
+
+    check()
+    assert 200 in statuses and 422 in statuses  # both valid and invalid bodies were tried
+
+
+def _load(service, seconds: float, threads: int = 8) -> tuple[int, int, set]:
+    users = pq.read_table(service["data"] / "users.parquet")["user_id"].to_pylist()
+    ok = failed = 0
+    versions: set = set()
+    lock = threading.Lock()
+    stop = time.time() + seconds
+
+    def worker(i):
+        nonlocal ok, failed
+        session = requests.Session()
+        n = 0
+        while time.time() < stop:
+            try:
+                r = session.post(f"{service['url']}/recommend", json={"user_id": users[(i * 31 + n) % len(users)]}, timeout=30)
+                good = r.status_code == 200
+                version = r.json().get("model_version") if good else None
+            except requests.RequestException:
+                good, version = False, None
+            with lock:
+                ok += good
+                failed += not good
+                versions.add(version)
+            n += 1
+
+    with cf.ThreadPoolExecutor(threads) as pool:
+        list(pool.map(worker, range(threads)))
+    return ok, failed, versions
+
+
+def test_killing_a_replica_under_load_loses_at_most_one_percent(service):
+    import ray
+    from ray import serve
+
+    result: dict = {}
+    loader = threading.Thread(target=lambda: result.update(zip(("ok", "failed", "v"), _load(service, 12))))
+    loader.start()
+    time.sleep(4)
+    replicas = [a for a in ray.util.list_named_actors(all_namespaces=True) if "GanRecommender" in a["name"]
+                and a["name"].startswith("SERVE_REPLICA")]
+    assert replicas
+    ray.kill(ray.get_actor(replicas[0]["name"], namespace=replicas[0]["namespace"]), no_restart=True)
+    loader.join()
+    total = result["ok"] + result["failed"]
+    print(f"\nreplica killed under load: {result['failed']} of {total} requests failed")
+    assert total > 100 and result["failed"] <= 0.01 * total
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        status = serve.status().applications["ganrec"]
+        if status.status == "RUNNING" and requests.get(f"{service['url']}/health", timeout=5).status_code == 200:
+            break
+        time.sleep(1)
+    else:
+        pytest.fail("the deployment did not recover")
+
+
+def test_rollout_by_reconfigure_drops_no_request(service):
+    from ray import serve
+
+    from ganrec_dist.serve import GanRecommender
+
+    result: dict = {}
+    loader = threading.Thread(target=lambda: result.update(zip(("ok", "failed", "v"), _load(service, 10, threads=4))))
+    loader.start()
+    time.sleep(3)
+    serve.run(GanRecommender.options(user_config={"run": str(service["run2"])}).bind(str(service["run"])),
+              name="ganrec", route_prefix="/", blocking=False)
+    loader.join()
+    assert result["failed"] == 0
+    assert {v.split("@")[0] for v in result["v"] if v} == {"run", "run2"}
+    assert post(service, {"user_id": "x", "history": []}).json()["model_version"].startswith("run2@")
