@@ -45,7 +45,9 @@ def recommend_dense(
     return out
 
 
-def ease_recommend(train: sp.csr_matrix, weights: np.ndarray, users: np.ndarray, k: int) -> np.ndarray:
+def ease_recommend(
+    train: sp.csr_matrix, weights: np.ndarray, users: np.ndarray, k: int
+) -> np.ndarray:
     x = (train > 0).astype(np.float64).tocsr()
     return recommend_dense(lambda rows: x[rows] @ weights, train, users, k)
 
@@ -65,13 +67,19 @@ def als_factors(train: sp.csr_matrix, factors: int, reg: float, iterations: int,
     from implicit.als import AlternatingLeastSquares
 
     model = AlternatingLeastSquares(
-        factors=factors, regularization=reg, alpha=1.0, iterations=iterations,
-        random_state=seed, calculate_training_loss=False,
+        factors=factors,
+        regularization=reg,
+        alpha=1.0,
+        iterations=iterations,
+        random_state=seed,
+        calculate_training_loss=False,
     )
     with threadpoolctl.threadpool_limits(1, "blas"):
         model.fit((train > 0).astype(np.float32).tocsr(), show_progress=False)
     return np.asarray(model.user_factors), np.asarray(model.item_factors)
 
 
-def als_recommend(user_f: np.ndarray, item_f: np.ndarray, train: sp.csr_matrix, users: np.ndarray, k: int) -> np.ndarray:
+def als_recommend(
+    user_f: np.ndarray, item_f: np.ndarray, train: sp.csr_matrix, users: np.ndarray, k: int
+) -> np.ndarray:
     return recommend_dense(lambda rows: user_f[rows] @ item_f.T, train, users, k)

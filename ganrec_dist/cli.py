@@ -39,7 +39,11 @@ def _add_config_args(parser: argparse.ArgumentParser, cls: type) -> None:
     parser.add_argument("--quiet", action="store_true", help="warnings and errors only")
     for name, tp in _flags(cls):
         names = {f"--{name}", f"--{name.replace('_', '-')}"}
-        kwargs: dict[str, Any] = {"dest": f"cfg:{name}", "default": argparse.SUPPRESS, "metavar": tp.__name__.upper()}
+        kwargs: dict[str, Any] = {
+            "dest": f"cfg:{name}",
+            "default": argparse.SUPPRESS,
+            "metavar": tp.__name__.upper(),
+        }
         if tp is bool:
             kwargs.update(nargs="?", const="true", metavar="BOOL")
         parser.add_argument(*sorted(names), **kwargs)
@@ -47,12 +51,28 @@ def _add_config_args(parser: argparse.ArgumentParser, cls: type) -> None:
 
 # command name -> (config class, "module:function")
 COMMANDS: dict[str, tuple[type | None, str, str]] = {
-    "prepare": (cfgmod.PrepareConfig, "ganrec_dist.prepare:prepare", "raw logs -> validated, split, sharded Parquet"),
-    "train": (cfgmod.TrainConfig, "ganrec_dist.train:train", "train the GAN recommender on Ray Train"),
-    "evaluate": (cfgmod.EvaluateConfig, "ganrec_dist.evaluate:evaluate", "GAN vs baselines, full ranking, one table"),
+    "prepare": (
+        cfgmod.PrepareConfig,
+        "ganrec_dist.prepare:prepare",
+        "raw logs -> validated, split, sharded Parquet",
+    ),
+    "train": (
+        cfgmod.TrainConfig,
+        "ganrec_dist.train:train",
+        "train the GAN recommender on Ray Train",
+    ),
+    "evaluate": (
+        cfgmod.EvaluateConfig,
+        "ganrec_dist.evaluate:evaluate",
+        "GAN vs baselines, full ranking, one table",
+    ),
     "index": (None, "ganrec_dist.index:index_command", "build the FAISS catalogue index of a run"),
     "score": (None, "ganrec_dist.score:score", "top-K for every user, a Ray Data job, to Parquet"),
-    "serve": (None, "ganrec_dist.serve:serve_command", "serve the run on Ray Serve at 127.0.0.1:8000"),
+    "serve": (
+        None,
+        "ganrec_dist.serve:serve_command",
+        "serve the run on Ray Serve at 127.0.0.1:8000",
+    ),
     "demo": (cfgmod.DemoConfig, "ganrec_dist.demo:demo", "the whole pipeline on the embedded data"),
 }
 CONFIG_CLASSES = {"index": "IndexCommandConfig", "score": "ScoreConfig", "serve": "ServeConfig"}
@@ -71,7 +91,9 @@ def _resolve(spec: str) -> Any:
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, tuple[type, Callable]]]:
-    parser = argparse.ArgumentParser(prog="ganrec", description="GAN-based generative recommender on Ray")
+    parser = argparse.ArgumentParser(
+        prog="ganrec", description="GAN-based generative recommender on Ray"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     handlers: dict[str, tuple[type, Callable]] = {}
     for name, (cls, target, help_text) in COMMANDS.items():
@@ -80,7 +102,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, tuple[type, Calla
         p = sub.add_parser(name, help=help_text)
         _add_config_args(p, cls)
         handlers[name] = (cls, lambda c, target=target: _resolve(target)(c))
-    sub.add_parser("submit", help="run any ganrec command as a Ray job: submit --address URL -- COMMAND ...")
+    sub.add_parser(
+        "submit", help="run any ganrec command as a Ray job: submit --address URL -- COMMAND ..."
+    )
     bench = sub.add_parser("bench", help="benchmarks, each with its baseline in the same run")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
     for name, (cls_spec, target) in BENCHES.items():
@@ -93,9 +117,15 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, tuple[type, Calla
 
 def _submit(argv: list[str]) -> int:
     """`ganrec submit --address URL [--no-wait] -- COMMAND ARGS...`"""
-    head, command = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
-    parser = argparse.ArgumentParser(prog="ganrec submit", description="run a ganrec command as a Ray job")
-    parser.add_argument("--address", default="", help="Ray dashboard/Jobs URL, e.g. http://127.0.0.1:8265")
+    head, command = (
+        (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
+    )
+    parser = argparse.ArgumentParser(
+        prog="ganrec submit", description="run a ganrec command as a Ray job"
+    )
+    parser.add_argument(
+        "--address", default="", help="Ray dashboard/Jobs URL, e.g. http://127.0.0.1:8265"
+    )
     parser.add_argument("--no-wait", action="store_true", help="return after submitting")
     parser.add_argument("--verbose", action="store_true")
     parser.add_argument("--quiet", action="store_true")

@@ -18,11 +18,26 @@ from ganrec_dist.errors import UserError
 log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parent.parent
-EXCLUDES = [".venv/", ".git/", "demo/", "runs/", "data/", "bench/", "**/__pycache__/", "*.egg-info/", ".gl/",
-            ".pytest_cache/", ".ruff_cache/", ".mypy_cache/", ".hypothesis/"]
+EXCLUDES = [
+    ".venv/",
+    ".git/",
+    "demo/",
+    "runs/",
+    "data/",
+    "bench/",
+    "**/__pycache__/",
+    "*.egg-info/",
+    ".gl/",
+    ".pytest_cache/",
+    ".ruff_cache/",
+    ".mypy_cache/",
+    ".hypothesis/",
+]
 
 
-def submit(address: str, command: list[str], working_dir: str | None = None, wait: bool = True) -> int:
+def submit(
+    address: str, command: list[str], working_dir: str | None = None, wait: bool = True
+) -> int:
     """Submit ``ganrec COMMAND...`` as a Ray job, stream its logs, return 0 iff it SUCCEEDED.
 
     The project directory travels as the job's ``working_dir`` (its dependencies must already be
@@ -39,10 +54,18 @@ def submit(address: str, command: list[str], working_dir: str | None = None, wai
     try:
         client = JobSubmissionClient(address)
     except Exception as exc:  # connection refused, auth, bad URL: one line for the user
-        raise UserError(f"cannot reach the Ray Jobs API at {address}: {str(exc).splitlines()[0][:200]}") from None
-    entrypoint = f"{shlex.quote(sys.executable) if _local(address) else 'python'} -m ganrec_dist " + shlex.join(command)
-    runtime_env = {"working_dir": working_dir or str(ROOT), "excludes": EXCLUDES,
-                   "env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}}
+        raise UserError(
+            f"cannot reach the Ray Jobs API at {address}: {str(exc).splitlines()[0][:200]}"
+        ) from None
+    entrypoint = (
+        f"{shlex.quote(sys.executable) if _local(address) else 'python'} -m ganrec_dist "
+        + shlex.join(command)
+    )
+    runtime_env = {
+        "working_dir": working_dir or str(ROOT),
+        "excludes": EXCLUDES,
+        "env_vars": {"RAY_USAGE_STATS_ENABLED": "0"},
+    }
     deadline = time.time() + 90
     while True:
         try:
@@ -51,7 +74,9 @@ def submit(address: str, command: list[str], working_dir: str | None = None, wai
         except RuntimeError as exc:
             # A cluster that has just started answers this until its job agent is up.
             if "No available agent" not in str(exc) or time.time() > deadline:
-                raise UserError(f"job submission failed: {str(exc).splitlines()[0][:300]}") from None
+                raise UserError(
+                    f"job submission failed: {str(exc).splitlines()[0][:300]}"
+                ) from None
             time.sleep(2)
     print(f"submitted {job_id}: ganrec {shlex.join(command)}", flush=True)
     if not wait:
@@ -99,7 +124,9 @@ class _Literal(str):
 def dump_manifest(manifest: dict) -> str:
     """YAML with multi-line strings (serveConfigV2) as literal blocks, as people write them."""
     dumper = type("Dumper", (yaml.SafeDumper,), {})
-    dumper.add_representer(_Literal, lambda d, v: d.represent_scalar("tag:yaml.org,2002:str", v, style="|"))
+    dumper.add_representer(
+        _Literal, lambda d, v: d.represent_scalar("tag:yaml.org,2002:str", v, style="|")
+    )
     spec = manifest["spec"]
     manifest = {**manifest, "spec": {**spec, "serveConfigV2": _Literal(spec["serveConfigV2"])}}
     return yaml.dump(manifest, Dumper=dumper, sort_keys=False)
@@ -118,22 +145,61 @@ def rayservice_manifest(serve_config_path: Path, image: str, ray_version: str) -
                 "rayVersion": ray_version,
                 "headGroupSpec": {
                     "rayStartParams": {"dashboard-host": "0.0.0.0"},
-                    "template": {"spec": {"containers": [{
-                        "name": "ray-head", "image": image,
-                        "resources": {"limits": {"cpu": "2", "memory": "8Gi"}},
-                        "ports": [{"containerPort": 6379, "name": "gcs"}, {"containerPort": 8265, "name": "dashboard"},
-                                  {"containerPort": 8000, "name": "serve"}],
-                        "volumeMounts": [{"name": "shared", "mountPath": "/mnt/shared"}],
-                    }], "volumes": [{"name": "shared", "persistentVolumeClaim": {"claimName": "ganrec-shared"}}]}},
+                    "template": {
+                        "spec": {
+                            "containers": [
+                                {
+                                    "name": "ray-head",
+                                    "image": image,
+                                    "resources": {"limits": {"cpu": "2", "memory": "8Gi"}},
+                                    "ports": [
+                                        {"containerPort": 6379, "name": "gcs"},
+                                        {"containerPort": 8265, "name": "dashboard"},
+                                        {"containerPort": 8000, "name": "serve"},
+                                    ],
+                                    "volumeMounts": [
+                                        {"name": "shared", "mountPath": "/mnt/shared"}
+                                    ],
+                                }
+                            ],
+                            "volumes": [
+                                {
+                                    "name": "shared",
+                                    "persistentVolumeClaim": {"claimName": "ganrec-shared"},
+                                }
+                            ],
+                        }
+                    },
                 },
-                "workerGroupSpecs": [{
-                    "groupName": "cpu", "replicas": 1, "minReplicas": 1, "maxReplicas": 4, "rayStartParams": {},
-                    "template": {"spec": {"containers": [{
-                        "name": "ray-worker", "image": image,
-                        "resources": {"limits": {"cpu": "4", "memory": "16Gi"}},
-                        "volumeMounts": [{"name": "shared", "mountPath": "/mnt/shared"}],
-                    }], "volumes": [{"name": "shared", "persistentVolumeClaim": {"claimName": "ganrec-shared"}}]}},
-                }],
+                "workerGroupSpecs": [
+                    {
+                        "groupName": "cpu",
+                        "replicas": 1,
+                        "minReplicas": 1,
+                        "maxReplicas": 4,
+                        "rayStartParams": {},
+                        "template": {
+                            "spec": {
+                                "containers": [
+                                    {
+                                        "name": "ray-worker",
+                                        "image": image,
+                                        "resources": {"limits": {"cpu": "4", "memory": "16Gi"}},
+                                        "volumeMounts": [
+                                            {"name": "shared", "mountPath": "/mnt/shared"}
+                                        ],
+                                    }
+                                ],
+                                "volumes": [
+                                    {
+                                        "name": "shared",
+                                        "persistentVolumeClaim": {"claimName": "ganrec-shared"},
+                                    }
+                                ],
+                            }
+                        },
+                    }
+                ],
             },
         },
     }

@@ -22,8 +22,19 @@ T = TypeVar("T")
 
 # Section names of a pipeline-wide YAML file. `index:` there is the shared IndexConfig, which
 # every stage that has an `index` field (and the `index` command) reads.
-STAGES = ("prepare", "train", "evaluate", "score", "serve", "demo", "bench_ingest", "bench_train",
-          "bench_index", "bench_score", "bench_serve")
+STAGES = (
+    "prepare",
+    "train",
+    "evaluate",
+    "score",
+    "serve",
+    "demo",
+    "bench_ingest",
+    "bench_train",
+    "bench_index",
+    "bench_score",
+    "bench_serve",
+)
 
 
 @dataclasses.dataclass
@@ -124,6 +135,7 @@ class DemoConfig:
 
     workdir: str = "demo"
     users_to_show: int = 3
+    port: int = 8000
     overwrite: bool = True
     address: str = ""
 

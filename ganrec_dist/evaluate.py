@@ -33,7 +33,9 @@ def _floats(text: str) -> list[float]:
     return [float(x) for x in text.split(",") if x.strip()]
 
 
-def gan_recommend(run: str | Path, seq: Sequences, users: np.ndarray, k: int) -> tuple[np.ndarray, str]:
+def gan_recommend(
+    run: str | Path, seq: Sequences, users: np.ndarray, k: int
+) -> tuple[np.ndarray, str]:
     """The GAN's top-k through the retrieval path; each user's train items excluded."""
     rec = Recommender(run)
     out = np.full((seq.n_users, k), -1, dtype=np.int64)
@@ -52,11 +54,22 @@ def ablation_run(cfg: EvaluateConfig) -> Path:
     run = Path(cfg.run)
     train_cfg = build(TrainConfig, yaml.safe_load((run / "config.yaml").read_text()))
     target = run / "ablation"
-    ablation = build(TrainConfig, {
-        **{k: v for k, v in yaml.safe_load((run / "config.yaml").read_text()).items() if k != "index"},
-        "out": str(target), "name": f"{train_cfg.name or run.name}-ablation", "adv_weight": 0.0,
-        "data": cfg.data, "address": cfg.address, "fail_at_epoch": -1,
-    })
+    ablation = build(
+        TrainConfig,
+        {
+            **{
+                k: v
+                for k, v in yaml.safe_load((run / "config.yaml").read_text()).items()
+                if k != "index"
+            },
+            "out": str(target),
+            "name": f"{train_cfg.name or run.name}-ablation",
+            "adv_weight": 0.0,
+            "data": cfg.data,
+            "address": cfg.address,
+            "fail_at_epoch": -1,
+        },
+    )
     meta_path = target / "checkpoint" / "meta.json"
     if meta_path.exists() and json.loads(meta_path.read_text()).get("final"):
         log.info("reusing the ablation in %s", target)
@@ -99,7 +112,9 @@ def evaluate(cfg: EvaluateConfig) -> dict:
             scores[lam] = ranking_metrics(r, val_truth, [10])["ndcg@10"]
             log.info("EASE lambda %g: validation NDCG@10 %.4f", lam, scores[lam])
         best = max(scores, key=scores.get)
-        recs["ease"] = baselines.ease_recommend(train_matrix, baselines.ease_weights(train_matrix, best), users, max_k)
+        recs["ease"] = baselines.ease_recommend(
+            train_matrix, baselines.ease_weights(train_matrix, best), users, max_k
+        )
         params["ease"] = {"lambda": best}
         validation["ease"] = {str(k): v for k, v in scores.items()}
     else:
@@ -107,33 +122,57 @@ def evaluate(cfg: EvaluateConfig) -> dict:
 
     scores = {}
     for reg in _floats(cfg.als_regs):
-        uf, itf = baselines.als_factors(fit_matrix, cfg.als_factors, reg, cfg.als_iterations, cfg.seed)
-        scores[reg] = ranking_metrics(baselines.als_recommend(uf, itf, fit_matrix, val_users, 10), val_truth, [10])["ndcg@10"]
+        uf, itf = baselines.als_factors(
+            fit_matrix, cfg.als_factors, reg, cfg.als_iterations, cfg.seed
+        )
+        scores[reg] = ranking_metrics(
+            baselines.als_recommend(uf, itf, fit_matrix, val_users, 10), val_truth, [10]
+        )["ndcg@10"]
         log.info("ALS reg %g: validation NDCG@10 %.4f", reg, scores[reg])
     best = max(scores, key=scores.get)
-    uf, itf = baselines.als_factors(train_matrix, cfg.als_factors, best, cfg.als_iterations, cfg.seed)
+    uf, itf = baselines.als_factors(
+        train_matrix, cfg.als_factors, best, cfg.als_iterations, cfg.seed
+    )
     recs["als"] = baselines.als_recommend(uf, itf, train_matrix, users, max_k)
-    params["als"] = {"factors": cfg.als_factors, "regularization": best, "alpha": 1.0, "iterations": cfg.als_iterations}
+    params["als"] = {
+        "factors": cfg.als_factors,
+        "regularization": best,
+        "alpha": 1.0,
+        "iterations": cfg.als_iterations,
+    }
     validation["als"] = {str(k): v for k, v in scores.items()}
 
     recs["gan"], version = gan_recommend(run, seq, users, max_k)
     gan_meta = json.loads((run / "checkpoint" / "meta.json").read_text())
-    params["gan"] = {"version": version, "adv_weight": gan_meta["adv_weight"], "best_epoch": gan_meta["best_epoch"]}
+    params["gan"] = {
+        "version": version,
+        "adv_weight": gan_meta["adv_weight"],
+        "best_epoch": gan_meta["best_epoch"],
+    }
     if cfg.ablation:
         ablation = ablation_run(cfg)
         recs["gan_ablation"], version = gan_recommend(ablation, seq, users, max_k)
         ab_meta = json.loads((ablation / "checkpoint" / "meta.json").read_text())
-        params["gan_ablation"] = {"version": version, "adv_weight": 0.0, "best_epoch": ab_meta["best_epoch"]}
+        params["gan_ablation"] = {
+            "version": version,
+            "adv_weight": 0.0,
+            "best_epoch": ab_meta["best_epoch"],
+        }
 
     models = {}
     for name, r in recs.items():
-        models[name] = {**ranking_metrics(r, truth, ks), **beyond_accuracy(r[users], train_matrix, ks),
-                        "params": params[name]}
+        models[name] = {
+            **ranking_metrics(r, truth, ks),
+            **beyond_accuracy(r[users], train_matrix, ks),
+            "params": params[name],
+        }
     result = {
         "k": ks,
         "models": models,
-        "split": {"test": "per user, temporal, last ceil(0.2 n) (see DATA/manifest.json)",
-                  "validation": "the same rule applied to train; used for every model's hyper-parameters"},
+        "split": {
+            "test": "per user, temporal, last ceil(0.2 n) (see DATA/manifest.json)",
+            "validation": "the same rule applied to train; used for every model's hyper-parameters",
+        },
         "users_evaluated": int(len(users)),
         "n_items": int(seq.n_items),
         "data": str(cfg.data),
@@ -152,8 +191,22 @@ def evaluate(cfg: EvaluateConfig) -> dict:
 
 
 def print_results(result: dict) -> None:
-    cols = ["ndcg@10", "recall@10", "precision@10", "hit@10", "mrr@10", "ndcg@20", "recall@20",
-            "coverage@10", "diversity@10", "novelty@10"]
+    cols = [
+        "ndcg@10",
+        "recall@10",
+        "precision@10",
+        "hit@10",
+        "mrr@10",
+        "ndcg@20",
+        "recall@20",
+        "coverage@10",
+        "diversity@10",
+        "novelty@10",
+    ]
     rows = [[name] + [round(m[c], 4) for c in cols] for name, m in result["models"].items()]
-    print_table(f"full-ranking evaluation on {result['source']}: {result['users_evaluated']} users, "
-                f"{result['n_items']} items", ["model"] + cols, rows)
+    print_table(
+        f"full-ranking evaluation on {result['source']}: {result['users_evaluated']} users, "
+        f"{result['n_items']} items",
+        ["model"] + cols,
+        rows,
+    )

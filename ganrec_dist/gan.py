@@ -14,24 +14,29 @@ import torch.nn.functional as F
 from torch import nn
 
 
-
 @dataclass
 class Batch:
     history: torch.Tensor  # [b, L] item indices, padded with n_items, most recent last
     users: torch.Tensor  # [b] user indices (n_users = unknown)
     targets: torch.Tensor  # [b] the real next item
-    future: torch.Tensor | None = None  # [b] a real item from the user's next few (D's "real"); None = targets
+    future: torch.Tensor | None = (
+        None  # [b] a real item from the user's next few (D's "real"); None = targets
+    )
 
 
 def unwrap(module: nn.Module) -> nn.Module:
     return getattr(module, "module", module)
 
 
-def sample_noise(batch: int, dim: int, device: torch.device, generator: torch.Generator | None = None) -> torch.Tensor:
+def sample_noise(
+    batch: int, dim: int, device: torch.device, generator: torch.Generator | None = None
+) -> torch.Tensor:
     return torch.randn(batch, dim, device=device, generator=generator)
 
 
-def d_step(gen: nn.Module, disc: nn.Module, d_opt: torch.optim.Optimizer, batch: Batch, z: torch.Tensor) -> dict[str, float]:
+def d_step(
+    gen: nn.Module, disc: nn.Module, d_opt: torch.optim.Optimizer, batch: Batch, z: torch.Tensor
+) -> dict[str, float]:
     """One discriminator update on real (user, next item) pairs against generated ones."""
     core = unwrap(gen)
     with torch.no_grad():  # no gradient reaches G here, so DDP's wrapper is not needed
@@ -40,8 +45,9 @@ def d_step(gen: nn.Module, disc: nn.Module, d_opt: torch.optim.Optimizer, batch:
         real = core.item_embeddings(batch.targets if batch.future is None else batch.future)
     d_real = disc(state, real)
     d_fake = disc(state, fake)
-    loss = F.binary_cross_entropy_with_logits(d_real, torch.ones_like(d_real)) + \
-        F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake))
+    loss = F.binary_cross_entropy_with_logits(
+        d_real, torch.ones_like(d_real)
+    ) + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake))
     d_opt.zero_grad(set_to_none=True)
     loss.backward()
     d_opt.step()
@@ -92,4 +98,8 @@ def g_step(
     g_opt.zero_grad(set_to_none=True)
     loss.backward()
     g_opt.step()
-    return {"g_loss": float(adv.detach()), "ce_loss": float(ce.detach()), "g_d_fake": float(torch.sigmoid(d_fake).mean().detach())}
+    return {
+        "g_loss": float(adv.detach()),
+        "ce_loss": float(ce.detach()),
+        "g_d_fake": float(torch.sigmoid(d_fake).mean().detach()),
+    }

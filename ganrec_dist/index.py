@@ -45,7 +45,9 @@ def resolve_kind(cfg: IndexConfig, n_items: int) -> str:
 
 
 def checksum(embeddings: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(embeddings, dtype=np.float32).tobytes()).hexdigest()[:32]
+    return hashlib.sha256(np.ascontiguousarray(embeddings, dtype=np.float32).tobytes()).hexdigest()[
+        :32
+    ]
 
 
 class ExactIndex:
@@ -99,7 +101,11 @@ def build_index(embeddings: np.ndarray, cfg: IndexConfig, seed: int = 0):
             raise UserError(f"index.pq_bytes ({cfg.pq_bytes}) must divide the dimension ({dim})")
         index = faiss.IndexIVFPQ(quantizer, dim, nlist, cfg.pq_bytes, 8, faiss.METRIC_INNER_PRODUCT)
     rng = np.random.default_rng(seed)
-    sample = embeddings if n <= cfg.train_sample else embeddings[rng.choice(n, cfg.train_sample, replace=False)]
+    sample = (
+        embeddings
+        if n <= cfg.train_sample
+        else embeddings[rng.choice(n, cfg.train_sample, replace=False)]
+    )
     index.train(sample)
     index.nprobe = cfg.nprobe
     if kind == "ivfpq":
@@ -112,8 +118,9 @@ def build_index(embeddings: np.ndarray, cfg: IndexConfig, seed: int = 0):
     return index
 
 
-def search_excluding(index, queries: np.ndarray, exclude: list[np.ndarray], k: int,
-                     exact=None) -> tuple[np.ndarray, np.ndarray]:
+def search_excluding(
+    index, queries: np.ndarray, exclude: list[np.ndarray], k: int, exact=None
+) -> tuple[np.ndarray, np.ndarray]:
     """Top-k items per query with each query's ``exclude`` items removed.
 
     Args:
@@ -144,7 +151,9 @@ def search_excluding(index, queries: np.ndarray, exclude: list[np.ndarray], k: i
         if len(chosen) < min(k, index.ntotal - len(np.unique(exclude[row]))):
             short.append(row)
     if short and exact is not None and exact is not index:
-        fixed_items, fixed_scores = search_excluding(exact, queries[short], [exclude[r] for r in short], k)
+        fixed_items, fixed_scores = search_excluding(
+            exact, queries[short], [exclude[r] for r in short], k
+        )
         out_items[short], out_scores[short] = fixed_items, fixed_scores
     return out_items, out_scores
 
@@ -189,8 +198,10 @@ def load_index(run: Path, embeddings: np.ndarray):
     if not problems and meta["checksum"] != checksum(embeddings):
         problems.append("built from other item embeddings (the run was retrained)")
     if problems:
-        raise UserError(f"{run / 'index'}: stale or mismatched index ({'; '.join(problems)}); "
-                        f"rebuild it with ganrec index --run {run}")
+        raise UserError(
+            f"{run / 'index'}: stale or mismatched index ({'; '.join(problems)}); "
+            f"rebuild it with ganrec index --run {run}"
+        )
     if meta["kind"] == "flat":
         return ExactIndex(embeddings), meta
     index = faiss.read_index(str(run / "index" / "index.faiss"))
@@ -223,6 +234,12 @@ def index_command(cfg: IndexCommandConfig) -> dict:
     start = time.time()
     index = build_index(embeddings, index_cfg)
     meta = save_index(index, embeddings, index_cfg, run)
-    log.info("index: %s over %d x %d items in %.1fs -> %s", meta["kind"], meta["n_items"], meta["dim"],
-             time.time() - start, run / "index")
+    log.info(
+        "index: %s over %d x %d items in %.1fs -> %s",
+        meta["kind"],
+        meta["n_items"],
+        meta["dim"],
+        time.time() - start,
+        run / "index",
+    )
     return meta

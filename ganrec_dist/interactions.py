@@ -35,7 +35,9 @@ class Sequences:
         start = self.offsets[users]
         idx = (start + ends)[:, None] - length + np.arange(length)[None, :]
         valid = idx >= start[:, None]
-        gathered = self.items[np.clip(idx, 0, max(len(self.items) - 1, 0))] if len(self.items) else idx
+        gathered = (
+            self.items[np.clip(idx, 0, max(len(self.items) - 1, 0))] if len(self.items) else idx
+        )
         return np.where(valid, gathered, self.n_items).astype(np.int64)
 
     def matrix(self, limits: np.ndarray | None = None) -> sp.csr_matrix:
@@ -44,7 +46,9 @@ class Sequences:
         rows = np.repeat(np.arange(self.n_users), lengths)
         pos = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
         cols = self.items[np.repeat(self.offsets[:-1], lengths) + pos]
-        m = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(self.n_users, self.n_items))
+        m = sp.csr_matrix(
+            (np.ones(len(rows), np.float32), (rows, cols)), shape=(self.n_users, self.n_items)
+        )
         m.sum_duplicates()
         m.data[:] = 1.0
         return m
@@ -58,7 +62,12 @@ def load_sequences(data: str | Path, split: str = "train") -> Sequences:
     order = np.lexsort((table["position"].to_numpy(), users))
     counts = np.bincount(users, minlength=manifest["users"])
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    return Sequences(offsets, table["item_idx"].to_numpy()[order].astype(np.int32), manifest["users"], manifest["items"])
+    return Sequences(
+        offsets,
+        table["item_idx"].to_numpy()[order].astype(np.int32),
+        manifest["users"],
+        manifest["items"],
+    )
 
 
 def validation_limits(seq: Sequences, val_fraction: float) -> np.ndarray:
@@ -77,7 +86,9 @@ def held_out(seq: Sequences, starts: np.ndarray) -> sp.csr_matrix:
     rows = np.repeat(np.arange(seq.n_users), lengths)
     pos = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
     cols = seq.items[np.repeat(seq.offsets[:-1] + starts, lengths) + pos]
-    m = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(seq.n_users, seq.n_items))
+    m = sp.csr_matrix(
+        (np.ones(len(rows), np.float32), (rows, cols)), shape=(seq.n_users, seq.n_items)
+    )
     m.sum_duplicates()
     m.data[:] = 1.0
     return m

@@ -39,6 +39,8 @@ def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
     root.setLevel(logging.WARNING)
     logging.getLogger("ganrec_dist").setLevel(level)
     # Ray warns on every local start that token auth is on; that is the safe default we keep.
-    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
+        logging.ERROR
+    )
     for name in ("ray", "ray.data", "ray.train", "ray.serve", "filelock", "matplotlib"):
         logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)

@@ -66,7 +66,9 @@ def beyond_accuracy(recs: np.ndarray, train: sp.csr_matrix, ks: list[int]) -> di
     self_info = -np.log2(np.maximum(popularity, 1.0 / max(n_users, 1)))
     out: dict[str, float] = {}
     rng = np.random.default_rng(0)
-    sample = np.arange(len(recs)) if len(recs) <= 2000 else rng.choice(len(recs), 2000, replace=False)
+    sample = (
+        np.arange(len(recs)) if len(recs) <= 2000 else rng.choice(len(recs), 2000, replace=False)
+    )
     for k in ks:
         top = recs[:, :k]
         valid = top >= 0
@@ -85,7 +87,9 @@ def beyond_accuracy(recs: np.ndarray, train: sp.csr_matrix, ks: list[int]) -> di
     return out
 
 
-def top_k_excluding(scores: np.ndarray, seen: sp.csr_matrix, rows: np.ndarray, k: int) -> np.ndarray:
+def top_k_excluding(
+    scores: np.ndarray, seen: sp.csr_matrix, rows: np.ndarray, k: int
+) -> np.ndarray:
     """Top-k item indices of dense ``scores`` ``[len(rows), items]`` with each row's seen items removed."""
     scores = scores.copy()
     sub = seen[rows]

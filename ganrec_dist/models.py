@@ -72,7 +72,9 @@ class Generator(nn.Module):
         self.cfg = cfg
         self.encoder = UserEncoder(cfg)
         self.head = nn.Sequential(
-            nn.Linear(cfg.hidden + cfg.noise_dim, cfg.hidden), nn.GELU(), nn.Linear(cfg.hidden, cfg.dim)
+            nn.Linear(cfg.hidden + cfg.noise_dim, cfg.hidden),
+            nn.GELU(),
+            nn.Linear(cfg.hidden, cfg.dim),
         )
         if not cfg.tie_embeddings:
             self.output_items = nn.Embedding(cfg.n_items, cfg.dim)
@@ -120,7 +122,9 @@ class Discriminator(nn.Module):
         super().__init__()
         self.project = nn.Linear(cfg.hidden, cfg.dim)
         self.net = nn.Sequential(
-            nn.Linear(cfg.hidden + 2 * cfg.dim, cfg.hidden), nn.LeakyReLU(0.2), nn.Linear(cfg.hidden, 1)
+            nn.Linear(cfg.hidden + 2 * cfg.dim, cfg.hidden),
+            nn.LeakyReLU(0.2),
+            nn.Linear(cfg.hidden, 1),
         )
 
     def forward(self, state: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:

@@ -57,7 +57,13 @@ STAGED_SCHEMA = pa.schema(
     ]
 )
 OUTPUT_COLUMNS = ["user_id", "item_id", "timestamp", "weight", "user_idx", "item_idx", "position"]
-REASONS = ("missing user_id", "missing item_id", "bad timestamp", "non-finite weight", "malformed row")
+REASONS = (
+    "missing user_id",
+    "missing item_id",
+    "bad timestamp",
+    "non-finite weight",
+    "malformed row",
+)
 _NUMBER = r"^\s*[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?\s*$"
 _TS_LIMIT = 1e11  # |Unix seconds| beyond this (year ~5100) is not a timestamp
 
@@ -116,7 +122,9 @@ def _iter_chunks(path: str, fmt: str, malformed: list[str]):
         convert_options=pacsv.ConvertOptions(
             # Only an empty field is missing; "nan" or "NULL" stay text so that the rejected
             # row shows exactly what the file said.
-            column_types={n: pa.string() for n in names}, strings_can_be_null=True, null_values=[""]
+            column_types={n: pa.string() for n in names},
+            strings_can_be_null=True,
+            null_values=[""],
         ),
     )
     for batch in reader:
@@ -137,7 +145,9 @@ def _parse_number(column: pa.ChunkedArray) -> pa.ChunkedArray:
         return pa.chunked_array([pa.nulls(len(column), pa.float64())])
     text = column.cast(pa.string())
     lowered = pc.utf8_lower(pc.utf8_trim_whitespace(text))
-    special = pc.is_in(lowered, value_set=pa.array(["nan", "inf", "+inf", "-inf", "infinity", "-infinity"]))
+    special = pc.is_in(
+        lowered, value_set=pa.array(["nan", "inf", "+inf", "-inf", "infinity", "-infinity"])
+    )
     numeric = pc.match_substring_regex(text, _NUMBER)
     keep = pc.or_(numeric, special)
     cleaned = pc.if_else(keep, pc.utf8_trim_whitespace(text), pa.scalar(None, pa.string()))
@@ -180,7 +190,9 @@ def validate_chunk(table: pa.Table, cols: dict[str, str]) -> tuple[pa.Table, pa.
     item = _as_id(table[cols["item"]])
     ts = _parse_timestamp(table[cols["time"]])
     if cols["weight"]:
-        weight = _parse_number(table[cols["weight"]]).to_numpy(zero_copy_only=False).astype(np.float64)
+        weight = (
+            _parse_number(table[cols["weight"]]).to_numpy(zero_copy_only=False).astype(np.float64)
+        )
     else:
         weight = np.ones(n, dtype=np.float64)
     user_missing = pc.is_null(user).to_numpy(zero_copy_only=False)
@@ -190,7 +202,12 @@ def validate_chunk(table: pa.Table, cols: dict[str, str]) -> tuple[pa.Table, pa.
     reason = np.full(n, None, dtype=object)
     # First reason wins, in the documented order.
     for mask, text in reversed(
-        [(user_missing, REASONS[0]), (item_missing, REASONS[1]), (ts_bad, REASONS[2]), (weight_bad, REASONS[3])]
+        [
+            (user_missing, REASONS[0]),
+            (item_missing, REASONS[1]),
+            (ts_bad, REASONS[2]),
+            (weight_bad, REASONS[3]),
+        ]
     ):
         reason[mask] = text
     bad = user_missing | item_missing | ts_bad | weight_bad
@@ -224,8 +241,11 @@ REJECTED_SCHEMA = pa.schema(
 )
 
 
-def rejected_rows(table: pa.Table, cols: dict[str, str], reasons: Any, rows: Any, source: str = "") -> pa.Table:
+def rejected_rows(
+    table: pa.Table, cols: dict[str, str], reasons: Any, rows: Any, source: str = ""
+) -> pa.Table:
     """Rejected rows in one schema for every input: the original values as strings plus a reason."""
+
     def original(role: str) -> pa.Array:
         name = cols.get(role, "")
         if not name:
@@ -234,9 +254,16 @@ def rejected_rows(table: pa.Table, cols: dict[str, str], reasons: Any, rows: Any
 
     raw = [json.dumps(r, default=str) for r in table.to_pylist()]
     return pa.table(
-        [original("user"), original("item"), original("time"), original("weight"),
-         pa.array(raw, pa.string()), pa.array(list(reasons), pa.string()),
-         pa.array(np.asarray(rows, dtype=np.int64)), pa.array([source] * table.num_rows, pa.string())],
+        [
+            original("user"),
+            original("item"),
+            original("time"),
+            original("weight"),
+            pa.array(raw, pa.string()),
+            pa.array(list(reasons), pa.string()),
+            pa.array(np.asarray(rows, dtype=np.int64)),
+            pa.array([source] * table.num_rows, pa.string()),
+        ],
         schema=REJECTED_SCHEMA,
     )
 
@@ -278,9 +305,17 @@ def ingest_file(task: dict) -> dict:
                     writers[b] = pq.ParquetWriter(out / f"f{file_idx:06d}.parquet", STAGED_SCHEMA)
                 writers[b].write_table(staged.filter(pa.array(part == b)))
             if rejected.num_rows:
-                rejected = rejected.set_column(6, "row", pa.array(rejected["row"].to_numpy() + offset))
-                rejected = rejected.set_column(7, "source_file", pa.array([path] * rejected.num_rows))
-                for reason, count in zip(*np.unique(rejected["reason"].to_numpy(zero_copy_only=False), return_counts=True)):
+                rejected = rejected.set_column(
+                    6, "row", pa.array(rejected["row"].to_numpy() + offset)
+                )
+                rejected = rejected.set_column(
+                    7, "source_file", pa.array([path] * rejected.num_rows)
+                )
+                for reason, count in zip(
+                    *np.unique(
+                        rejected["reason"].to_numpy(zero_copy_only=False), return_counts=True
+                    )
+                ):
                     stats["rejected"][reason] += int(count)
                 if rejected_writer is None:
                     rejected_writer = pq.ParquetWriter(
@@ -295,8 +330,12 @@ def ingest_file(task: dict) -> dict:
             n = len(malformed)
             table = pa.table(
                 [pa.nulls(n, pa.string())] * 4
-                + [pa.array(malformed, pa.string()), pa.array([REASONS[4]] * n, pa.string()),
-                   pa.nulls(n, pa.int64()), pa.array([path] * n, pa.string())],
+                + [
+                    pa.array(malformed, pa.string()),
+                    pa.array([REASONS[4]] * n, pa.string()),
+                    pa.nulls(n, pa.int64()),
+                    pa.array([path] * n, pa.string()),
+                ],
                 schema=REJECTED_SCHEMA,
             )
             pq.write_table(table, staging / "rejected" / f"malformed-{file_idx:06d}.parquet")
@@ -344,11 +383,21 @@ def split_bucket(task: dict) -> dict:
     """Pass 2 for one bucket: drop exact duplicates, sort, decide the temporal split."""
     staging, bucket = Path(task["staging"]), int(task["bucket"])
     source = staging / "buckets" / f"b{bucket:05d}"
-    table = pq.read_table(source, schema=STAGED_SCHEMA) if source.exists() else STAGED_SCHEMA.empty_table()
+    table = (
+        pq.read_table(source, schema=STAGED_SCHEMA)
+        if source.exists()
+        else STAGED_SCHEMA.empty_table()
+    )
     rows = table.num_rows
     keys = ["user_id", "item_id", "timestamp", "weight"]
-    table = table.group_by(keys, use_threads=False).aggregate([("seq", "min")]).rename_columns(keys + ["seq"])
-    table = table.sort_by([("user_id", "ascending"), ("timestamp", "ascending"), ("seq", "ascending")])
+    table = (
+        table.group_by(keys, use_threads=False)
+        .aggregate([("seq", "min")])
+        .rename_columns(keys + ["seq"])
+    )
+    table = table.sort_by(
+        [("user_id", "ascending"), ("timestamp", "ascending"), ("seq", "ascending")]
+    )
     users = table["user_id"].to_numpy(zero_copy_only=False)
     position, is_test = split_sorted(users, float(task["test_fraction"]))
     table = table.drop_columns(["seq"]).append_column("is_test", pa.array(is_test))
@@ -356,12 +405,21 @@ def split_bucket(task: dict) -> dict:
     out = staging / "split"
     out.mkdir(exist_ok=True)
     pq.write_table(table, out / f"b{bucket:05d}.parquet")
-    pq.write_table(pa.table({"user_id": pc.unique(table["user_id"])}), out / f"users-b{bucket:05d}.parquet")
-    pq.write_table(pa.table({"item_id": pc.unique(table["item_id"])}), out / f"items-b{bucket:05d}.parquet")
+    pq.write_table(
+        pa.table({"user_id": pc.unique(table["user_id"])}), out / f"users-b{bucket:05d}.parquet"
+    )
+    pq.write_table(
+        pa.table({"item_id": pc.unique(table["item_id"])}), out / f"items-b{bucket:05d}.parquet"
+    )
     if source.exists():
         shutil.rmtree(source)
-    return {"bucket": bucket, "rows": rows, "duplicates": rows - table.num_rows,
-            "test_rows": int(is_test.sum()), "train_rows": int((~is_test).sum())}
+    return {
+        "bucket": bucket,
+        "rows": rows,
+        "duplicates": rows - table.num_rows,
+        "test_rows": int(is_test.sum()),
+        "train_rows": int((~is_test).sum()),
+    }
 
 
 # --- pass 3: integer ids and output shards ----------------------------------------------------
@@ -373,8 +431,12 @@ def map_bucket(task: dict) -> dict:
     table = pq.read_table(staging / "split" / f"b{bucket:05d}.parquet")
     users = pq.read_table(out / "users.parquet", columns=["user_id"])["user_id"]
     items = pq.read_table(out / "items.parquet", columns=["item_id"])["item_id"]
-    table = table.append_column("user_idx", pc.index_in(table["user_id"], value_set=users).cast(pa.int32()))
-    table = table.append_column("item_idx", pc.index_in(table["item_id"], value_set=items).cast(pa.int32()))
+    table = table.append_column(
+        "user_idx", pc.index_in(table["user_id"], value_set=users).cast(pa.int32())
+    )
+    table = table.append_column(
+        "item_idx", pc.index_in(table["item_id"], value_set=items).cast(pa.int32())
+    )
     for name, mask in (("train", pc.invert(table["is_test"])), ("test", table["is_test"])):
         part = table.filter(mask).select(OUTPUT_COLUMNS)
         pq.write_table(part, out / name / f"part-{bucket:05d}.parquet", row_group_size=65_536)
@@ -422,10 +484,14 @@ def _resolve_input(cfg: PrepareConfig, staging: Path) -> sources.RawInput:
     if cfg.source == "synthetic":
         return sources.synthetic(staging / "raw", cfg.users, cfg.items, cfg.interactions, cfg.seed)
     files, fmt = sources.resolve_files(cfg.source, cfg.format)
-    return sources.RawInput(files=[os.path.abspath(f) for f in files], format=fmt, description=cfg.source)
+    return sources.RawInput(
+        files=[os.path.abspath(f) for f in files], format=fmt, description=cfg.source
+    )
 
 
-def _column_map(cfg: PrepareConfig, raw: sources.RawInput, files: list[str]) -> tuple[dict[str, str], list[str]]:
+def _column_map(
+    cfg: PrepareConfig, raw: sources.RawInput, files: list[str]
+) -> tuple[dict[str, str], list[str]]:
     """Check every file's columns up front; return the column mapping and ignored columns."""
     defaults = PrepareConfig()
     user = cfg.user_col if cfg.user_col != defaults.user_col else raw.user_col
@@ -438,16 +504,22 @@ def _column_map(cfg: PrepareConfig, raw: sources.RawInput, files: list[str]) -> 
         names = file_columns(path, raw.format)
         for role, col in (("user", user), ("item", item), ("timestamp", time_col)):
             if col not in names:
-                raise UserError(f"{path}: missing required {role} column '{col}' (has: {', '.join(names[:10])})")
+                raise UserError(
+                    f"{path}: missing required {role} column '{col}' (has: {', '.join(names[:10])})"
+                )
         if weight and weight not in names:
             raise UserError(f"{path}: missing weight column '{weight}'")
         w = weight or ("weight" if "weight" in names else "rating" if "rating" in names else "")
         if chosen_weight is None:
             chosen_weight = w
         elif chosen_weight != w:
-            raise UserError(f"{path}: weight column differs from the other files; pass --weight_col")
+            raise UserError(
+                f"{path}: weight column differs from the other files; pass --weight_col"
+            )
         ignored |= set(names) - {user, item, time_col, w}
-    return {"user": user, "item": item, "time": time_col, "weight": chosen_weight or ""}, sorted(ignored)
+    return {"user": user, "item": item, "time": time_col, "weight": chosen_weight or ""}, sorted(
+        ignored
+    )
 
 
 def prepare(cfg: PrepareConfig) -> dict:
@@ -480,25 +552,50 @@ def prepare(cfg: PrepareConfig) -> dict:
 
         ingest = _run(
             ingest_file,
-            [{"path": p, "format": raw.format, "file_idx": i, "cols": cols, "buckets": shards,
-              "staging": str(staging)} for i, p in enumerate(raw.files)],
+            [
+                {
+                    "path": p,
+                    "format": raw.format,
+                    "file_idx": i,
+                    "cols": cols,
+                    "buckets": shards,
+                    "staging": str(staging),
+                }
+                for i, p in enumerate(raw.files)
+            ],
             "ingest",
         )
         split = _run(
             split_bucket,
-            [{"staging": str(staging), "bucket": b, "test_fraction": cfg.test_fraction} for b in range(shards)],
+            [
+                {"staging": str(staging), "bucket": b, "test_fraction": cfg.test_fraction}
+                for b in range(shards)
+            ],
             "split",
         )
         users = _sorted_unique(staging / "split", "users-b*.parquet", "user_id")
         items = _sorted_unique(staging / "split", "items-b*.parquet", "item_id")
-        pq.write_table(pa.table({"user_idx": pa.array(np.arange(len(users), dtype=np.int32)), "user_id": users}), tmp / "users.parquet")
-        item_table = pa.table({"item_idx": pa.array(np.arange(len(items), dtype=np.int32)), "item_id": items})
+        pq.write_table(
+            pa.table(
+                {"user_idx": pa.array(np.arange(len(users), dtype=np.int32)), "user_id": users}
+            ),
+            tmp / "users.parquet",
+        )
+        item_table = pa.table(
+            {"item_idx": pa.array(np.arange(len(items), dtype=np.int32)), "item_id": items}
+        )
         if raw.item_features is not None:
-            item_table = item_table.join(raw.item_features, "item_id", join_type="left outer").sort_by("item_idx")
+            item_table = item_table.join(
+                raw.item_features, "item_id", join_type="left outer"
+            ).sort_by("item_idx")
         pq.write_table(item_table, tmp / "items.parquet")
         (tmp / "train").mkdir()
         (tmp / "test").mkdir()
-        _run(map_bucket, [{"staging": str(staging), "out": str(tmp), "bucket": b} for b in range(shards)], "map ids")
+        _run(
+            map_bucket,
+            [{"staging": str(staging), "out": str(tmp), "bucket": b} for b in range(shards)],
+            "map ids",
+        )
 
         rejected_dir = tmp / "rejected"
         rejected_dir.mkdir()
@@ -531,7 +628,10 @@ def prepare(cfg: PrepareConfig) -> dict:
             },
             "seconds": round(time.time() - start, 2),
         }
-        if manifest["rows_in"] != manifest["rows_kept"] + manifest["rows_rejected"] + manifest["rows_duplicate"]:
+        if (
+            manifest["rows_in"]
+            != manifest["rows_kept"] + manifest["rows_rejected"] + manifest["rows_duplicate"]
+        ):
             raise RuntimeError(f"row counts do not reconcile: {manifest}")
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         _replace_dir(tmp, out)
@@ -541,9 +641,16 @@ def prepare(cfg: PrepareConfig) -> dict:
     log.info(
         "prepare: %d rows in, %d kept (%d train / %d test), %d rejected, %d duplicate; "
         "%d users, %d items -> %s (%.1fs)",
-        manifest["rows_in"], manifest["rows_kept"], manifest["train_rows"], manifest["test_rows"],
-        manifest["rows_rejected"], manifest["rows_duplicate"], manifest["users"], manifest["items"],
-        out, manifest["seconds"],
+        manifest["rows_in"],
+        manifest["rows_kept"],
+        manifest["train_rows"],
+        manifest["test_rows"],
+        manifest["rows_rejected"],
+        manifest["rows_duplicate"],
+        manifest["users"],
+        manifest["items"],
+        out,
+        manifest["seconds"],
     )
     return manifest
 
@@ -573,7 +680,9 @@ def _replace_dir(tmp: Path, out: Path) -> None:
 def read_manifest(data: str | Path) -> dict:
     path = Path(data) / "manifest.json"
     if not path.exists():
-        raise UserError(f"{data}: not a prepared data directory (no manifest.json); run ganrec prepare")
+        raise UserError(
+            f"{data}: not a prepared data directory (no manifest.json); run ganrec prepare"
+        )
     return json.loads(path.read_text())
 
 

@@ -89,10 +89,15 @@ class Recommender:
     @torch.no_grad()
     def vectors(self, histories: np.ndarray, users: np.ndarray) -> np.ndarray:
         """G(u, z = 0) for ``[b, history_len]`` padded histories and ``[b]`` user indices. ``[b, dim]``"""
-        state = self.generator.encoder(torch.as_tensor(histories, dtype=torch.long),
-                                       torch.as_tensor(users, dtype=torch.long))
+        state = self.generator.encoder(
+            torch.as_tensor(histories, dtype=torch.long), torch.as_tensor(users, dtype=torch.long)
+        )
         return self.generator.generate(state, None).numpy()
 
-    def recommend(self, histories: np.ndarray, users: np.ndarray, exclude: list[np.ndarray], k: int):
+    def recommend(
+        self, histories: np.ndarray, users: np.ndarray, exclude: list[np.ndarray], k: int
+    ):
         """Top-k item indices and scores per user, ``exclude`` items left out. ``[b, k]`` each."""
-        return search_excluding(self.index, self.vectors(histories, users), exclude, k, exact=self.exact)
+        return search_excluding(
+            self.index, self.vectors(histories, users), exclude, k, exact=self.exact
+        )

@@ -59,7 +59,10 @@ class Scorer:
         seq = self.seq
         histories = seq.window(users, seq.lengths[users], self.rec.history_len)
         empty = np.zeros(0, np.int64)
-        seen = [empty if self.include_seen else seq.items[seq.offsets[u] : seq.offsets[u + 1]] for u in users]
+        seen = [
+            empty if self.include_seen else seq.items[seq.offsets[u] : seq.offsets[u + 1]]
+            for u in users
+        ]
         items, scores = self.rec.recommend(histories, users, seen, self.k)
         valid = items >= 0
         rows, ranks = np.nonzero(valid)
@@ -80,12 +83,17 @@ def _requested_users(path: str) -> list[str]:
         if suffix == ".parquet":
             table = pq.read_table(p)
         elif suffix in (".csv", ".tsv"):
-            table = pacsv.read_csv(p, parse_options=pacsv.ParseOptions(delimiter="\t" if suffix == ".tsv" else ","),
-                                   convert_options=pacsv.ConvertOptions(column_types={"user_id": pa.string()}))
+            table = pacsv.read_csv(
+                p,
+                parse_options=pacsv.ParseOptions(delimiter="\t" if suffix == ".tsv" else ","),
+                convert_options=pacsv.ConvertOptions(column_types={"user_id": pa.string()}),
+            )
         else:
             return [line.strip() for line in p.read_text().splitlines() if line.strip()]
     except (pa.ArrowInvalid, OSError) as exc:
-        raise UserError(f"{path}: cannot read the users file ({str(exc).splitlines()[0]})") from None
+        raise UserError(
+            f"{path}: cannot read the users file ({str(exc).splitlines()[0]})"
+        ) from None
     if "user_id" not in table.column_names:
         raise UserError(f"{path}: needs a user_id column")
     return [str(u) for u in table["user_id"].to_pylist() if u is not None]
@@ -129,11 +137,19 @@ def score(cfg: ScoreConfig) -> dict:
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     start = time.time()
     try:
-        ds = ray.data.from_items([{"user_idx": int(u)} for u in users]) if len(users) < 100_000 else \
-            ray.data.from_numpy(users).rename_columns({"data": "user_idx"})
+        ds = (
+            ray.data.from_items([{"user_idx": int(u)} for u in users])
+            if len(users) < 100_000
+            else ray.data.from_numpy(users).rename_columns({"data": "user_idx"})
+        )
         recs = ds.map_batches(
             Scorer,
-            fn_constructor_args=(str(Path(cfg.data).absolute()), str(Path(cfg.run).absolute()), cfg.k, cfg.include_seen),
+            fn_constructor_args=(
+                str(Path(cfg.data).absolute()),
+                str(Path(cfg.run).absolute()),
+                cfg.k,
+                cfg.include_seen,
+            ),
             batch_size=cfg.batch_size,
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
@@ -142,9 +158,17 @@ def score(cfg: ScoreConfig) -> dict:
         recs.write_parquet(str(tmp))
         if not list(tmp.glob("*.parquet")):  # no users at all: still a readable, empty result
             tmp.mkdir(parents=True, exist_ok=True)
-            pq.write_table(pa.table({"user_id": pa.array([], pa.string()), "rank": pa.array([], pa.int32()),
-                                     "item_id": pa.array([], pa.string()), "score": pa.array([], pa.float32())}),
-                           tmp / "part-empty.parquet")
+            pq.write_table(
+                pa.table(
+                    {
+                        "user_id": pa.array([], pa.string()),
+                        "rank": pa.array([], pa.int32()),
+                        "item_id": pa.array([], pa.string()),
+                        "score": pa.array([], pa.float32()),
+                    }
+                ),
+                tmp / "part-empty.parquet",
+            )
         if out.exists():
             shutil.rmtree(out) if out.is_dir() else out.unlink()
         tmp.rename(out)
@@ -152,13 +176,29 @@ def score(cfg: ScoreConfig) -> dict:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if skipped:
-        pq.write_table(pa.table({"user_id": [u for u, _ in skipped], "reason": [r for _, r in skipped]}), skipped_path)
+        pq.write_table(
+            pa.table({"user_id": [u for u, _ in skipped], "reason": [r for _, r in skipped]}),
+            skipped_path,
+        )
         log.warning("%d user(s) skipped, reasons in %s", len(skipped), skipped_path)
     elif skipped_path.exists():
         skipped_path.unlink()
     seconds = time.time() - start
-    summary = {"users": int(len(users)), "skipped": len(skipped), "k": cfg.k, "seconds": round(seconds, 2),
-               "users_per_s": len(users) / max(seconds, 1e-9), "out": str(out)}
-    log.info("score: %d users in %.1fs (%.0f users/s), top-%d -> %s; %d skipped",
-             len(users), seconds, summary["users_per_s"], cfg.k, out, len(skipped))
+    summary = {
+        "users": int(len(users)),
+        "skipped": len(skipped),
+        "k": cfg.k,
+        "seconds": round(seconds, 2),
+        "users_per_s": len(users) / max(seconds, 1e-9),
+        "out": str(out),
+    }
+    log.info(
+        "score: %d users in %.1fs (%.0f users/s), top-%d -> %s; %d skipped",
+        len(users),
+        seconds,
+        summary["users_per_s"],
+        cfg.k,
+        out,
+        len(skipped),
+    )
     return summary

@@ -6,8 +6,6 @@ batches. ``user_config`` carries the run to serve, so a new model version rolls 
 reconfiguring the deployment in place, without dropping requests.
 """
 
-
-
 import dataclasses
 import logging
 import threading
@@ -61,15 +59,27 @@ async def _invalid(request: Request, exc: RequestValidationError) -> JSONRespons
     errors = exc.errors()
     first = errors[0] if errors else {"loc": ("body",), "msg": "invalid request"}
     field = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
-    return JSONResponse(status_code=422, content={"detail": f"{field}: {first.get('msg', 'invalid')}",
-                                                  "errors": [{"field": ".".join(str(p) for p in e.get("loc", ()) if p != "body"),
-                                                              "message": e.get("msg", "")} for e in errors[:20]]})
+    return JSONResponse(
+        status_code=422,
+        content={
+            "detail": f"{field}: {first.get('msg', 'invalid')}",
+            "errors": [
+                {
+                    "field": ".".join(str(p) for p in e.get("loc", ()) if p != "body"),
+                    "message": e.get("msg", ""),
+                }
+                for e in errors[:20]
+            ],
+        },
+    )
 
 
 @api.exception_handler(Exception)
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unexpected error")
-    return JSONResponse(status_code=503, content={"detail": f"service unavailable: {type(exc).__name__}"})
+    return JSONResponse(
+        status_code=503, content={"detail": f"service unavailable: {type(exc).__name__}"}
+    )
 
 
 class Engine:
@@ -86,8 +96,12 @@ class Engine:
         model_rows, histories, users, excludes = [], [], [], []
         for i, req in enumerate(requests):
             ignored = [h for h in (req.history or []) if h not in rec.item_index]
-            extra = np.asarray([rec.item_index[h] for h in (req.history or []) if h in rec.item_index], np.int64)
-            exclude = np.asarray([rec.item_index[e] for e in (req.exclude or []) if e in rec.item_index], np.int64)
+            extra = np.asarray(
+                [rec.item_index[h] for h in (req.history or []) if h in rec.item_index], np.int64
+            )
+            exclude = np.asarray(
+                [rec.item_index[e] for e in (req.exclude or []) if e in rec.item_index], np.int64
+            )
             user = rec.user_index.get(req.user_id)
             base = rec.seen(user) if user is not None else np.zeros(0, np.int64)
             sequence = np.concatenate([base, extra]).astype(np.int64)
@@ -106,13 +120,18 @@ class Engine:
             for row, (i, ignored, fallback) in enumerate(model_rows):
                 kk = requests[i].k
                 valid = items[row, :kk] >= 0
-                out[i] = self._response(requests[i], items[row, :kk][valid], scores[row, :kk][valid], fallback, ignored)
+                out[i] = self._response(
+                    requests[i], items[row, :kk][valid], scores[row, :kk][valid], fallback, ignored
+                )
         return out  # type: ignore[return-value]
 
     def _response(self, req: RecommendRequest, items, scores, fallback, ignored) -> dict:
         return {
             "user_id": req.user_id,
-            "items": [{"item_id": str(self.rec.item_ids[i]), "score": float(s)} for i, s in zip(items, scores)],
+            "items": [
+                {"item_id": str(self.rec.item_ids[i]), "score": float(s)}
+                for i, s in zip(items, scores)
+            ],
             "model_version": self.rec.version,
             "fallback": fallback,
             "ignored": ignored,
@@ -128,7 +147,9 @@ class Engine:
 )
 @serve.ingress(api)
 class GanRecommender:
-    def __init__(self, run: str, max_batch_size: int = 32, batch_wait_timeout_s: float = 0.002) -> None:
+    def __init__(
+        self, run: str, max_batch_size: int = 32, batch_wait_timeout_s: float = 0.002
+    ) -> None:
         self.engine = Engine(run)
         self.lock = threading.Lock()
         self.recommend_batch.set_max_batch_size(max_batch_size)
@@ -146,7 +167,9 @@ class GanRecommender:
     def check_health(self) -> None:
         rec = self.engine.rec
         probe = np.full((1, rec.history_len), rec.model_config.n_items)
-        items, _ = rec.recommend(probe, np.asarray([rec.model_config.n_users]), [np.zeros(0, np.int64)], 1)
+        items, _ = rec.recommend(
+            probe, np.asarray([rec.model_config.n_users]), [np.zeros(0, np.int64)], 1
+        )
         if items[0, 0] < 0:
             raise RuntimeError("model or index is not usable")
 
@@ -168,8 +191,11 @@ class GanRecommender:
 
 def app_builder(args: dict) -> serve.Application:
     """``serve run``/``serve deploy`` entry: ``args: {run: PATH, max_batch_size: N}``."""
-    return GanRecommender.bind(args["run"], int(args.get("max_batch_size", 32)),
-                               float(args.get("batch_wait_timeout_s", 0.002)))
+    return GanRecommender.bind(
+        args["run"],
+        int(args.get("max_batch_size", 32)),
+        float(args.get("batch_wait_timeout_s", 0.002)),
+    )
 
 
 @dataclasses.dataclass
@@ -191,14 +217,19 @@ def start(cfg: ServeConfig):
     Recommender(cfg.run)  # fail fast on a bad run directory, before Ray
     ensure_ray(cfg.address)
     serve.start(http_options={"host": cfg.host, "port": cfg.port})
-    handle = serve.run(app_builder({"run": cfg.run, "max_batch_size": cfg.max_batch_size}),
-                       name="ganrec", route_prefix="/")
+    handle = serve.run(
+        app_builder({"run": cfg.run, "max_batch_size": cfg.max_batch_size}),
+        name="ganrec",
+        route_prefix="/",
+    )
     return handle
 
 
 def serve_command(cfg: ServeConfig) -> dict:
     start(cfg)
-    print(f"serving {cfg.run} on http://{cfg.host}:{cfg.port} (POST /recommend, GET /health, /docs); Ctrl-C stops")
+    print(
+        f"serving {cfg.run} on http://{cfg.host}:{cfg.port} (POST /recommend, GET /health, /docs); Ctrl-C stops"
+    )
     try:
         deadline = time.time() + cfg.duration_s if cfg.duration_s > 0 else None
         while deadline is None or time.time() < deadline:

@@ -58,7 +58,8 @@ def resolve_files(source: str, forced_format: str) -> tuple[list[str], str]:
         files = sorted(
             str(p)
             for p in Path(source).rglob("*")
-            if p.is_file() and not p.name.startswith((".", "_"))
+            if p.is_file()
+            and not p.name.startswith((".", "_"))
             and (forced_format != "auto" or p.suffix.lower() in FORMATS)
         )
         if not files:

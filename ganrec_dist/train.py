@@ -16,14 +16,12 @@ import copy
 import dataclasses
 import json
 import logging
-import math
 import os
 import shutil
 import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -57,14 +55,27 @@ class LoopState:
 
 def model_config(cfg: TrainConfig, n_users: int, n_items: int) -> ModelConfig:
     return ModelConfig(
-        n_items=n_items, n_users=n_users, dim=cfg.dim, hidden=cfg.hidden,
-        history_len=cfg.history_len, noise_dim=cfg.noise_dim, dropout=cfg.dropout,
+        n_items=n_items,
+        n_users=n_users,
+        dim=cfg.dim,
+        hidden=cfg.hidden,
+        history_len=cfg.history_len,
+        noise_dim=cfg.noise_dim,
+        dropout=cfg.dropout,
     )
 
 
-def make_batch(seq: Sequences, users: np.ndarray, items: np.ndarray, positions: np.ndarray,
-               history_len: int, device: torch.device, limits: np.ndarray | None = None,
-               horizon: int = 1, rng: np.random.Generator | None = None) -> gan.Batch:
+def make_batch(
+    seq: Sequences,
+    users: np.ndarray,
+    items: np.ndarray,
+    positions: np.ndarray,
+    history_len: int,
+    device: torch.device,
+    limits: np.ndarray | None = None,
+    horizon: int = 1,
+    rng: np.random.Generator | None = None,
+) -> gan.Batch:
     """Rows (user, next item, its position) -> a batch whose history is the items before it.
 
     With ``horizon > 1`` the batch also carries, for D, a real item drawn from the user's next
@@ -75,7 +86,9 @@ def make_batch(seq: Sequences, users: np.ndarray, items: np.ndarray, positions: 
     if horizon > 1 and rng is not None and limits is not None:
         ahead = np.minimum(positions + rng.integers(0, horizon, len(users)), limits[users] - 1)
         ahead = np.maximum(ahead, positions)
-        future = torch.as_tensor(seq.items[seq.offsets[users] + ahead].astype(np.int64), device=device)
+        future = torch.as_tensor(
+            seq.items[seq.offsets[users] + ahead].astype(np.int64), device=device
+        )
     return gan.Batch(
         history=torch.as_tensor(history, device=device),
         users=torch.as_tensor(users.astype(np.int64), device=device),
@@ -85,29 +98,47 @@ def make_batch(seq: Sequences, users: np.ndarray, items: np.ndarray, positions: 
 
 
 @torch.no_grad()
-def user_vectors(gen: Generator, seq: Sequences, users: np.ndarray, ends: np.ndarray,
-                 history_len: int, device: torch.device, batch: int = 4096) -> np.ndarray:
+def user_vectors(
+    gen: Generator,
+    seq: Sequences,
+    users: np.ndarray,
+    ends: np.ndarray,
+    history_len: int,
+    device: torch.device,
+    batch: int = 4096,
+) -> np.ndarray:
     """Deterministic G(u, z = 0) for ``users``, from each one's items before ``ends``. ``[n, dim]``"""
     was_training = gen.training
     gen.eval()
     out = []
     for start in range(0, len(users), batch):
         u = users[start : start + batch]
-        history = torch.as_tensor(seq.window(u, ends[start : start + batch], history_len), device=device)
+        history = torch.as_tensor(
+            seq.window(u, ends[start : start + batch], history_len), device=device
+        )
         state = gen.encoder(history, torch.as_tensor(u.astype(np.int64), device=device))
         out.append(gen.generate(state, None).float().cpu().numpy())
     gen.train(was_training)
     return np.concatenate(out) if out else np.zeros((0, gen.cfg.dim), np.float32)
 
 
-def validation_ndcg(gen: Generator, seq: Sequences, limits: np.ndarray, truth, index_cfg: IndexConfig,
-                    history_len: int, device: torch.device) -> dict[str, float]:
+def validation_ndcg(
+    gen: Generator,
+    seq: Sequences,
+    limits: np.ndarray,
+    truth,
+    index_cfg: IndexConfig,
+    history_len: int,
+    device: torch.device,
+) -> dict[str, float]:
     """Validation metrics through the same FAISS retrieval path as evaluation and serving."""
     from ganrec_dist.index import build_index, search_excluding
 
     users = np.flatnonzero(limits < seq.lengths)
     vectors = user_vectors(gen, seq, users, limits[users], history_len, device)
-    index = build_index(gen.catalogue().detach().float().cpu().numpy(), index_cfg)  # the run's own kind
+    index = build_index(
+        gen.catalogue().detach().float().cpu().numpy(), index_cfg
+    )  # the run's own kind
     seen = [seq.items[seq.offsets[u] : seq.offsets[u] + limits[u]] for u in users]
     recs = np.full((seq.n_users, 10), -1, dtype=np.int64)
     recs[users], _ = search_excluding(index, vectors, seen, 10)
@@ -150,8 +181,19 @@ def _gather_nodes(world: int) -> list[str]:
     return nodes
 
 
-def save_checkpoint(directory: Path, gen, disc, g_opt, d_opt, state: LoopState, mcfg: ModelConfig,
-                    cfg: TrainConfig, data: str, best_generator: dict | None, seq: Sequences) -> None:
+def save_checkpoint(
+    directory: Path,
+    gen,
+    disc,
+    g_opt,
+    d_opt,
+    state: LoopState,
+    mcfg: ModelConfig,
+    cfg: TrainConfig,
+    data: str,
+    best_generator: dict | None,
+    seq: Sequences,
+) -> None:
     """A self-describing checkpoint: rebuilds G, D and the item embeddings with no code defaults."""
     directory.mkdir(parents=True, exist_ok=True)
     payload = {
@@ -170,13 +212,21 @@ def save_checkpoint(directory: Path, gen, disc, g_opt, d_opt, state: LoopState, 
     shutil.copy(Path(data) / "items.parquet", directory / "items.parquet")
     shutil.copy(Path(data) / "users.parquet", directory / "users.parquet")
     # Serving rebuilds known users' histories, seen items and the popularity fallback from here.
-    np.savez(directory / "sequences.npz", offsets=seq.offsets, items=seq.items,
-             popularity=np.bincount(seq.items, minlength=seq.n_items).astype(np.int64))
+    np.savez(
+        directory / "sequences.npz",
+        offsets=seq.offsets,
+        items=seq.items,
+        popularity=np.bincount(seq.items, minlength=seq.n_items).astype(np.int64),
+    )
     meta = {
-        "phase": state.phase, "epoch": state.epoch, "best_epoch": state.best_epoch,
-        "final": state.phase == "done", "metrics": state.history[-1] if state.history else {},
+        "phase": state.phase,
+        "epoch": state.epoch,
+        "best_epoch": state.best_epoch,
+        "final": state.phase == "done",
+        "metrics": state.history[-1] if state.history else {},
         "nodes": state.nodes,
-        "model_config": dataclasses.asdict(mcfg), "adv_weight": cfg.adv_weight,
+        "model_config": dataclasses.asdict(mcfg),
+        "adv_weight": cfg.adv_weight,
     }
     (directory / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
 
@@ -208,7 +258,12 @@ def train_loop(config: dict) -> None:
     device = ray.train.torch.get_device()
     torch.set_num_threads(max(1, int(config.get("threads", 1))))
     if rank == 0:
-        log.info("worker: %d torch threads, device %s, world size %d", torch.get_num_threads(), device, world)
+        log.info(
+            "worker: %d torch threads, device %s, world size %d",
+            torch.get_num_threads(),
+            device,
+            world,
+        )
 
     seq = load_sequences(data)
     fit_limits = validation_limits(seq, cfg.val_fraction)
@@ -259,15 +314,19 @@ def train_loop(config: dict) -> None:
                 marker.write_text(f"rank {rank} exited at epoch {epoch}\n")
                 log.warning("test hook: rank %d exits at epoch %d", rank, epoch)
                 os._exit(1)
-        noise.manual_seed(cfg.seed * 7919 + epoch * 31 + rank + (0 if state.phase == "search" else 100_003))
+        noise.manual_seed(
+            cfg.seed * 7919 + epoch * 31 + rank + (0 if state.phase == "search" else 100_003)
+        )
         horizon_rng = np.random.default_rng([cfg.seed, epoch, rank, state.phase == "refit"])
         sums: dict[str, float] = {}
         steps = rows = 0
         wait = compute = 0.0
         tick = time.perf_counter()
         for raw in shard.iter_batches(
-            batch_size=cfg.batch_size, batch_format="numpy",
-            local_shuffle_buffer_size=cfg.shuffle_buffer, local_shuffle_seed=cfg.seed * 1000 + epoch,
+            batch_size=cfg.batch_size,
+            batch_format="numpy",
+            local_shuffle_buffer_size=cfg.shuffle_buffer,
+            local_shuffle_seed=cfg.seed * 1000 + epoch,
         ):
             users, items, positions = raw["user_idx"], raw["item_idx"], raw["position"]
             # Validation rows stay out of the fit; filtering here keeps every rank's step count equal.
@@ -276,9 +335,22 @@ def train_loop(config: dict) -> None:
             started = time.perf_counter()
             wait += started - tick
             if len(users) == 0:
-                users, items, positions = raw["user_idx"][:1], raw["item_idx"][:1], raw["position"][:1] * 0
-            batch = make_batch(seq, users, items, positions, cfg.history_len, device,
-                               limits, cfg.adv_horizon, horizon_rng)
+                users, items, positions = (
+                    raw["user_idx"][:1],
+                    raw["item_idx"][:1],
+                    raw["position"][:1] * 0,
+                )
+            batch = make_batch(
+                seq,
+                users,
+                items,
+                positions,
+                cfg.history_len,
+                device,
+                limits,
+                cfg.adv_horizon,
+                horizon_rng,
+            )
             z = torch.randn(len(users), cfg.noise_dim, device=device, generator=noise)
             stats: dict[str, float] = {}
             if cfg.adv_weight > 0:
@@ -286,7 +358,8 @@ def train_loop(config: dict) -> None:
                     stats.update(gan.d_step(gen, disc, d_opt, batch, z))
             negatives = (
                 torch.randint(0, seq.n_items, (negatives_n,), device=device, generator=noise)
-                if negatives_n else None
+                if negatives_n
+                else None
             )
             for _ in range(cfg.g_steps):
                 stats.update(gan.g_step(gen, disc, g_opt, batch, z, cfg.adv_weight, negatives))
@@ -297,14 +370,20 @@ def train_loop(config: dict) -> None:
             tick = time.perf_counter()
             compute += tick - started
         metrics = _all_mean({k: v / max(steps, 1) for k, v in sums.items()}, device)
-        metrics.update(phase=state.phase, epoch=epoch, rows=rows * world, seconds=wait + compute,
-                       data_wait_fraction=wait / max(wait + compute, 1e-9))
+        metrics.update(
+            phase=state.phase,
+            epoch=epoch,
+            rows=rows * world,
+            seconds=wait + compute,
+            data_wait_fraction=wait / max(wait + compute, 1e-9),
+        )
 
         if state.phase == "search":
             value = -1.0
             if rank == 0:
-                val = validation_ndcg(gan.unwrap(gen), seq, fit_limits, val_truth, cfg.index,
-                                      cfg.history_len, device)
+                val = validation_ndcg(
+                    gan.unwrap(gen), seq, fit_limits, val_truth, cfg.index, cfg.history_len, device
+                )
                 metrics.update({f"val_{k}": v for k, v in val.items()})
                 value = val["ndcg@10"]
             value = _broadcast(value, device)
@@ -317,8 +396,12 @@ def train_loop(config: dict) -> None:
         state.epoch = epoch
         state.history.append(metrics)
         if rank == 0:
-            log.info("%s epoch %d: %s", state.phase, epoch,
-                     ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
+            log.info(
+                "%s epoch %d: %s",
+                state.phase,
+                epoch,
+                ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float)),
+            )
 
         # Phase transitions, decided identically on every rank.
         if state.phase == "search" and (state.bad_epochs >= cfg.patience or epoch >= cfg.epochs):
@@ -340,8 +423,19 @@ def train_loop(config: dict) -> None:
         report["done"] = float(state.phase == "done")
         if rank == 0:
             with tempfile.TemporaryDirectory() as tmp:
-                save_checkpoint(Path(tmp), gen, disc, g_opt, d_opt, state, mcfg, cfg, data,
-                                best_generator if state.phase == "search" else None, seq)
+                save_checkpoint(
+                    Path(tmp),
+                    gen,
+                    disc,
+                    g_opt,
+                    d_opt,
+                    state,
+                    mcfg,
+                    cfg,
+                    data,
+                    best_generator if state.phase == "search" else None,
+                    seq,
+                )
                 publish_checkpoint(Path(tmp), run_dir)
                 ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(tmp))
         else:
@@ -364,8 +458,14 @@ def write_history(run_dir: Path, history: list[dict]) -> None:
 
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
     step = np.arange(1, len(history) + 1)
-    for key, ax in (("ce_loss", axes[0]), ("d_loss", axes[0]), ("g_loss", axes[0]),
-                    ("d_real", axes[1]), ("d_fake", axes[1]), ("val_ndcg@10", axes[2])):
+    for key, ax in (
+        ("ce_loss", axes[0]),
+        ("d_loss", axes[0]),
+        ("g_loss", axes[0]),
+        ("d_real", axes[1]),
+        ("d_fake", axes[1]),
+        ("val_ndcg@10", axes[2]),
+    ):
         values = [row.get(key, np.nan) for row in history]
         if not np.all(np.isnan(np.asarray(values, dtype=float))):
             ax.plot(step, values, marker=".", label=key)
@@ -417,32 +517,53 @@ def train(cfg: TrainConfig) -> dict:
         dataset = dataset.materialize()
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config={"train": to_dict(cfg), "data": str(Path(cfg.data).absolute()),
-                           "run": str(run_dir), "threads": threads},
-        scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.gpu, resources_per_worker=resources),
+        train_loop_config={
+            "train": to_dict(cfg),
+            "data": str(Path(cfg.data).absolute()),
+            "run": str(run_dir),
+            "threads": threads,
+        },
+        scaling_config=ScalingConfig(
+            num_workers=cfg.workers, use_gpu=cfg.gpu, resources_per_worker=resources
+        ),
         run_config=RunConfig(
             name=name,
             storage_path=str(run_dir / "ray_results"),
             failure_config=FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             # Ray Train's own per-report INFO lines repeat ours; its warnings and errors still show.
-            logging_config=LoggingConfig(log_level="DEBUG" if log.isEnabledFor(logging.DEBUG) else "WARNING"),
+            logging_config=LoggingConfig(
+                log_level="DEBUG" if log.isEnabledFor(logging.DEBUG) else "WARNING"
+            ),
         ),
         datasets={"train": dataset},
     )
     start = time.time()
-    log.info("training %s: %d worker(s), %s, data %s", name, cfg.workers, "GPU" if cfg.gpu else "CPU", cfg.data)
+    log.info(
+        "training %s: %d worker(s), %s, data %s",
+        name,
+        cfg.workers,
+        "GPU" if cfg.gpu else "CPU",
+        cfg.data,
+    )
     result = trainer.fit()
     if result.error:
         raise RuntimeError(f"training failed: {result.error}")
     meta = json.loads((run_dir / "checkpoint" / "meta.json").read_text())
-    payload = torch.load(run_dir / "checkpoint" / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+    payload = torch.load(
+        run_dir / "checkpoint" / CHECKPOINT_FILE, map_location="cpu", weights_only=False
+    )
     history = payload["state"]["history"]
     write_history(run_dir, history)
     search = [h for h in history if h.get("phase") == "search"]
     log.info(
         "trained %s in %.0fs: best validation NDCG@10 %.4f at epoch %d of %d; refit %d epochs -> %s",
-        name, time.time() - start, max((h.get("val_ndcg@10", 0) for h in search), default=0),
-        meta["best_epoch"], len(search), sum(h.get("phase") == "refit" for h in history), run_dir / "checkpoint",
+        name,
+        time.time() - start,
+        max((h.get("val_ndcg@10", 0) for h in search), default=0),
+        meta["best_epoch"],
+        len(search),
+        sum(h.get("phase") == "refit" for h in history),
+        run_dir / "checkpoint",
     )
     return meta

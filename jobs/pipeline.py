@@ -24,8 +24,18 @@ def run(config: str, root: str) -> int:
         ["train", "--config", config, "--data", str(data), "--out", str(run_dir)],
         ["evaluate", "--config", config, "--data", str(data), "--run", str(run_dir)],
         ["index", "--config", config, "--run", str(run_dir)],
-        ["score", "--config", config, "--data", str(data), "--run", str(run_dir), "--out", str(base / "recs.parquet"),
-         "--overwrite"],
+        [
+            "score",
+            "--config",
+            config,
+            "--data",
+            str(data),
+            "--run",
+            str(run_dir),
+            "--out",
+            str(base / "recs.parquet"),
+            "--overwrite",
+        ],
     ]
     for step in steps:
         print(f"== ganrec {' '.join(step)}", flush=True)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -38,16 +38,22 @@ def _images(obj):
 
 
 def test_manifests_match_the_installed_ray_version():
-    pinned = re.search(r'"ray\[train,data,serve\]>=([\d.]+),<', (ROOT / "pyproject.toml").read_text()).group(1)
+    pinned = re.search(
+        r'"ray\[train,data,serve\]>=([\d.]+),<', (ROOT / "pyproject.toml").read_text()
+    ).group(1)
     assert ray.__version__.startswith(pinned.rsplit(".", 1)[0])
     docs = {p.name: yaml.safe_load(p.read_text()) for p in KUBERAY.glob("*.yaml")}
     assert set(docs) == {"raycluster.yaml", "rayjob.yaml", "rayservice.yaml"}
     for name, doc in docs.items():
         assert doc["apiVersion"] == "ray.io/v1", name
-        spec = doc["spec"].get("rayClusterSpec") or doc["spec"].get("rayClusterConfig") or doc["spec"]
+        spec = (
+            doc["spec"].get("rayClusterSpec") or doc["spec"].get("rayClusterConfig") or doc["spec"]
+        )
         assert spec["rayVersion"] == ray.__version__, name
         images = list(_images(doc))
-        assert images and all(i.startswith(f"rayproject/ray:{ray.__version__}-") for i in images), name
+        assert images and all(i.startswith(f"rayproject/ray:{ray.__version__}-") for i in images), (
+            name
+        )
     cluster = docs["raycluster.yaml"]
     assert cluster["kind"] == "RayCluster" and cluster["spec"]["enableInTreeAutoscaling"] is True
     gpu = [g for g in cluster["spec"]["workerGroupSpecs"] if "nvidia.com/gpu" in str(g)]
@@ -60,9 +66,16 @@ def test_manifests_match_the_installed_ray_version():
 def test_rayservice_is_generated_from_the_serve_config():
     service = yaml.safe_load((KUBERAY / "rayservice.yaml").read_text())
     assert service["kind"] == "RayService"
-    assert yaml.safe_load(service["spec"]["serveConfigV2"]) == serve_config_for_cluster(ROOT / "serving" / "config.yaml")
-    regenerated = dump_manifest(rayservice_manifest(ROOT / "serving" / "config.yaml",
-                                                    f"rayproject/ray:{ray.__version__}-py311", ray.__version__))
+    assert yaml.safe_load(service["spec"]["serveConfigV2"]) == serve_config_for_cluster(
+        ROOT / "serving" / "config.yaml"
+    )
+    regenerated = dump_manifest(
+        rayservice_manifest(
+            ROOT / "serving" / "config.yaml",
+            f"rayproject/ray:{ray.__version__}-py311",
+            ray.__version__,
+        )
+    )
     assert yaml.safe_load(regenerated) == service
 
 
@@ -83,24 +96,73 @@ def _free_port() -> int:
 def test_jobs_training_across_nodes_and_serve_on_a_local_cluster(tmp_path):
     # Ray's socket paths must stay under 107 bytes: keep the cluster's directory short.
     cluster_dir = Path(tempfile.mkdtemp(prefix="grc-", dir="/tmp"))
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0",
-           "GANREC_CLUSTER_DIR": str(cluster_dir), "GANREC_RAY_PORT": str(_free_port()),
-           "GANREC_DASHBOARD_PORT": str(_free_port()), "RAY": str(Path(sys.executable).with_name("ray"))}
+    env = {
+        **os.environ,
+        "RAY_AUTH_MODE": "token",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "GANREC_CLUSTER_DIR": str(cluster_dir),
+        "GANREC_RAY_PORT": str(_free_port()),
+        "GANREC_DASHBOARD_PORT": str(_free_port()),
+        "RAY": str(Path(sys.executable).with_name("ray")),
+    }
     env.pop("RAY_ADDRESS", None)
-    up = subprocess.run([str(ROOT / "cluster/local/up.sh"), "2"], env=env, capture_output=True, text=True, timeout=180)
-    pids = [int(p) for p in (cluster_dir / "pids").read_text().split()] if (cluster_dir / "pids").exists() else []
+    up = subprocess.run(
+        [str(ROOT / "cluster/local/up.sh"), "2"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    pids = (
+        [int(p) for p in (cluster_dir / "pids").read_text().split()]
+        if (cluster_dir / "pids").exists()
+        else []
+    )
     try:
         assert up.returncode == 0, up.stdout + up.stderr
         dashboard = (cluster_dir / "dashboard").read_text().strip()
         data, run = tmp_path / "data", tmp_path / "run"
         ganrec = [sys.executable, "-m", "ganrec_dist", "submit", "--address", dashboard, "--"]
-        prep = subprocess.run(ganrec + ["prepare", "--source=synthetic", "--users=300", "--items=200",
-                                        "--interactions=8000", f"--out={data}"], env=env, capture_output=True, text=True, timeout=300)
-        assert prep.returncode == 0 and "SUCCEEDED" in prep.stdout, prep.stdout[-3000:] + prep.stderr[-2000:]
-        fit = subprocess.run(ganrec + ["train", f"--data={data}", f"--out={run}", "--workers=2", "--cpus_per_worker=1",
-                                       "--epochs=2", "--refit=false", "--dim=16", "--hidden=32", "--history_len=10"],
-                             env=env, capture_output=True, text=True, timeout=600)
-        assert fit.returncode == 0 and "SUCCEEDED" in fit.stdout, fit.stdout[-3000:] + fit.stderr[-2000:]
+        prep = subprocess.run(
+            ganrec
+            + [
+                "prepare",
+                "--source=synthetic",
+                "--users=300",
+                "--items=200",
+                "--interactions=8000",
+                f"--out={data}",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert prep.returncode == 0 and "SUCCEEDED" in prep.stdout, (
+            prep.stdout[-3000:] + prep.stderr[-2000:]
+        )
+        fit = subprocess.run(
+            ganrec
+            + [
+                "train",
+                f"--data={data}",
+                f"--out={run}",
+                "--workers=2",
+                "--cpus_per_worker=1",
+                "--epochs=2",
+                "--refit=false",
+                "--dim=16",
+                "--hidden=32",
+                "--history_len=10",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert fit.returncode == 0 and "SUCCEEDED" in fit.stdout, (
+            fit.stdout[-3000:] + fit.stderr[-2000:]
+        )
         meta = json.loads((run / "checkpoint" / "meta.json").read_text())
         assert meta["final"] and len(meta["nodes"]) == 2
         assert len(set(meta["nodes"])) == 2, "the two training workers ran on one node"
@@ -113,20 +175,37 @@ def test_jobs_training_across_nodes_and_serve_on_a_local_cluster(tmp_path):
         app["deployments"][0]["user_config"]["run"] = str(run)
         app["runtime_env"] = {"env_vars": {"PYTHONPATH": str(ROOT)}}
         (tmp_path / "serve.yaml").write_text(yaml.safe_dump(config))
-        deploy = subprocess.run([str(Path(sys.executable).with_name("serve")), "deploy", str(tmp_path / "serve.yaml"),
-                                 "--address", dashboard], env=env, capture_output=True, text=True, timeout=120)
+        deploy = subprocess.run(
+            [
+                str(Path(sys.executable).with_name("serve")),
+                "deploy",
+                str(tmp_path / "serve.yaml"),
+                "--address",
+                dashboard,
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert deploy.returncode == 0, deploy.stdout + deploy.stderr
         deadline, answer = time.time() + 120, None
         while time.time() < deadline:
             try:
-                r = requests.post(f"http://127.0.0.1:{port}/recommend", json={"user_id": "u1", "k": 3}, timeout=5)
+                r = requests.post(
+                    f"http://127.0.0.1:{port}/recommend", json={"user_id": "u1", "k": 3}, timeout=5
+                )
                 if r.status_code == 200:
                     answer = r.json()
                     break
             except requests.RequestException:
                 pass
             time.sleep(1)
-        assert answer is not None and len(answer["items"]) == 3 and answer["model_version"].startswith("run@")
+        assert (
+            answer is not None
+            and len(answer["items"]) == 3
+            and answer["model_version"].startswith("run@")
+        )
     finally:
         tree = []
         for pid in pids:
@@ -135,7 +214,13 @@ def test_jobs_training_across_nodes_and_serve_on_a_local_cluster(tmp_path):
                 tree += [proc] + proc.children(recursive=True)
             except psutil.NoSuchProcess:
                 pass
-        down = subprocess.run([str(ROOT / "cluster/local/down.sh")], env=env, capture_output=True, text=True, timeout=120)
+        down = subprocess.run(
+            [str(ROOT / "cluster/local/down.sh")],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     shutil.rmtree(cluster_dir, ignore_errors=True)
     assert down.returncode == 0, down.stderr
     assert pids, "up.sh recorded no processes"

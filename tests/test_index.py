@@ -7,15 +7,26 @@ import pytest
 
 from ganrec_dist.config import IndexConfig
 from ganrec_dist.errors import UserError
-from ganrec_dist.index import ExactIndex, build_index, checksum, load_index, save_index, search_excluding
+from ganrec_dist.index import (
+    ExactIndex,
+    build_index,
+    checksum,
+    load_index,
+    save_index,
+    search_excluding,
+)
 
 
 def clustered(n=20_000, dim=32, clusters=64, seed=0):
     """Item embeddings that look learned: a mixture of clusters, not isotropic noise."""
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(clusters, dim)).astype(np.float32)
-    items = centres[rng.integers(0, clusters, n)] + 0.3 * rng.normal(size=(n, dim)).astype(np.float32)
-    queries = centres[rng.integers(0, clusters, 200)] + 0.3 * rng.normal(size=(200, dim)).astype(np.float32)
+    items = centres[rng.integers(0, clusters, n)] + 0.3 * rng.normal(size=(n, dim)).astype(
+        np.float32
+    )
+    queries = centres[rng.integers(0, clusters, 200)] + 0.3 * rng.normal(size=(200, dim)).astype(
+        np.float32
+    )
     return items, queries
 
 
@@ -75,7 +86,9 @@ def test_meta_mismatch_is_refused(tmp_path):
     items, _ = clustered(n=2_000)
     cfg = IndexConfig(kind="hnsw", hnsw_m=8)
     meta = save_index(build_index(items, cfg), items, cfg, tmp_path)
-    assert meta["checksum"] == checksum(items) and meta["kind"] == "hnsw" and meta["n_items"] == 2_000
+    assert (
+        meta["checksum"] == checksum(items) and meta["kind"] == "hnsw" and meta["n_items"] == 2_000
+    )
     index, loaded = load_index(tmp_path, items)
     assert loaded == meta and index.ntotal == 2_000
     with pytest.raises(UserError, match="retrained"):

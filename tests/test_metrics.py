@@ -3,8 +3,8 @@
 import math
 
 import numpy as np
-import scipy.sparse as sp
 import pytest
+import scipy.sparse as sp
 
 from ganrec_dist import baselines
 from ganrec_dist.config import IndexConfig
@@ -86,7 +86,13 @@ def test_faiss_search_excluding_matches_numpy_and_returns_k():
     exclude = [rng.choice(50, size=s, replace=False) for s in (0, 3, 10, 20, 40, 45)]
     index = build_index(items, IndexConfig(kind="flat"))
     got, scores = search_excluding(index, queries, exclude, 10)
-    seen = sp.csr_matrix((np.ones(sum(map(len, exclude))), (np.repeat(np.arange(6), [len(e) for e in exclude]), np.concatenate(exclude))), shape=(6, 50))
+    seen = sp.csr_matrix(
+        (
+            np.ones(sum(map(len, exclude))),
+            (np.repeat(np.arange(6), [len(e) for e in exclude]), np.concatenate(exclude)),
+        ),
+        shape=(6, 50),
+    )
     want = top_k_excluding(queries @ items.T, seen, np.arange(6), 10)
     assert (got == want).all()
     assert (got[:5] >= 0).all()  # 10 items left even after excluding 40

@@ -15,8 +15,11 @@ def _batch(b=12, seed=0):
     g = torch.Generator().manual_seed(seed)
     history = torch.randint(0, CFG.n_items + 1, (b, CFG.history_len), generator=g)
     history[0] = CFG.n_items  # an empty history
-    return gan.Batch(history, torch.randint(0, CFG.n_users + 1, (b,), generator=g),
-                     torch.randint(0, CFG.n_items, (b,), generator=g))
+    return gan.Batch(
+        history,
+        torch.randint(0, CFG.n_users + 1, (b,), generator=g),
+        torch.randint(0, CFG.n_items, (b,), generator=g),
+    )
 
 
 def test_shapes_and_deterministic_inference():
@@ -24,7 +27,11 @@ def test_shapes_and_deterministic_inference():
     gen, disc = Generator(CFG), Discriminator(CFG)
     batch = _batch()
     state, vector, logits = gen(batch.history, batch.users)
-    assert state.shape == (12, CFG.hidden) and vector.shape == (12, CFG.dim) and logits.shape == (12, CFG.n_items)
+    assert (
+        state.shape == (12, CFG.hidden)
+        and vector.shape == (12, CFG.dim)
+        and logits.shape == (12, CFG.n_items)
+    )
     assert torch.isfinite(logits).all()  # the empty history row too
     assert disc(state, vector).shape == (12,)
     _, again, _ = gen(batch.history, batch.users)
@@ -49,7 +56,10 @@ def test_unknown_users_are_encoded_from_history_alone():
 def test_gradients_reach_both_models():
     torch.manual_seed(0)
     gen, disc = Generator(CFG), Discriminator(CFG)
-    g_opt, d_opt = torch.optim.SGD(gen.parameters(), lr=0.0), torch.optim.SGD(disc.parameters(), lr=0.0)
+    g_opt, d_opt = (
+        torch.optim.SGD(gen.parameters(), lr=0.0),
+        torch.optim.SGD(disc.parameters(), lr=0.0),
+    )
     batch = _batch()
     z = torch.randn(12, CFG.noise_dim)
     gan.d_step(gen, disc, d_opt, batch, z)
@@ -58,7 +68,10 @@ def test_gradients_reach_both_models():
     gan.g_step(gen, disc, g_opt, batch, z, adv_weight=1.0)
     assert gen.head[0].weight.grad.abs().sum() > 0
     assert gen.encoder.items.weight.grad.abs().sum() > 0
-    assert gen.catalogue().grad is None and gen.encoder.items.weight.grad[:CFG.n_items].abs().sum() > 0
+    assert (
+        gen.catalogue().grad is None
+        and gen.encoder.items.weight.grad[: CFG.n_items].abs().sum() > 0
+    )
     assert all(p.requires_grad for p in disc.parameters())  # restored after the G-step
 
 
@@ -77,7 +90,9 @@ def test_adversarial_gradient_is_zero_in_the_ablation():
 def test_discriminator_learns_real_from_shuffled_pairs():
     """Toy data: user u's real item is u itself. D must tell (u, E[u]) from (u, E[other])."""
     torch.manual_seed(0)
-    cfg = ModelConfig(n_items=10, n_users=10, dim=8, hidden=16, history_len=2, noise_dim=2, dropout=0.0)
+    cfg = ModelConfig(
+        n_items=10, n_users=10, dim=8, hidden=16, history_len=2, noise_dim=2, dropout=0.0
+    )
     gen, disc = Generator(cfg), Discriminator(cfg)
     opt = torch.optim.Adam(disc.parameters(), lr=1e-2)
     users = torch.arange(10).repeat(20)
@@ -87,13 +102,18 @@ def test_discriminator_learns_real_from_shuffled_pairs():
     real = gen.catalogue()[users].detach()
     fake = gen.catalogue()[(users + 1 + torch.randint(0, 9, (200,))) % 10].detach()
     for _ in range(800):
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(disc(state, real), torch.ones(200)) + \
-            torch.nn.functional.binary_cross_entropy_with_logits(disc(state, fake), torch.zeros(200))
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(
+            disc(state, real), torch.ones(200)
+        ) + torch.nn.functional.binary_cross_entropy_with_logits(
+            disc(state, fake), torch.zeros(200)
+        )
         opt.zero_grad()
         loss.backward()
         opt.step()
     with torch.no_grad():
-        accuracy = ((disc(state, real) > 0).float().mean() + (disc(state, fake) < 0).float().mean()) / 2
+        accuracy = (
+            (disc(state, real) > 0).float().mean() + (disc(state, fake) < 0).float().mean()
+        ) / 2
     assert accuracy > 0.95
 
 
@@ -129,6 +149,13 @@ def test_history_windows():
 def test_sampled_softmax_step_runs(adv):
     torch.manual_seed(0)
     gen, disc = Generator(CFG), Discriminator(CFG)
-    stats = gan.g_step(gen, disc, torch.optim.Adam(gen.parameters()), _batch(), torch.randn(12, CFG.noise_dim),
-                       adv_weight=adv, negatives=torch.randint(0, CFG.n_items, (16,)))
+    stats = gan.g_step(
+        gen,
+        disc,
+        torch.optim.Adam(gen.parameters()),
+        _batch(),
+        torch.randn(12, CFG.noise_dim),
+        adv_weight=adv,
+        negatives=torch.randint(0, CFG.n_items, (16,)),
+    )
     assert np.isfinite(stats["ce_loss"])

@@ -31,27 +31,43 @@ def test_movielens_small_counts_and_layout(movielens_data):
     assert m["train_rows"] + m["test_rows"] == m["rows_kept"]
     assert json.loads((out / "manifest.json").read_text()) == m
     train, test = pq.read_table(out / "train"), pq.read_table(out / "test")
-    assert train.column_names == ["user_id", "item_id", "timestamp", "weight", "user_idx", "item_idx", "position"]
+    assert train.column_names == [
+        "user_id",
+        "item_id",
+        "timestamp",
+        "weight",
+        "user_idx",
+        "item_idx",
+        "position",
+    ]
     # position numbers each user's interactions in time order, test continuing after train
     first = train.filter(pa.compute.equal(train["user_idx"], 0))["position"].to_pylist()
     assert first == list(range(len(first)))
-    assert min(test.filter(pa.compute.equal(test["user_idx"], 0))["position"].to_pylist()) == len(first)
+    assert min(test.filter(pa.compute.equal(test["user_idx"], 0))["position"].to_pylist()) == len(
+        first
+    )
     assert train.schema.field("user_idx").type == pa.int32()
     assert len(list((out / "train").glob("*.parquet"))) == m["shards"] >= 2
     # The split rule, user by user: ceil(0.2 n) of the latest interactions go to test.
     n_train = train.group_by("user_id").aggregate([("item_id", "count")]).to_pydict()
-    n_test = dict(zip(*test.group_by("user_id").aggregate([("item_id", "count")]).to_pydict().values()))
+    n_test = dict(
+        zip(*test.group_by("user_id").aggregate([("item_id", "count")]).to_pydict().values())
+    )
     for user, k in zip(n_train["user_id"], n_train["item_id_count"]):
         total = k + n_test.get(user, 0)
         assert n_test.get(user, 0) == (math.ceil(total / 5) if total > 1 else 0)
     latest_train = train.group_by("user_id").aggregate([("timestamp", "max")]).to_pydict()
-    first_test = dict(zip(*test.group_by("user_id").aggregate([("timestamp", "min")]).to_pydict().values()))
+    first_test = dict(
+        zip(*test.group_by("user_id").aggregate([("timestamp", "min")]).to_pydict().values())
+    )
     assert all(t <= first_test[u] for u, t in zip(*latest_train.values()) if u in first_test)
     items = pq.read_table(out / "items.parquet").to_pydict()
     assert items["item_idx"] == list(range(9_066))
     assert items["title"][items["item_id"].index("1")] == "Toy Story"
     users = pq.read_table(out / "users.parquet")
-    assert users.num_rows == 671 and users["user_id"].to_pylist() == sorted(users["user_id"].to_pylist())
+    assert users.num_rows == 671 and users["user_id"].to_pylist() == sorted(
+        users["user_id"].to_pylist()
+    )
 
 
 def test_train_reader_is_a_ray_dataset(movielens_data):
@@ -103,8 +119,11 @@ def test_csv_directory_with_planted_bad_rows(ray_local, planted_csv_dir, tmp_pat
     assert m["rows_in"] == 18
     assert m["rows_duplicate"] == 2
     assert m["rejected_by_reason"] == {
-        "missing user_id": 1, "missing item_id": 1, "bad timestamp": 1,
-        "non-finite weight": 2, "malformed row": 1,
+        "missing user_id": 1,
+        "missing item_id": 1,
+        "bad timestamp": 1,
+        "non-finite weight": 2,
+        "malformed row": 1,
     }
     assert m["rows_rejected"] == 6 and m["rows_kept"] == 10 and _reconciles(m)
     assert m["ignored_columns"] == ["comment"]
@@ -127,14 +146,32 @@ def test_csv_directory_with_planted_bad_rows(ray_local, planted_csv_dir, tmp_pat
 
 def test_tsv_and_parquet_inputs_with_custom_columns(ray_local, tmp_path):
     tsv = tmp_path / "log.tsv"
-    tsv.write_text("uid\tsku\twhen\n1\t7\t2024-05-01 10:00:00\n1\t8\t2024-05-02\n2\t7\t1714557600\n")
-    m = prepare(PrepareConfig(source=str(tsv), out=str(tmp_path / "a"), user_col="uid",
-                              item_col="sku", time_col="when"))
+    tsv.write_text(
+        "uid\tsku\twhen\n1\t7\t2024-05-01 10:00:00\n1\t8\t2024-05-02\n2\t7\t1714557600\n"
+    )
+    m = prepare(
+        PrepareConfig(
+            source=str(tsv),
+            out=str(tmp_path / "a"),
+            user_col="uid",
+            item_col="sku",
+            time_col="when",
+        )
+    )
     assert (m["rows_kept"], m["users"], m["items"]) == (3, 2, 2)
-    pq.write_table(pa.table({"uid": [1, 1, 2], "sku": ["x", "y", "x"], "when": [3, 4, 5]}),
-                   tmp_path / "log.parquet")
-    m = prepare(PrepareConfig(source=str(tmp_path / "*.parquet"), out=str(tmp_path / "b"),
-                              user_col="uid", item_col="sku", time_col="when"))
+    pq.write_table(
+        pa.table({"uid": [1, 1, 2], "sku": ["x", "y", "x"], "when": [3, 4, 5]}),
+        tmp_path / "log.parquet",
+    )
+    m = prepare(
+        PrepareConfig(
+            source=str(tmp_path / "*.parquet"),
+            out=str(tmp_path / "b"),
+            user_col="uid",
+            item_col="sku",
+            time_col="when",
+        )
+    )
     assert (m["rows_kept"], m["users"], m["items"], m["columns"]["weight"]) == (3, 2, 2, "")
 
 
@@ -165,7 +202,10 @@ def test_unreadable_input_is_one_line_and_leaves_nothing(tmp_path, name, content
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     proc = subprocess.run(
         [sys.executable, "-m", "ganrec_dist", "prepare", "--source", str(bad), "--out", str(out)],
-        capture_output=True, text=True, env=env, timeout=120,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
     )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
@@ -178,7 +218,9 @@ def test_unreadable_input_is_one_line_and_leaves_nothing(tmp_path, name, content
 
 
 def test_missing_source_and_bad_override_exit_2(tmp_path, capsys):
-    assert main(["prepare", "--source", str(tmp_path / "nope.csv"), "--out", str(tmp_path / "d")]) == 2
+    assert (
+        main(["prepare", "--source", str(tmp_path / "nope.csv"), "--out", str(tmp_path / "d")]) == 2
+    )
     assert "no such file or directory" in capsys.readouterr().err
     assert main(["prepare", "--shards", "many"]) == 2
     assert "'shards': expected an integer" in capsys.readouterr().err

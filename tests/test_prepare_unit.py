@@ -37,8 +37,15 @@ def test_each_validation_rule_has_its_reason():
         COLS,
     )
     assert bad["reason"].to_pylist() == [
-        "missing user_id", "missing user_id", "missing item_id", "bad timestamp", "bad timestamp",
-        "bad timestamp", "non-finite weight", "non-finite weight", "non-finite weight",
+        "missing user_id",
+        "missing user_id",
+        "missing item_id",
+        "bad timestamp",
+        "bad timestamp",
+        "bad timestamp",
+        "non-finite weight",
+        "non-finite weight",
+        "non-finite weight",
         "missing user_id",
     ]
     assert bad["row"].to_pylist() == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]

@@ -24,9 +24,24 @@ pytestmark = pytest.mark.integration
 def trained(ray_local, tmp_path_factory):
     base = tmp_path_factory.mktemp("score")
     data, run = base / "data", base / "run"
-    prepare(PrepareConfig(source="synthetic", out=str(data), users=300, items=400, interactions=12_000, seed=2))
-    train(TrainConfig(data=str(data), out=str(run), epochs=2, refit=False, dim=16, hidden=32,
-                      history_len=10, noise_dim=4, cpus_per_worker=1))
+    prepare(
+        PrepareConfig(
+            source="synthetic", out=str(data), users=300, items=400, interactions=12_000, seed=2
+        )
+    )
+    train(
+        TrainConfig(
+            data=str(data),
+            out=str(run),
+            epochs=2,
+            refit=False,
+            dim=16,
+            hidden=32,
+            history_len=10,
+            noise_dim=4,
+            cpus_per_worker=1,
+        )
+    )
     return data, run
 
 
@@ -34,7 +49,10 @@ def _direct(data, run, users, k, include_seen=False):
     """The same top-K computed in this process, no Ray."""
     rec = Recommender(run)
     seq = load_sequences(data)
-    seen = [np.zeros(0, np.int64) if include_seen else seq.items[seq.offsets[u] : seq.offsets[u + 1]] for u in users]
+    seen = [
+        np.zeros(0, np.int64) if include_seen else seq.items[seq.offsets[u] : seq.offsets[u + 1]]
+        for u in users
+    ]
     items, _ = rec.recommend(seq.window(users, seq.lengths[users], rec.history_len), users, seen, k)
     ids = pq.read_table(data / "users.parquet")["user_id"].to_pylist()
     return {ids[u]: [str(rec.item_ids[i]) for i in row] for u, row in zip(users, items)}
@@ -61,7 +79,10 @@ def test_score_equals_direct_computation_for_exact_search(trained, tmp_path):
     seen = {(r["user_id"], r["item_id"]) for r in train_rows}
     assert not any((r["user_id"], r["item_id"]) in seen for r in table.to_pylist())
     first = table.to_pandas().sort_values(["user_id", "rank"]).groupby("user_id")
-    assert all(list(g["rank"]) == list(range(1, 8)) and g["score"].is_monotonic_decreasing for _, g in first)
+    assert all(
+        list(g["rank"]) == list(range(1, 8)) and g["score"].is_monotonic_decreasing
+        for _, g in first
+    )
 
 
 def test_users_file_include_seen_and_side_file(trained, tmp_path):
@@ -70,13 +91,25 @@ def test_users_file_include_seen_and_side_file(trained, tmp_path):
     users_file = tmp_path / "users.txt"
     users_file.write_text(f"{ids[0]}\nnobody\n{ids[5]}\n{ids[0]}\n")
     out = tmp_path / "recs.parquet"
-    summary = score(ScoreConfig(data=str(data), run=str(run), out=str(out), k=5, users=str(users_file),
-                                include_seen=True))
+    summary = score(
+        ScoreConfig(
+            data=str(data),
+            run=str(run),
+            out=str(out),
+            k=5,
+            users=str(users_file),
+            include_seen=True,
+        )
+    )
     assert summary["users"] == 2 and summary["skipped"] == 1
-    assert _as_lists(pq.read_table(out)) == _direct(data, run, np.array([0, 5]), 5, include_seen=True)
+    assert _as_lists(pq.read_table(out)) == _direct(
+        data, run, np.array([0, 5]), 5, include_seen=True
+    )
     skipped = pq.read_table(tmp_path / "recs.parquet.skipped.parquet").to_pylist()
     assert skipped == [{"user_id": "nobody", "reason": "unknown user: not in the prepared data"}]
-    assert main(["score", f"--data={data}", f"--run={run}", f"--out={out}"]) == 2  # exists, no --overwrite
+    assert (
+        main(["score", f"--data={data}", f"--run={run}", f"--out={out}"]) == 2
+    )  # exists, no --overwrite
 
 
 def test_index_command_writes_meta_and_is_used(trained, capsys):
@@ -87,7 +120,9 @@ def test_index_command_writes_meta_and_is_used(trained, capsys):
     rec = Recommender(run)
     assert rec.index_meta["kind"] == "hnsw"
     users = np.arange(20)
-    assert _direct(data, run, users, 10).keys() == set(pq.read_table(data / "users.parquet")["user_id"].to_pylist()[:20])
+    assert _direct(data, run, users, 10).keys() == set(
+        pq.read_table(data / "users.parquet")["user_id"].to_pylist()[:20]
+    )
     assert main(["index", f"--run={run}", "--kind=flat"]) == 0
     assert json.loads((run / "index" / "meta.json").read_text())["kind"] == "flat"
     assert main(["index", f"--run={run}", "--kind=annoy"]) == 2

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
-import json
 import socket
 import threading
 import time
 
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import requests
@@ -36,7 +34,11 @@ def service(ray_local, tmp_path_factory):
 
     base = tmp_path_factory.mktemp("serve")
     data, run, run2 = base / "data", base / "run", base / "run2"
-    prepare(PrepareConfig(source="synthetic", out=str(data), users=300, items=400, interactions=12_000, seed=3))
+    prepare(
+        PrepareConfig(
+            source="synthetic", out=str(data), users=300, items=400, interactions=12_000, seed=3
+        )
+    )
     small = dict(refit=False, dim=16, hidden=32, history_len=10, noise_dim=4, cpus_per_worker=1)
     train(TrainConfig(data=str(data), out=str(run), epochs=2, **small))
     train(TrainConfig(data=str(data), out=str(run2), epochs=1, seed=1, **small))
@@ -67,11 +69,19 @@ def test_known_unknown_and_cold_users(service):
     body = r.json()
     assert body["fallback"] is None and len(body["items"]) == 5 and body["ignored"] == []
     assert body["model_version"].startswith("run@")
-    r = post(service, {"user_id": "new-user", "history": [items[1], "no-such-item", items[2]], "k": 3})
+    r = post(
+        service, {"user_id": "new-user", "history": [items[1], "no-such-item", items[2]], "k": 3}
+    )
     body = r.json()
-    assert body["fallback"] == "history" and body["ignored"] == ["no-such-item"] and len(body["items"]) == 3
+    assert (
+        body["fallback"] == "history"
+        and body["ignored"] == ["no-such-item"]
+        and len(body["items"]) == 3
+    )
     assert not {items[1], items[2]} & {i["item_id"] for i in body["items"]}
-    body = post(service, {"user_id": "nobody", "history": ["unknown"], "exclude": [items[0]]}).json()
+    body = post(
+        service, {"user_id": "nobody", "history": ["unknown"], "exclude": [items[0]]}
+    ).json()
     assert body["fallback"] == "popularity" and len(body["items"]) == 10
     assert items[0] not in {i["item_id"] for i in body["items"]}
     assert requests.get(f"{service['url']}/health", timeout=5).json()["status"] == "ok"
@@ -110,9 +120,17 @@ def test_invalid_bodies_are_422_naming_the_field(service, body, field):
     assert r.json()["detail"].startswith(field)
 
 
-@pytest.mark.parametrize("raw", [b"", b"{", b"\xff\xfe\x00", b"[]", b"null", b'{"user_id": "a", "k": 1e999}', b"A" * 100_000])
+@pytest.mark.parametrize(
+    "raw",
+    [b"", b"{", b"\xff\xfe\x00", b"[]", b"null", b'{"user_id": "a", "k": 1e999}', b"A" * 100_000],
+)
 def test_raw_bad_bytes_are_4xx(service, raw):
-    r = requests.post(f"{service['url']}/recommend", data=raw, headers={"content-type": "application/json"}, timeout=30)
+    r = requests.post(
+        f"{service['url']}/recommend",
+        data=raw,
+        headers={"content-type": "application/json"},
+        timeout=30,
+    )
     assert 400 <= r.status_code < 500
 
 
@@ -147,10 +165,23 @@ def test_fuzz_from_openapi_schema_never_5xx(service):
     statuses = []
 
     @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
-    @given(st.one_of(from_schema(schema), st.dictionaries(st.text(max_size=8), st.recursive(
-        st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
-        lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=5), c, max_size=4), max_leaves=10),
-        max_size=5)))
+    @given(
+        st.one_of(
+            from_schema(schema),
+            st.dictionaries(
+                st.text(max_size=8),
+                st.recursive(
+                    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+                    lambda c: (
+                        st.lists(c, max_size=4)
+                        | st.dictionaries(st.text(max_size=5), c, max_size=4)
+                    ),
+                    max_leaves=10,
+                ),
+                max_size=5,
+            ),
+        )
+    )
     def check(body):
         r = post(service, body)
         statuses.append(r.status_code)
@@ -175,7 +206,11 @@ def _load(service, seconds: float, threads: int = 8) -> tuple[int, int, set]:
         n = 0
         while time.time() < stop:
             try:
-                r = session.post(f"{service['url']}/recommend", json={"user_id": users[(i * 31 + n) % len(users)]}, timeout=30)
+                r = session.post(
+                    f"{service['url']}/recommend",
+                    json={"user_id": users[(i * 31 + n) % len(users)]},
+                    timeout=30,
+                )
                 good = r.status_code == 200
                 version = r.json().get("model_version") if good else None
             except requests.RequestException:
@@ -196,13 +231,20 @@ def test_killing_a_replica_under_load_loses_at_most_one_percent(service):
     from ray import serve
 
     result: dict = {}
-    loader = threading.Thread(target=lambda: result.update(zip(("ok", "failed", "v"), _load(service, 12))))
+    loader = threading.Thread(
+        target=lambda: result.update(zip(("ok", "failed", "v"), _load(service, 12)))
+    )
     loader.start()
     time.sleep(4)
-    replicas = [a for a in ray.util.list_named_actors(all_namespaces=True) if "GanRecommender" in a["name"]
-                and a["name"].startswith("SERVE_REPLICA")]
+    replicas = [
+        a
+        for a in ray.util.list_named_actors(all_namespaces=True)
+        if "GanRecommender" in a["name"] and a["name"].startswith("SERVE_REPLICA")
+    ]
     assert replicas
-    ray.kill(ray.get_actor(replicas[0]["name"], namespace=replicas[0]["namespace"]), no_restart=True)
+    ray.kill(
+        ray.get_actor(replicas[0]["name"], namespace=replicas[0]["namespace"]), no_restart=True
+    )
     loader.join()
     total = result["ok"] + result["failed"]
     print(f"\nreplica killed under load: {result['failed']} of {total} requests failed")
@@ -210,7 +252,10 @@ def test_killing_a_replica_under_load_loses_at_most_one_percent(service):
     deadline = time.time() + 60
     while time.time() < deadline:
         status = serve.status().applications["ganrec"]
-        if status.status == "RUNNING" and requests.get(f"{service['url']}/health", timeout=5).status_code == 200:
+        if (
+            status.status == "RUNNING"
+            and requests.get(f"{service['url']}/health", timeout=5).status_code == 200
+        ):
             break
         time.sleep(1)
     else:
@@ -223,12 +268,20 @@ def test_rollout_by_reconfigure_drops_no_request(service):
     from ganrec_dist.serve import GanRecommender
 
     result: dict = {}
-    loader = threading.Thread(target=lambda: result.update(zip(("ok", "failed", "v"), _load(service, 10, threads=4))))
+    loader = threading.Thread(
+        target=lambda: result.update(zip(("ok", "failed", "v"), _load(service, 10, threads=4)))
+    )
     loader.start()
     time.sleep(3)
-    serve.run(GanRecommender.options(user_config={"run": str(service["run2"])}).bind(str(service["run"])),
-              name="ganrec", route_prefix="/", blocking=False)
+    serve.run(
+        GanRecommender.options(user_config={"run": str(service["run2"])}).bind(str(service["run"])),
+        name="ganrec",
+        route_prefix="/",
+        blocking=False,
+    )
     loader.join()
     assert result["failed"] == 0
     assert {v.split("@")[0] for v in result["v"] if v} == {"run", "run2"}
-    assert post(service, {"user_id": "x", "history": []}).json()["model_version"].startswith("run2@")
+    assert (
+        post(service, {"user_id": "x", "history": []}).json()["model_version"].startswith("run2@")
+    )

@@ -20,15 +20,32 @@ from ganrec_dist.train import train
 
 pytestmark = pytest.mark.integration
 
-TINY = dict(dim=16, hidden=32, history_len=10, noise_dim=4, batch_size=256, lr=5e-3,
-            cpus_per_worker=0.5, shuffle_buffer=20_000)
+TINY = dict(
+    dim=16,
+    hidden=32,
+    history_len=10,
+    noise_dim=4,
+    batch_size=256,
+    lr=5e-3,
+    cpus_per_worker=0.5,
+    shuffle_buffer=20_000,
+)
 
 
 @pytest.fixture(scope="module")
 def synthetic_data(ray_local, tmp_path_factory):
     out = tmp_path_factory.mktemp("syn") / "data"
-    prepare(PrepareConfig(source="synthetic", out=str(out), users=500, items=1000,
-                          interactions=30_000, seed=1, shards=4))
+    prepare(
+        PrepareConfig(
+            source="synthetic",
+            out=str(out),
+            users=500,
+            items=1000,
+            interactions=30_000,
+            seed=1,
+            shards=4,
+        )
+    )
     return out
 
 
@@ -39,8 +56,17 @@ def _history(run):
 
 def test_two_workers_learn_and_beat_popularity(synthetic_data, tmp_path):
     run = tmp_path / "run"
-    meta = train(TrainConfig(data=str(synthetic_data), out=str(run), workers=2, epochs=8, patience=3,
-                             refit=False, **TINY))
+    meta = train(
+        TrainConfig(
+            data=str(synthetic_data),
+            out=str(run),
+            workers=2,
+            epochs=8,
+            patience=3,
+            refit=False,
+            **TINY,
+        )
+    )
     assert meta["final"] and meta["phase"] == "done"
     history = _history(run)
     assert history[-1]["ce_loss"] < history[0]["ce_loss"] - 0.1
@@ -48,19 +74,41 @@ def test_two_workers_learn_and_beat_popularity(synthetic_data, tmp_path):
     assert all(h["rows"] > 0 for h in history)
     for name in ("history.csv", "history.png", "config.yaml", "checkpoint/items.parquet"):
         assert (run / name).exists()
-    result = evaluate(EvaluateConfig(data=str(synthetic_data), run=str(run), ablation=False,
-                                     ease_lambdas="50", als_regs="0.1", als_iterations=5))
+    result = evaluate(
+        EvaluateConfig(
+            data=str(synthetic_data),
+            run=str(run),
+            ablation=False,
+            ease_lambdas="50",
+            als_regs="0.1",
+            als_iterations=5,
+        )
+    )
     models = result["models"]
     print({k: round(v["ndcg@10"], 4) for k, v in models.items()})
     assert set(models) == {"popularity", "ease", "als", "gan"}
     assert models["gan"]["ndcg@10"] > 1.5 * models["popularity"]["ndcg@10"]
-    assert json.loads((run / "eval.json").read_text())["models"]["gan"]["ndcg@10"] == models["gan"]["ndcg@10"]
+    assert (
+        json.loads((run / "eval.json").read_text())["models"]["gan"]["ndcg@10"]
+        == models["gan"]["ndcg@10"]
+    )
 
 
 def test_a_dead_worker_resumes_from_the_last_checkpoint(synthetic_data, tmp_path):
     run = tmp_path / "run"
-    meta = train(TrainConfig(data=str(synthetic_data), out=str(run), workers=2, epochs=3, patience=5,
-                             refit=False, fail_at_epoch=2, max_failures=1, **TINY))
+    meta = train(
+        TrainConfig(
+            data=str(synthetic_data),
+            out=str(run),
+            workers=2,
+            epochs=3,
+            patience=5,
+            refit=False,
+            fail_at_epoch=2,
+            max_failures=1,
+            **TINY,
+        )
+    )
     assert (run / ".fault-injected").exists()  # rank 1 really exited once, at epoch 2
     assert meta["final"]
     epochs = [h["epoch"] for h in _history(run)]
@@ -76,11 +124,23 @@ def _descendants(pid):
 
 def test_a_killed_driver_resumes_when_rerun(synthetic_data, tmp_path):
     run = tmp_path / "run"
-    args = dict(data=str(synthetic_data), out=str(run), name="resumable", workers=1, epochs=5,
-                patience=5, refit=False, **TINY)
-    cli = [sys.executable, "-m", "ganrec_dist", "train", "--quiet"] + [f"--{k}={v}" for k, v in args.items()]
+    args = dict(
+        data=str(synthetic_data),
+        out=str(run),
+        name="resumable",
+        workers=1,
+        epochs=5,
+        patience=5,
+        refit=False,
+        **TINY,
+    )
+    cli = [sys.executable, "-m", "ganrec_dist", "train", "--quiet"] + [
+        f"--{k}={v}" for k, v in args.items()
+    ]
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    proc = subprocess.Popen(cli, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        cli, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     meta_path = run / "checkpoint" / "meta.json"
     deadline = time.time() + 240
     try:
@@ -106,4 +166,6 @@ def test_a_killed_driver_resumes_when_rerun(synthetic_data, tmp_path):
     after = _history(run)
     assert meta["final"] and [h["epoch"] for h in after] == [1, 2, 3, 4, 5]
     # The epochs done before the kill were kept, not recomputed.
-    assert after[0]["ce_loss"] == before[0]["ce_loss"] and after[0]["seconds"] == before[0]["seconds"]
+    assert (
+        after[0]["ce_loss"] == before[0]["ce_loss"] and after[0]["seconds"] == before[0]["seconds"]
+    )

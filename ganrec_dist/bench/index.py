@@ -42,12 +42,19 @@ def mixture(cfg: BenchIndexConfig, rng: np.random.Generator) -> tuple[np.ndarray
         from ganrec_dist.recommender import load_catalogue
 
         learned, _ = load_catalogue(cfg.run)
-        km = faiss.Kmeans(learned.shape[1], min(cfg.clusters, len(learned) // 8), niter=20, seed=cfg.seed)
+        km = faiss.Kmeans(
+            learned.shape[1], min(cfg.clusters, len(learned) // 8), niter=20, seed=cfg.seed
+        )
         km.train(learned)
         _, assign = km.index.search(learned, 1)
         centres = km.centroids
-        spread = np.array([learned[assign[:, 0] == c].std(axis=0).mean() if (assign == c).sum() > 1 else 0.1
-                           for c in range(len(centres))], dtype=np.float32)
+        spread = np.array(
+            [
+                learned[assign[:, 0] == c].std(axis=0).mean() if (assign == c).sum() > 1 else 0.1
+                for c in range(len(centres))
+            ],
+            dtype=np.float32,
+        )
         dim = learned.shape[1]
     else:
         dim = cfg.dim
@@ -80,18 +87,28 @@ def sweep(items: np.ndarray, queries: np.ndarray, cfg: BenchIndexConfig) -> dict
     ours = ExactIndex(items)
     ours_s, ours_items = _timed_search(ours, queries, cfg.k)
     exact_recall = recall_at(ours_items, truth)
-    baseline = {"faiss_flat_qps": len(queries) / faiss_s, "own_exact_qps": len(queries) / ours_s,
-                "own_exact_recall@10": exact_recall}
+    baseline = {
+        "faiss_flat_qps": len(queries) / faiss_s,
+        "own_exact_qps": len(queries) / ours_s,
+        "own_exact_recall@10": exact_recall,
+    }
     baseline["qps"] = max(baseline["faiss_flat_qps"], baseline["own_exact_qps"])
     points = []
     grid = [
         ("ivf", {"nlist": cfg.nlist}, "nprobe", [1, 2, 4, 8, 16, 32, 64]),
         ("hnsw", {"hnsw_m": 32, "ef_construction": 80}, "ef_search", [16, 32, 64, 128, 256]),
-        ("ivfpq", {"nlist": cfg.nlist, "pq_bytes": max(4, items.shape[1] // 4), "refine_factor": 4}, "nprobe", [4, 8, 16, 32]),
+        (
+            "ivfpq",
+            {"nlist": cfg.nlist, "pq_bytes": max(4, items.shape[1] // 4), "refine_factor": 4},
+            "nprobe",
+            [4, 8, 16, 32],
+        ),
     ]
     for kind, fixed, knob, values in grid:
         start = time.perf_counter()
-        index = build_index(items, IndexConfig(kind=kind, train_sample=min(n, 65_536), **fixed), seed=cfg.seed)
+        index = build_index(
+            items, IndexConfig(kind=kind, train_sample=min(n, 65_536), **fixed), seed=cfg.seed
+        )
         build_s = time.perf_counter() - start
         log.info("%s built in %.1fs", kind, build_s)
         for value in values:
@@ -102,20 +119,37 @@ def sweep(items: np.ndarray, queries: np.ndarray, cfg: BenchIndexConfig) -> dict
             else:
                 faiss.extract_index_ivf(index).nprobe = value
             seconds, got = _timed_search(index, queries, cfg.k)
-            points.append({"kind": kind, "params": {**fixed, knob: value}, "recall@10": recall_at(got, truth),
-                           "qps": len(queries) / seconds, "speedup": len(queries) / seconds / baseline["qps"],
-                           "build_s": build_s})
+            points.append(
+                {
+                    "kind": kind,
+                    "params": {**fixed, knob: value},
+                    "recall@10": recall_at(got, truth),
+                    "qps": len(queries) / seconds,
+                    "speedup": len(queries) / seconds / baseline["qps"],
+                    "build_s": build_s,
+                }
+            )
     return {"baseline": baseline, "points": points}
 
 
 def run(cfg: BenchIndexConfig) -> dict:
     rng = np.random.default_rng(cfg.seed)
     faiss.omp_set_num_threads(max(1, faiss.omp_get_max_threads()))
-    results: dict = {"items": cfg.items, "dim": cfg.dim, "queries": cfg.queries, "k": cfg.k, "datasets": {}}
+    results: dict = {
+        "items": cfg.items,
+        "dim": cfg.dim,
+        "queries": cfg.queries,
+        "k": cfg.k,
+        "datasets": {},
+    }
     for name in cfg.datasets.split(","):
         if name == "clustered":
             items, queries = mixture(cfg, rng)
-            source = f"clustered mixture fitted to {cfg.run}" if cfg.run else f"clustered mixture ({cfg.clusters} clusters)"
+            source = (
+                f"clustered mixture fitted to {cfg.run}"
+                if cfg.run
+                else f"clustered mixture ({cfg.clusters} clusters)"
+            )
         else:
             items = rng.normal(size=(cfg.items, cfg.dim)).astype(np.float32)
             queries = rng.normal(size=(cfg.queries, cfg.dim)).astype(np.float32)
@@ -127,11 +161,19 @@ def run(cfg: BenchIndexConfig) -> dict:
         res["best_at_recall_0.95"] = max(good, key=lambda p: p["qps"]) if good else None
         results["datasets"][name] = res
         b = res["baseline"]
-        rows = [["exact: FAISS IndexFlatIP", "", 1.0, b["faiss_flat_qps"], ""],
-                ["exact: own blocked GEMM", "", b["own_exact_recall@10"], b["own_exact_qps"], ""]]
-        rows += [[p["kind"], json_params(p["params"]), p["recall@10"], p["qps"], f"{p['speedup']:.1f}x"] for p in res["points"]]
-        print_table(f"index: {source}, {cfg.items:,} x {items.shape[1]}, {cfg.queries} queries, k={cfg.k}",
-                    ["kind", "params", "recall@10", "queries/s", "vs exact"], rows)
+        rows = [
+            ["exact: FAISS IndexFlatIP", "", 1.0, b["faiss_flat_qps"], ""],
+            ["exact: own blocked GEMM", "", b["own_exact_recall@10"], b["own_exact_qps"], ""],
+        ]
+        rows += [
+            [p["kind"], json_params(p["params"]), p["recall@10"], p["qps"], f"{p['speedup']:.1f}x"]
+            for p in res["points"]
+        ]
+        print_table(
+            f"index: {source}, {cfg.items:,} x {items.shape[1]}, {cfg.queries} queries, k={cfg.k}",
+            ["kind", "params", "recall@10", "queries/s", "vs exact"],
+            rows,
+        )
         results.setdefault("baseline", res["baseline"])
         results.setdefault("points", res["points"])
     _plot(results, cfg.out.replace(".json", ".png"))
@@ -149,8 +191,10 @@ def _plot(results: dict, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(results["datasets"]), figsize=(6 * len(results["datasets"]), 4.5), squeeze=False)
-    for ax, (name, res) in zip(axes[0], results["datasets"].items()):
+    fig, axes = plt.subplots(
+        1, len(results["datasets"]), figsize=(6 * len(results["datasets"]), 4.5), squeeze=False
+    )
+    for ax, res in zip(axes[0], results["datasets"].values()):
         for kind in ("ivf", "hnsw", "ivfpq"):
             pts = [p for p in res["points"] if p["kind"] == kind]
             ax.plot([p["recall@10"] for p in pts], [p["qps"] for p in pts], marker="o", label=kind)

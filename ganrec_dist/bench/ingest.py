@@ -49,15 +49,25 @@ def baseline(files: list[str], out: str, test_fraction: float = 0.2) -> dict:
         rejected += bad.num_rows
     table = pa.concat_tables(good_parts)
     keys = ["user_id", "item_id", "timestamp", "weight"]
-    table = table.group_by(keys, use_threads=False).aggregate([("row", "min")]).rename_columns(keys + ["row"])
-    table = table.sort_by([("user_id", "ascending"), ("timestamp", "ascending"), ("row", "ascending")])
+    table = (
+        table.group_by(keys, use_threads=False)
+        .aggregate([("row", "min")])
+        .rename_columns(keys + ["row"])
+    )
+    table = table.sort_by(
+        [("user_id", "ascending"), ("timestamp", "ascending"), ("row", "ascending")]
+    )
     _, is_test = split_sorted(table["user_id"].to_numpy(zero_copy_only=False), test_fraction)
     users = pc.unique(table["user_id"])
     users = pc.take(users, pc.sort_indices(users))
     items = pc.unique(table["item_id"])
     items = pc.take(items, pc.sort_indices(items))
-    table = table.append_column("user_idx", pc.index_in(table["user_id"], value_set=users).cast(pa.int32()))
-    table = table.append_column("item_idx", pc.index_in(table["item_id"], value_set=items).cast(pa.int32()))
+    table = table.append_column(
+        "user_idx", pc.index_in(table["user_id"], value_set=users).cast(pa.int32())
+    )
+    table = table.append_column(
+        "item_idx", pc.index_in(table["item_id"], value_set=items).cast(pa.int32())
+    )
     os.makedirs(out, exist_ok=True)
     mask = pa.array(is_test)
     pq.write_table(table.filter(pc.invert(mask)), os.path.join(out, "train.parquet"))
@@ -76,11 +86,19 @@ def _child(target: str, args: tuple, queue: mp.Queue) -> None:
         from ganrec_dist.prepare import prepare
 
         setup_logging(quiet=True)
-        result = prepare(PrepareConfig(source=args[0], out=args[1], format="parquet", weight_col="rating"))
+        result = prepare(
+            PrepareConfig(source=args[0], out=args[1], format="parquet", weight_col="rating")
+        )
         import ray
 
         ray.shutdown()
-    queue.put({"seconds": time.perf_counter() - start, "rows_in": result["rows_in"], "rows_kept": result["rows_kept"]})
+    queue.put(
+        {
+            "seconds": time.perf_counter() - start,
+            "rows_in": result["rows_in"],
+            "rows_kept": result["rows_kept"],
+        }
+    )
 
 
 def _measure(target: str, args: tuple) -> dict:
@@ -141,8 +159,18 @@ def run(cfg: BenchIngestConfig) -> dict:
         f"ingest: {cfg.rows:,} synthetic rows, {os.cpu_count()} CPUs",
         ["pipeline", "seconds", "rows/s", "peak memory GiB"],
         [
-            ["pyarrow, one process (baseline)", base["seconds"], base["rows_per_s"], base["peak_memory_gib"]],
-            ["ganrec prepare (Ray Data)", ours["seconds"], ours["rows_per_s"], ours["peak_memory_gib"]],
+            [
+                "pyarrow, one process (baseline)",
+                base["seconds"],
+                base["rows_per_s"],
+                base["peak_memory_gib"],
+            ],
+            [
+                "ganrec prepare (Ray Data)",
+                ours["seconds"],
+                ours["rows_per_s"],
+                ours["peak_memory_gib"],
+            ],
             ["ratio prepare / baseline", "", result["throughput_ratio"], result["memory_ratio"]],
         ],
     )

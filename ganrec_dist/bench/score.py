@@ -59,38 +59,100 @@ def run(cfg: BenchScoreConfig) -> dict:
     try:
         if not (run_dir / "checkpoint" / "meta.json").exists():
             # A real (briefly trained) model over a large catalogue: speed does not depend on quality.
-            prepare(PrepareConfig(source="synthetic", out=str(data), users=cfg.users, items=cfg.items,
-                                  interactions=cfg.users * 12, seed=0, overwrite=True))
-            train(TrainConfig(data=str(data), out=str(run_dir), epochs=1, refit=False, batch_size=2048,
-                              sampled_negatives=4096, history_len=20))
-        test_users = np.unique(pq.read_table(data / "test", columns=["user_idx"])["user_idx"].to_numpy())
-        rows, results = [], {"users": int(len(test_users)), "items": cfg.items, "k": cfg.k, "modes": {}}
+            prepare(
+                PrepareConfig(
+                    source="synthetic",
+                    out=str(data),
+                    users=cfg.users,
+                    items=cfg.items,
+                    interactions=cfg.users * 12,
+                    seed=0,
+                    overwrite=True,
+                )
+            )
+            train(
+                TrainConfig(
+                    data=str(data),
+                    out=str(run_dir),
+                    epochs=1,
+                    refit=False,
+                    batch_size=2048,
+                    sampled_negatives=4096,
+                    history_len=20,
+                )
+            )
+        test_users = np.unique(
+            pq.read_table(data / "test", columns=["user_idx"])["user_idx"].to_numpy()
+        )
+        rows, results = (
+            [],
+            {"users": int(len(test_users)), "items": cfg.items, "k": cfg.k, "modes": {}},
+        )
         for mode in ("exact", cfg.ann_kind):
             shutil.rmtree(run_dir / "index", ignore_errors=True)
-            index_command(IndexCommandConfig(run=str(run_dir), kind="flat" if mode == "exact" else mode,
-                                             index=IndexConfig(nprobe=16)))
+            index_command(
+                IndexCommandConfig(
+                    run=str(run_dir),
+                    kind="flat" if mode == "exact" else mode,
+                    index=IndexConfig(nprobe=16),
+                )
+            )
             base = single_process(data, run_dir, test_users, cfg.k)
             memory = []
             for frac in [float(f) for f in cfg.memory_steps.split(",")]:
                 subset = test_users[: max(1, int(len(test_users) * frac))]
                 users_file = work / "users.txt"
-                ids = pq.read_table(data / "users.parquet")["user_id"].to_numpy(zero_copy_only=False)
+                ids = pq.read_table(data / "users.parquet")["user_id"].to_numpy(
+                    zero_copy_only=False
+                )
                 users_file.write_text("\n".join(ids[subset]) + "\n")
                 with PeakMemory() as mem:
-                    summary = score(ScoreConfig(data=str(data), run=str(run_dir), out=str(work / "recs.parquet"),
-                                                k=cfg.k, users=str(users_file), overwrite=True))
-                memory.append({"users": int(len(subset)), "users_per_s": summary["users_per_s"],
-                               "peak_memory_gib": round(mem.peak_gib, 3)})
+                    summary = score(
+                        ScoreConfig(
+                            data=str(data),
+                            run=str(run_dir),
+                            out=str(work / "recs.parquet"),
+                            k=cfg.k,
+                            users=str(users_file),
+                            overwrite=True,
+                        )
+                    )
+                memory.append(
+                    {
+                        "users": int(len(subset)),
+                        "users_per_s": summary["users_per_s"],
+                        "peak_memory_gib": round(mem.peak_gib, 3),
+                    }
+                )
             full = memory[-1]
-            results["modes"][mode] = {"score_users_per_s": full["users_per_s"], "single_process_users_per_s": base,
-                                      "ratio": full["users_per_s"] / base, "memory_by_users": memory}
-            rows.append([mode, full["users_per_s"], base, full["users_per_s"] / base,
-                         " / ".join(f"{m['peak_memory_gib']:.2f}" for m in memory)])
+            results["modes"][mode] = {
+                "score_users_per_s": full["users_per_s"],
+                "single_process_users_per_s": base,
+                "ratio": full["users_per_s"] / base,
+                "memory_by_users": memory,
+            }
+            rows.append(
+                [
+                    mode,
+                    full["users_per_s"],
+                    base,
+                    full["users_per_s"] / base,
+                    " / ".join(f"{m['peak_memory_gib']:.2f}" for m in memory),
+                ]
+            )
     finally:
         if not cfg.workdir:
             shutil.rmtree(work, ignore_errors=True)
-    print_table(f"score: {results['users']:,} users x {cfg.items:,} items, top-{cfg.k}",
-                ["index", "score users/s", "single process users/s", "ratio",
-                 f"peak GiB at {cfg.memory_steps} of users"], rows)
+    print_table(
+        f"score: {results['users']:,} users x {cfg.items:,} items, top-{cfg.k}",
+        [
+            "index",
+            "score users/s",
+            "single process users/s",
+            "ratio",
+            f"peak GiB at {cfg.memory_steps} of users",
+        ],
+        rows,
+    )
     write_json(cfg.out, results)
     return results

@@ -73,23 +73,44 @@ def _wait(url: str, timeout: float = 90) -> None:
 def wrk(url: str, script: Path, concurrency: int, seconds: int) -> dict:
     if not shutil.which("wrk"):
         raise RuntimeError("wrk is needed (apt-get install wrk)")
-    cmd = ["wrk", "-t", str(min(concurrency, 2)), "-c", str(concurrency), "-d", f"{seconds}s", "--timeout", "10s",
-           "-s", str(script), url]
+    cmd = [
+        "wrk",
+        "-t",
+        str(min(concurrency, 2)),
+        "-c",
+        str(concurrency),
+        "-d",
+        f"{seconds}s",
+        "--timeout",
+        "10s",
+        "-s",
+        str(script),
+        url,
+    ]
     text = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60).stdout
     m = re.search(r"RESULT (\d+) (\d+) (\d+) (\d+) ([\d.]+) ([\d.]+) ([\d.]+)", text)
     if not m:
         raise RuntimeError(f"could not parse wrk output: {text[-500:]}")
     n, socket_errors, status_errors, duration_us, p50, p95, p99 = m.groups()
-    return {"concurrency": concurrency, "requests": int(n), "errors": int(socket_errors) + int(status_errors),
-            "rps": int(n) / (int(duration_us) / 1e6), "p50_ms": float(p50) / 1e3, "p95_ms": float(p95) / 1e3,
-            "p99_ms": float(p99) / 1e3}
+    return {
+        "concurrency": concurrency,
+        "requests": int(n),
+        "errors": int(socket_errors) + int(status_errors),
+        "rps": int(n) / (int(duration_us) / 1e6),
+        "p50_ms": float(p50) / 1e3,
+        "p95_ms": float(p95) / 1e3,
+        "p99_ms": float(p99) / 1e3,
+    }
 
 
 def _replicas() -> int:
     import ray
 
-    return sum(1 for a in ray.util.list_named_actors(all_namespaces=True)
-               if a["name"].startswith("SERVE_REPLICA") and "GanRecommender" in a["name"])
+    return sum(
+        1
+        for a in ray.util.list_named_actors(all_namespaces=True)
+        if a["name"].startswith("SERVE_REPLICA") and "GanRecommender" in a["name"]
+    )
 
 
 def run(cfg: BenchServeConfig) -> dict:
@@ -109,11 +130,30 @@ def run(cfg: BenchServeConfig) -> dict:
     for _ in range(200):
         engine.answer([req])
     compute_ms = (time.perf_counter() - start_t) / 200 * 1e3
-    results: dict = {"run": cfg.run, "seconds_per_level": cfg.seconds, "compute_ms": compute_ms, "bare": [], "serve": []}
+    results: dict = {
+        "run": cfg.run,
+        "seconds_per_level": cfg.seconds,
+        "compute_ms": compute_ms,
+        "bare": [],
+        "serve": [],
+    }
 
     port = _port()
-    bare = subprocess.Popen([sys.executable, "-m", "uvicorn", "ganrec_dist.bench.bare_app:app", "--host", "127.0.0.1",
-                             "--port", str(port), "--log-level", "warning"], env={**os.environ, "GANREC_RUN": cfg.run})
+    bare = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "ganrec_dist.bench.bare_app:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        env={**os.environ, "GANREC_RUN": cfg.run},
+    )
     try:
         _wait(f"http://127.0.0.1:{port}")
         for c in levels:
@@ -156,18 +196,46 @@ def run(cfg: BenchServeConfig) -> dict:
     for b, s in zip(results["bare"], results["serve"]):
         ratio = s["rps"] / b["rps"]
         s["ratio_vs_bare"] = ratio
-        rows.append([b["concurrency"], b["rps"], b["p50_ms"], b["p99_ms"], s["rps"], s["p50_ms"], s["p95_ms"],
-                     s["p99_ms"], s["errors"], ratio])
+        rows.append(
+            [
+                b["concurrency"],
+                b["rps"],
+                b["p50_ms"],
+                b["p99_ms"],
+                s["rps"],
+                s["p50_ms"],
+                s["p95_ms"],
+                s["p99_ms"],
+                s["errors"],
+                ratio,
+            ]
+        )
     c1b, c1s = results["bare"][0], results["serve"][0]
     results["breakdown_ms_at_concurrency_1"] = {
         "model_and_index": compute_ms,
         "http_and_fastapi": max(0.0, c1b["p50_ms"] - compute_ms),
         "serve_proxy_routing_batching": max(0.0, c1s["p50_ms"] - c1b["p50_ms"]),
     }
-    print_table(f"serve: closed-loop wrk on 127.0.0.1, {cfg.seconds}s per level (model+index {compute_ms:.2f} ms/request)",
-                ["conc.", "bare req/s", "bare p50", "bare p99", "serve req/s", "serve p50", "serve p95", "serve p99",
-                 "errors", "serve/bare"], rows)
-    print("breakdown at concurrency 1 (ms):", json.dumps({k: round(v, 2) for k, v in results["breakdown_ms_at_concurrency_1"].items()}))
+    print_table(
+        f"serve: closed-loop wrk on 127.0.0.1, {cfg.seconds}s per level (model+index {compute_ms:.2f} ms/request)",
+        [
+            "conc.",
+            "bare req/s",
+            "bare p50",
+            "bare p99",
+            "serve req/s",
+            "serve p50",
+            "serve p95",
+            "serve p99",
+            "errors",
+            "serve/bare",
+        ],
+        rows,
+    )
+    print(
+        "breakdown at concurrency 1 (ms):",
+        json.dumps({k: round(v, 2) for k, v in results["breakdown_ms_at_concurrency_1"].items()}),
+    )
     _plot(results, cfg.out.replace(".json", ".png"))
     write_json(cfg.out, results)
     return results
@@ -184,7 +252,14 @@ def _plot(results: dict, path: str) -> None:
     t = np.array([p["t"] for p in trace])
     ax.step(t, [p["replicas"] for p in trace], where="post", label="replicas")
     ax2 = ax.twinx()
-    ax2.step(t, [p["concurrency"] for p in trace], where="post", color="tab:orange", alpha=0.6, label="load concurrency")
+    ax2.step(
+        t,
+        [p["concurrency"] for p in trace],
+        where="post",
+        color="tab:orange",
+        alpha=0.6,
+        label="load concurrency",
+    )
     ax.set_xlabel("seconds")
     ax.set_ylabel("replicas")
     ax2.set_ylabel("concurrent connections")

@@ -4,9 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import os
 import shutil
 import tempfile
 import time
@@ -56,12 +54,19 @@ def in_memory_loop(data: Path, cfg: TrainConfig, epochs: int, threads: int) -> d
         start = time.perf_counter()
         for s in range(0, len(order), cfg.batch_size):
             idx = order[s : s + cfg.batch_size]
-            batch = make_batch(seq, users[idx], seq.items[idx], positions[idx], cfg.history_len, device)
+            batch = make_batch(
+                seq, users[idx], seq.items[idx], positions[idx], cfg.history_len, device
+            )
             z = torch.randn(len(idx), cfg.noise_dim)
             gan.d_step(gen, disc, d_opt, batch, z)
             gan.g_step(gen, disc, g_opt, batch, z, cfg.adv_weight)
         seconds = time.perf_counter() - start
-        result = {"rows": len(order), "seconds": seconds, "rows_per_s": len(order) / seconds, "data_wait_fraction": 0.0}
+        result = {
+            "rows": len(order),
+            "seconds": seconds,
+            "rows_per_s": len(order) / seconds,
+            "data_wait_fraction": 0.0,
+        }
     return result
 
 
@@ -77,38 +82,80 @@ def run(cfg: BenchTrainConfig) -> dict:
 
     cpus = int(ray.cluster_resources().get("CPU", 1))
     try:
-        prepare(PrepareConfig(source="synthetic", out=str(data), users=cfg.users, items=cfg.items,
-                              interactions=cfg.rows, seed=0, overwrite=True))
+        prepare(
+            PrepareConfig(
+                source="synthetic",
+                out=str(data),
+                users=cfg.users,
+                items=cfg.items,
+                interactions=cfg.rows,
+                seed=0,
+                overwrite=True,
+            )
+        )
         rows = []
         results: dict = {"rows": cfg.rows, "cpus": cpus, "ray": {}}
         for workers in [int(w) for w in cfg.workers.split(",")]:
             # Leave one CPU to Ray Data: workers share the rest.
             per_worker = max(0.25, (cpus - 1) / workers) if cpus > 1 else 0.5
             threads = max(1, cpus // workers)
-            tcfg = TrainConfig(data=str(data), out=str(work / f"run{workers}"), workers=workers,
-                               cpus_per_worker=per_worker, epochs=cfg.epochs, patience=cfg.epochs,
-                               refit=False, batch_size=cfg.batch_size, adv_weight=0.1)
+            tcfg = TrainConfig(
+                data=str(data),
+                out=str(work / f"run{workers}"),
+                workers=workers,
+                cpus_per_worker=per_worker,
+                epochs=cfg.epochs,
+                patience=cfg.epochs,
+                refit=False,
+                batch_size=cfg.batch_size,
+                adv_weight=0.1,
+            )
             log.info("in-memory baseline, %d torch thread(s)", threads)
             base = in_memory_loop(data, tcfg, cfg.epochs, threads)
             with PeakMemory() as mem:
                 train(tcfg)
             import torch as _t
 
-            payload = _t.load(work / f"run{workers}" / "checkpoint" / "model.pt", map_location="cpu", weights_only=False)
+            payload = _t.load(
+                work / f"run{workers}" / "checkpoint" / "model.pt",
+                map_location="cpu",
+                weights_only=False,
+            )
             last = payload["state"]["history"][-1]
-            ours = {"rows": last["rows"], "seconds": last["seconds"], "rows_per_s": last["rows"] / last["seconds"],
-                    "data_wait_fraction": last["data_wait_fraction"], "peak_memory_gib": round(mem.peak_gib, 3)}
+            ours = {
+                "rows": last["rows"],
+                "seconds": last["seconds"],
+                "rows_per_s": last["rows"] / last["seconds"],
+                "data_wait_fraction": last["data_wait_fraction"],
+                "peak_memory_gib": round(mem.peak_gib, 3),
+            }
             ratio = ours["rows_per_s"] / base["rows_per_s"]
-            results["ray"][str(workers)] = {"ray_data": ours, "in_memory": base, "ratio": ratio,
-                                            "cpus_per_worker": per_worker, "threads_per_worker": threads}
-            rows.append([f"{workers} worker(s), in-memory loop (baseline)", base["rows_per_s"], 0.0, ""])
-            rows.append([f"{workers} worker(s), Ray Data -> Ray Train", ours["rows_per_s"],
-                         ours["data_wait_fraction"], ours["peak_memory_gib"]])
+            results["ray"][str(workers)] = {
+                "ray_data": ours,
+                "in_memory": base,
+                "ratio": ratio,
+                "cpus_per_worker": per_worker,
+                "threads_per_worker": threads,
+            }
+            rows.append(
+                [f"{workers} worker(s), in-memory loop (baseline)", base["rows_per_s"], 0.0, ""]
+            )
+            rows.append(
+                [
+                    f"{workers} worker(s), Ray Data -> Ray Train",
+                    ours["rows_per_s"],
+                    ours["data_wait_fraction"],
+                    ours["peak_memory_gib"],
+                ]
+            )
             rows.append([f"{workers} worker(s), ratio", ratio, "", ""])
     finally:
         if not cfg.workdir:
             shutil.rmtree(work, ignore_errors=True)
-    print_table(f"train: adversarial loop on {cfg.rows:,} synthetic interactions, {cpus} CPUs (last of {cfg.epochs} epochs)",
-                ["feed", "interactions/s", "data wait", "peak memory GiB"], rows)
+    print_table(
+        f"train: adversarial loop on {cfg.rows:,} synthetic interactions, {cpus} CPUs (last of {cfg.epochs} epochs)",
+        ["feed", "interactions/s", "data wait", "peak memory GiB"],
+        rows,
+    )
     write_json(cfg.out, results)
     return results
