@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg:")}
     try:
         stage = key.replace(" ", "_")
-        config = cfgmod.load(cls, stage, args.config, overrides)
+        config: Any = cfgmod.load(cls, stage, args.config, overrides)
         result = handler(config)
     except UserError as exc:
         print(f"ganrec {key}: error: {exc}", file=sys.stderr)

@@ -123,13 +123,16 @@ class _Literal(str):
 
 def dump_manifest(manifest: dict) -> str:
     """YAML with multi-line strings (serveConfigV2) as literal blocks, as people write them."""
-    dumper = type("Dumper", (yaml.SafeDumper,), {})
-    dumper.add_representer(
+
+    class Dumper(yaml.SafeDumper):
+        pass
+
+    Dumper.add_representer(
         _Literal, lambda d, v: d.represent_scalar("tag:yaml.org,2002:str", v, style="|")
     )
     spec = manifest["spec"]
     manifest = {**manifest, "spec": {**spec, "serveConfigV2": _Literal(spec["serveConfigV2"])}}
-    return yaml.dump(manifest, Dumper=dumper, sort_keys=False)
+    return yaml.dump(manifest, Dumper=Dumper, sort_keys=False)
 
 
 def rayservice_manifest(serve_config_path: Path, image: str, ray_version: str) -> dict:

@@ -61,8 +61,16 @@ def demo(cfg: DemoConfig) -> dict:
     train(TrainConfig(data=str(data), out=str(run), address=cfg.address))
     result = evaluate(EvaluateConfig(data=str(data), run=str(run), address=cfg.address))
     index_command(IndexCommandConfig(run=str(run)))
-    scored = score(ScoreConfig(data=str(data), run=str(run), out=str(work / "recs.parquet"), k=10,
-                               overwrite=True, address=cfg.address))
+    scored = score(
+        ScoreConfig(
+            data=str(data),
+            run=str(run),
+            out=str(work / "recs.parquet"),
+            k=10,
+            overwrite=True,
+            address=cfg.address,
+        )
+    )
     shown = show_recommendations(data, run, cfg.users_to_show)
     live = ask_the_service(run, data, cfg.port)
     models = result["models"]
@@ -86,7 +94,11 @@ def ask_the_service(run: Path, data: Path, port: int) -> list[dict]:
     from ganrec_dist.serve import ServeConfig, start
 
     items = pq.read_table(data / "items.parquet")
-    titles = dict(zip(items["item_id"].to_pylist(), items["title"].to_pylist())) if "title" in items.column_names else {}
+    titles = (
+        dict(zip(items["item_id"].to_pylist(), items["title"].to_pylist()))
+        if "title" in items.column_names
+        else {}
+    )
     known = pq.read_table(data / "users.parquet")["user_id"][0].as_py()
     bodies = [
         {"user_id": known, "k": 5},
@@ -109,9 +121,13 @@ def ask_the_service(run: Path, data: Path, port: int) -> list[dict]:
             answer = requests.post(url + "/recommend", json=body, timeout=30).json()
             answers.append(answer)
             print(f"POST /recommend {json.dumps(body)}")
-            print(f"  -> fallback={answer['fallback']} ignored={answer['ignored']} version={answer['model_version']}")
+            print(
+                f"  -> fallback={answer['fallback']} ignored={answer['ignored']} version={answer['model_version']}"
+            )
             for item in answer["items"]:
-                print(f"     {item['item_id']} {titles.get(item['item_id'], '')} ({item['score']:.2f})")
+                print(
+                    f"     {item['item_id']} {titles.get(item['item_id'], '')} ({item['score']:.2f})"
+                )
     finally:
         serve.shutdown()
     return answers

@@ -13,6 +13,7 @@ import json
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import yaml
@@ -111,7 +112,7 @@ def evaluate(cfg: EvaluateConfig) -> dict:
             r = baselines.ease_recommend(fit_matrix, weights, val_users, 10)
             scores[lam] = ranking_metrics(r, val_truth, [10])["ndcg@10"]
             log.info("EASE lambda %g: validation NDCG@10 %.4f", lam, scores[lam])
-        best = max(scores, key=scores.get)
+        best = max(scores, key=lambda lam: scores[lam])
         recs["ease"] = baselines.ease_recommend(
             train_matrix, baselines.ease_weights(train_matrix, best), users, max_k
         )
@@ -129,7 +130,7 @@ def evaluate(cfg: EvaluateConfig) -> dict:
             baselines.als_recommend(uf, itf, fit_matrix, val_users, 10), val_truth, [10]
         )["ndcg@10"]
         log.info("ALS reg %g: validation NDCG@10 %.4f", reg, scores[reg])
-    best = max(scores, key=scores.get)
+    best = max(scores, key=lambda reg: scores[reg])
     uf, itf = baselines.als_factors(
         train_matrix, cfg.als_factors, best, cfg.als_iterations, cfg.seed
     )
@@ -159,14 +160,14 @@ def evaluate(cfg: EvaluateConfig) -> dict:
             "best_epoch": ab_meta["best_epoch"],
         }
 
-    models = {}
+    models: dict[str, Any] = {}
     for name, r in recs.items():
         models[name] = {
             **ranking_metrics(r, truth, ks),
             **beyond_accuracy(r[users], train_matrix, ks),
             "params": params[name],
         }
-    result = {
+    result: dict[str, Any] = {
         "k": ks,
         "models": models,
         "split": {

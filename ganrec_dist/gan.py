@@ -8,6 +8,7 @@ anchors G's vector to the real next item. ``adv_weight = 0`` is the ablation.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +25,7 @@ class Batch:
     )
 
 
-def unwrap(module: nn.Module) -> nn.Module:
+def unwrap(module: nn.Module) -> Any:
     return getattr(module, "module", module)
 
 

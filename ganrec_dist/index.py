@@ -22,6 +22,7 @@ import shutil
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
@@ -79,13 +80,14 @@ def default_nlist(cfg: IndexConfig, n: int) -> int:
     return cfg.nlist or int(max(1, min(65_536, 4 * math.sqrt(n))))
 
 
-def build_index(embeddings: np.ndarray, cfg: IndexConfig, seed: int = 0):
+def build_index(embeddings: np.ndarray, cfg: IndexConfig, seed: int = 0) -> Any:
     """Build the index of ``cfg.kind`` over ``[n_items, dim]`` embeddings."""
     embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
     n, dim = embeddings.shape
     kind = resolve_kind(cfg, n)
     if kind == "flat":
         return ExactIndex(embeddings)
+    index: Any
     if kind == "hnsw":
         index = faiss.IndexHNSWFlat(dim, cfg.hnsw_m, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = cfg.ef_construction
@@ -204,7 +206,7 @@ def load_index(run: Path, embeddings: np.ndarray):
         )
     if meta["kind"] == "flat":
         return ExactIndex(embeddings), meta
-    index = faiss.read_index(str(run / "index" / "index.faiss"))
+    index: Any = faiss.read_index(str(run / "index" / "index.faiss"))
     params = meta["params"]
     if meta["kind"] == "hnsw":
         index.hnsw.efSearch = params["ef_search"]

@@ -27,11 +27,11 @@ def ranking_metrics(recs: np.ndarray, truth: sp.csr_matrix, ks: list[int]) -> di
     top = recs[users, :max_k]
     rows = np.repeat(np.arange(len(users)), max_k)
     valid = top.reshape(-1) >= 0
-    hits = np.zeros(top.size, dtype=bool)
+    flat_hits = np.zeros(top.size, dtype=bool)
     flat_items = np.where(valid, top.reshape(-1), 0)
     if valid.any():
-        hits[valid] = np.asarray(truth[users[rows[valid]], flat_items[valid]]).reshape(-1) > 0
-    hits = hits.reshape(len(users), max_k)
+        flat_hits[valid] = np.asarray(truth[users[rows[valid]], flat_items[valid]]).reshape(-1) > 0
+    hits = flat_hits.reshape(len(users), max_k)
     discounts = 1.0 / np.log2(np.arange(2, max_k + 2))
     out: dict[str, float] = {}
     for k in ks:

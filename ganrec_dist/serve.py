@@ -152,8 +152,8 @@ class GanRecommender:
     ) -> None:
         self.engine = Engine(run)
         self.lock = threading.Lock()
-        self.recommend_batch.set_max_batch_size(max_batch_size)
-        self.recommend_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
+        self.recommend_batch.set_max_batch_size(max_batch_size)  # type: ignore[attr-defined]
+        self.recommend_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)  # type: ignore[attr-defined]
 
     def reconfigure(self, config: dict) -> None:
         """``user_config: {run: PATH}`` switches the model in place (a rollout)."""
@@ -191,7 +191,7 @@ class GanRecommender:
 
 def app_builder(args: dict) -> serve.Application:
     """``serve run``/``serve deploy`` entry: ``args: {run: PATH, max_batch_size: N}``."""
-    return GanRecommender.bind(
+    return GanRecommender.bind(  # type: ignore[attr-defined]
         args["run"],
         int(args.get("max_batch_size", 32)),
         float(args.get("batch_wait_timeout_s", 0.002)),

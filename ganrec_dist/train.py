@@ -22,6 +22,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -274,7 +275,7 @@ def train_loop(config: dict) -> None:
         torch.manual_seed(cfg.seed)
         return Generator(mcfg), Discriminator(mcfg)
 
-    gen, disc = fresh_models()
+    models = fresh_models()
     state = LoopState()
     best_generator: dict | None = None
     g_opt_state = d_opt_state = None
@@ -282,20 +283,20 @@ def train_loop(config: dict) -> None:
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             payload = torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
-        gen.load_state_dict(payload["generator"])
-        disc.load_state_dict(payload["discriminator"])
+        models[0].load_state_dict(payload["generator"])
+        models[1].load_state_dict(payload["discriminator"])
         g_opt_state, d_opt_state = payload["g_optimizer"], payload["d_optimizer"]
         best_generator = payload["best_generator"]
         state = LoopState(**payload["state"])
         if rank == 0:
             log.info("resumed from checkpoint: phase %s, epoch %d", state.phase, state.epoch)
 
-    gen = ray.train.torch.prepare_model(gen)
-    disc = ray.train.torch.prepare_model(disc)
+    gen: Any = ray.train.torch.prepare_model(models[0])
+    disc: Any = ray.train.torch.prepare_model(models[1])
     state.nodes = _gather_nodes(world)
     g_opt = torch.optim.Adam(gen.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     d_opt = torch.optim.Adam(disc.parameters(), lr=cfg.d_lr, betas=(0.5, 0.999))
-    if g_opt_state is not None:
+    if g_opt_state is not None and d_opt_state is not None:
         g_opt.load_state_dict(g_opt_state)
         d_opt.load_state_dict(d_opt_state)
 
@@ -369,7 +370,7 @@ def train_loop(config: dict) -> None:
             rows += len(users)
             tick = time.perf_counter()
             compute += tick - started
-        metrics = _all_mean({k: v / max(steps, 1) for k, v in sums.items()}, device)
+        metrics: dict[str, Any] = _all_mean({k: v / max(steps, 1) for k, v in sums.items()}, device)
         metrics.update(
             phase=state.phase,
             epoch=epoch,
@@ -532,7 +533,7 @@ def train(cfg: TrainConfig) -> dict:
             failure_config=FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             # Ray Train's own per-report INFO lines repeat ours; its warnings and errors still show.
-            logging_config=LoggingConfig(
+            logging_config=LoggingConfig(  # type: ignore[call-arg]
                 log_level="DEBUG" if log.isEnabledFor(logging.DEBUG) else "WARNING"
             ),
         ),

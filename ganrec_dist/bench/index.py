@@ -41,13 +41,13 @@ def mixture(cfg: BenchIndexConfig, rng: np.random.Generator) -> tuple[np.ndarray
     if cfg.run:
         from ganrec_dist.recommender import load_catalogue
 
-        learned, _ = load_catalogue(cfg.run)
+        learned, _ = load_catalogue(cfg.run)  # noqa: F841
         km = faiss.Kmeans(
             learned.shape[1], min(cfg.clusters, len(learned) // 8), niter=20, seed=cfg.seed
         )
         km.train(learned)
         _, assign = km.index.search(learned, 1)
-        centres = km.centroids
+        centres = np.asarray(km.centroids)
         spread = np.array(
             [
                 learned[assign[:, 0] == c].std(axis=0).mean() if (assign == c).sum() > 1 else 0.1
@@ -117,7 +117,7 @@ def sweep(items: np.ndarray, queries: np.ndarray, cfg: BenchIndexConfig) -> dict
             elif kind == "ivf":
                 index.nprobe = value
             else:
-                faiss.extract_index_ivf(index).nprobe = value
+                index.k_factor = value
             seconds, got = _timed_search(index, queries, cfg.k)
             points.append(
                 {

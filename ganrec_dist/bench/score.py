@@ -84,10 +84,8 @@ def run(cfg: BenchScoreConfig) -> dict:
         test_users = np.unique(
             pq.read_table(data / "test", columns=["user_idx"])["user_idx"].to_numpy()
         )
-        rows, results = (
-            [],
-            {"users": int(len(test_users)), "items": cfg.items, "k": cfg.k, "modes": {}},
-        )
+        rows: list = []
+        results: dict = {"users": int(len(test_users)), "items": cfg.items, "k": cfg.k, "modes": {}}
         for mode in ("exact", cfg.ann_kind):
             shutil.rmtree(run_dir / "index", ignore_errors=True)
             index_command(

@@ -125,7 +125,7 @@ def run(cfg: BenchServeConfig) -> dict:
     levels = [int(c) for c in cfg.concurrency.split(",")]
     # In-process cost of one request's model + index work (the floor under any HTTP stack).
     engine = Engine(cfg.run)
-    req = RecommendRequest(user_id=users[0], k=10)
+    req = RecommendRequest(user_id=users[0], k=10, history=None, exclude=None)
     start_t = time.perf_counter()
     for _ in range(200):
         engine.answer([req])
