@@ -246,6 +246,29 @@ def publish_checkpoint(source: Path, run_dir: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+PHASES = {"search": 0, "refit": 1, "done": 2}
+
+
+def latest_payload(checkpoint: Any, run_dir: Path) -> dict | None:
+    """The most advanced of Ray Train's restored checkpoint and RUN/checkpoint.
+
+    RUN/checkpoint is published (atomically) just before each report, so when the driver dies
+    between the two, it is one epoch ahead of what Ray Train registered.
+    """
+    candidates = []
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            candidates.append(
+                torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+            )
+    published = run_dir / "checkpoint" / CHECKPOINT_FILE
+    if published.exists():
+        candidates.append(torch.load(published, map_location="cpu", weights_only=False))
+    if not candidates:
+        return None
+    return max(candidates, key=lambda p: (PHASES[p["state"]["phase"]], p["state"]["epoch"]))
+
+
 def train_loop(config: dict) -> None:
     """The Ray Train worker function (one per rank)."""
     import ray.train
@@ -279,10 +302,8 @@ def train_loop(config: dict) -> None:
     state = LoopState()
     best_generator: dict | None = None
     g_opt_state = d_opt_state = None
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            payload = torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+    payload = latest_payload(ray.train.get_checkpoint(), run_dir)
+    if payload is not None:
         models[0].load_state_dict(payload["generator"])
         models[1].load_state_dict(payload["discriminator"])
         g_opt_state, d_opt_state = payload["g_optimizer"], payload["d_optimizer"]
