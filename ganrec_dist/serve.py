@@ -10,7 +10,7 @@ import dataclasses
 import logging
 import threading
 import time
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -138,13 +138,21 @@ class Engine:
         }
 
 
-@serve.deployment(
-    name="GanRecommender",
-    max_ongoing_requests=64,
-    autoscaling_config={"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 16},
-    ray_actor_options={"num_cpus": 0.5},
-    health_check_period_s=5,
-)
+# The deployment's defaults; serving/config.yaml states the same values (a test checks it).
+DEPLOYMENT_OPTIONS: dict[str, Any] = {
+    "max_ongoing_requests": 64,
+    "autoscaling_config": {
+        "min_replicas": 1,
+        "max_replicas": 2,
+        "target_ongoing_requests": 16,
+        "upscale_delay_s": 3,
+        "downscale_delay_s": 20,
+    },
+    "ray_actor_options": {"num_cpus": 0.5},
+}
+
+
+@serve.deployment(name="GanRecommender", health_check_period_s=5, **DEPLOYMENT_OPTIONS)
 @serve.ingress(api)
 class GanRecommender:
     def __init__(

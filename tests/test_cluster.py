@@ -79,6 +79,15 @@ def test_rayservice_is_generated_from_the_serve_config():
     assert yaml.safe_load(regenerated) == service
 
 
+def test_serve_config_states_the_deployment_defaults():
+    from ganrec_dist.serve import DEPLOYMENT_OPTIONS
+
+    config = yaml.safe_load((ROOT / "serving" / "config.yaml").read_text())
+    deployment = config["applications"][0]["deployments"][0]
+    assert deployment["name"] == "GanRecommender"
+    assert {k: deployment[k] for k in DEPLOYMENT_OPTIONS} == DEPLOYMENT_OPTIONS
+
+
 def test_launcher_config_has_cpu_and_gpu_nodes():
     config = yaml.safe_load((ROOT / "cluster" / "launcher" / "aws.yaml").read_text())
     types = config["available_node_types"]
