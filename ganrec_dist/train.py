@@ -357,11 +357,10 @@ def train_loop(config: dict) -> None:
             started = time.perf_counter()
             wait += started - tick
             if len(users) == 0:
-                users, items, positions = (
-                    raw["user_idx"][:1],
-                    raw["item_idx"][:1],
-                    raw["position"][:1] * 0,
-                )
+                # Every rank must step (DDP): use the user's first interaction, which is always
+                # fitted, rather than the held-out row itself.
+                users, positions = raw["user_idx"][:1], raw["position"][:1] * 0
+                items = seq.items[seq.offsets[users]]
             batch = make_batch(
                 seq,
                 users,
