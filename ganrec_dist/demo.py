@@ -11,7 +11,6 @@ import numpy as np
 from ganrec_dist.config import DemoConfig, EvaluateConfig, PrepareConfig, TrainConfig
 from ganrec_dist.evaluate import evaluate
 from ganrec_dist.index import IndexCommandConfig, index_command
-from ganrec_dist.interactions import load_sequences
 from ganrec_dist.prepare import prepare
 from ganrec_dist.recommender import Recommender
 from ganrec_dist.score import ScoreConfig, score
@@ -23,12 +22,10 @@ log = logging.getLogger(__name__)
 def show_recommendations(data: Path, run: Path, n_users: int, k: int = 10) -> list[dict]:
     """Print the GAN's top-k (through the FAISS index) for a few users, with titles."""
     rec = Recommender(run)
-    seq = load_sequences(data)
-    users = np.flatnonzero(seq.lengths > 0)[:n_users]
-    histories = seq.window(users, seq.lengths[users], rec.history_len)
-    seen = [seq.items[seq.offsets[u] : seq.offsets[u + 1]] for u in users]
-    items, scores = rec.recommend(histories, users, seen, k)
-    user_ids = list(rec.user_index)
+    users = np.flatnonzero(rec.sequences.lengths > 0)[:n_users]
+    items, scores = rec.recommend_known(users, k)
+    seen = [rec.seen(u) for u in users]
+    user_ids = rec.user_ids
     shown = []
     for row, u in enumerate(users):
 
@@ -91,7 +88,7 @@ def ask_the_service(run: Path, data: Path, port: int) -> list[dict]:
     import requests
     from ray import serve
 
-    from ganrec_dist.serve import ServeConfig, start
+    from ganrec_dist.serve import ServeConfig, start, wait_healthy
 
     items = pq.read_table(data / "items.parquet")
     titles = (
@@ -109,13 +106,7 @@ def ask_the_service(run: Path, data: Path, port: int) -> list[dict]:
     start(ServeConfig(run=str(run), port=port))
     answers = []
     try:
-        for _ in range(120):
-            try:
-                if requests.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            time.sleep(0.5)
+        wait_healthy(url, timeout=60)
         print(f"\nlive: Ray Serve on {url}")
         for body in bodies:
             answer = requests.post(url + "/recommend", json=body, timeout=30).json()

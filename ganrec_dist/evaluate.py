@@ -9,6 +9,7 @@ read only to compute the final numbers. The GAN is evaluated through the FAISS r
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -22,7 +23,7 @@ from ganrec_dist import baselines
 from ganrec_dist.bench.common import print_table
 from ganrec_dist.config import EvaluateConfig, TrainConfig, build
 from ganrec_dist.errors import UserError
-from ganrec_dist.interactions import Sequences, held_out, load_sequences, validation_limits
+from ganrec_dist.interactions import held_out, load_sequences, validation_limits
 from ganrec_dist.metrics import beyond_accuracy, ranking_metrics
 from ganrec_dist.prepare import read_manifest
 from ganrec_dist.recommender import Recommender
@@ -35,16 +36,14 @@ def _floats(text: str) -> list[float]:
 
 
 def gan_recommend(
-    run: str | Path, seq: Sequences, users: np.ndarray, k: int
+    run: str | Path, n_users: int, users: np.ndarray, k: int
 ) -> tuple[np.ndarray, str]:
     """The GAN's top-k through the retrieval path; each user's train items excluded."""
     rec = Recommender(run)
-    out = np.full((seq.n_users, k), -1, dtype=np.int64)
+    out = np.full((n_users, k), -1, dtype=np.int64)
     for start in range(0, len(users), 2048):
         u = users[start : start + 2048]
-        histories = seq.window(u, seq.lengths[u], rec.history_len)
-        seen = [seq.items[seq.offsets[x] : seq.offsets[x + 1]] for x in u]
-        out[u], _ = rec.recommend(histories, u, seen, k)
+        out[u], _ = rec.recommend_known(u, k)
     return out, rec.version
 
 
@@ -53,23 +52,17 @@ def ablation_run(cfg: EvaluateConfig) -> Path:
     from ganrec_dist.train import train
 
     run = Path(cfg.run)
-    train_cfg = build(TrainConfig, yaml.safe_load((run / "config.yaml").read_text()))
     target = run / "ablation"
-    ablation = build(
-        TrainConfig,
-        {
-            **{
-                k: v
-                for k, v in yaml.safe_load((run / "config.yaml").read_text()).items()
-                if k != "index"
-            },
-            "out": str(target),
-            "name": f"{train_cfg.name or run.name}-ablation",
-            "adv_weight": 0.0,
-            "data": cfg.data,
-            "address": cfg.address,
-            "fail_at_epoch": -1,
-        },
+    train_cfg = build(TrainConfig, yaml.safe_load((run / "config.yaml").read_text()))
+    # The same configuration, index settings included, with the adversarial term switched off.
+    ablation = dataclasses.replace(
+        train_cfg,
+        out=str(target),
+        name=f"{train_cfg.name or run.name}-ablation",
+        adv_weight=0.0,
+        data=cfg.data,
+        address=cfg.address,
+        fail_at_epoch=-1,
     )
     meta_path = target / "checkpoint" / "meta.json"
     if meta_path.exists() and json.loads(meta_path.read_text()).get("final"):
@@ -143,7 +136,7 @@ def evaluate(cfg: EvaluateConfig) -> dict:
     }
     validation["als"] = {str(k): v for k, v in scores.items()}
 
-    recs["gan"], version = gan_recommend(run, seq, users, max_k)
+    recs["gan"], version = gan_recommend(run, seq.n_users, users, max_k)
     gan_meta = json.loads((run / "checkpoint" / "meta.json").read_text())
     params["gan"] = {
         "version": version,
@@ -152,7 +145,7 @@ def evaluate(cfg: EvaluateConfig) -> dict:
     }
     if cfg.ablation:
         ablation = ablation_run(cfg)
-        recs["gan_ablation"], version = gan_recommend(ablation, seq, users, max_k)
+        recs["gan_ablation"], version = gan_recommend(ablation, seq.n_users, users, max_k)
         ab_meta = json.loads((ablation / "checkpoint" / "meta.json").read_text())
         params["gan_ablation"] = {
             "version": version,

@@ -17,6 +17,7 @@ import torch
 from ganrec_dist.config import IndexConfig
 from ganrec_dist.errors import UserError
 from ganrec_dist.index import ExactIndex, build_index, load_index, search_excluding
+from ganrec_dist.interactions import Sequences
 from ganrec_dist.models import Generator, ModelConfig
 
 log = logging.getLogger(__name__)
@@ -55,10 +56,17 @@ class Recommender:
         self.item_titles = items["title"].to_pylist() if "title" in items.column_names else None
         self.item_index = {item: i for i, item in enumerate(self.item_ids)}
         users = pq.read_table(ckpt_dir / "users.parquet")
-        self.user_index = {u: i for i, u in enumerate(users["user_id"].to_pylist())}
+        self.user_ids = np.asarray(users["user_id"].to_pylist(), dtype=object)
+        self.user_index = {u: i for i, u in enumerate(self.user_ids)}
         self.embeddings = self.generator.catalogue().detach().float().numpy()
         sequences = np.load(ckpt_dir / "sequences.npz")
-        self.offsets, self.seq_items = sequences["offsets"], sequences["items"]
+        # Every known user's train items in time order: histories and seen-item exclusion.
+        self.sequences = Sequences(
+            sequences["offsets"],
+            sequences["items"],
+            self.model_config.n_users,
+            self.model_config.n_items,
+        )
         self.popularity = sequences["popularity"]
         self.popular = np.argsort(-self.popularity, kind="stable")
         # RUN/index/ when `ganrec index` built one (checked against these embeddings), else the
@@ -74,7 +82,8 @@ class Recommender:
 
     def seen(self, user: int) -> np.ndarray:
         """A known user's train items, in time order."""
-        return self.seq_items[self.offsets[user] : self.offsets[user + 1]]
+        seq = self.sequences
+        return seq.items[seq.offsets[user] : seq.offsets[user + 1]]
 
     def popular_items(self, k: int, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The k most popular train items not in ``exclude`` (the no-history fallback)."""
@@ -101,3 +110,12 @@ class Recommender:
         return search_excluding(
             self.index, self.vectors(histories, users), exclude, k, exact=self.exact
         )
+
+    def recommend_known(self, users: np.ndarray, k: int, include_seen: bool = False):
+        """Top-k for known user indices from their train histories, seen items excluded unless
+        ``include_seen``: the path `evaluate`, `score` and the demo share. ``[b, k]`` each."""
+        seq = self.sequences
+        histories = seq.window(users, seq.lengths[users], self.history_len)
+        empty = np.zeros(0, np.int64)
+        seen = [empty if include_seen else self.seen(u) for u in users]
+        return self.recommend(histories, users, seen, k)

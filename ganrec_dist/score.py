@@ -42,32 +42,22 @@ class ScoreConfig:
 class Scorer:
     """One per actor: the model, its index and the users' train histories, loaded once."""
 
-    def __init__(self, data: str, run: str, k: int, include_seen: bool) -> None:
+    def __init__(self, run: str, k: int, include_seen: bool) -> None:
         import torch
 
-        from ganrec_dist.interactions import load_sequences
         from ganrec_dist.recommender import Recommender
 
         torch.set_num_threads(1)
-        self.rec = Recommender(run)
-        self.seq = load_sequences(data)
+        self.rec = Recommender(run)  # the checkpoint carries the histories and id maps
         self.k, self.include_seen = k, include_seen
-        self.user_ids = pq.read_table(Path(data) / "users.parquet", columns=["user_id"])["user_id"]
 
     def __call__(self, batch: dict) -> dict:
         users = batch["user_idx"].astype(np.int64)
-        seq = self.seq
-        histories = seq.window(users, seq.lengths[users], self.rec.history_len)
-        empty = np.zeros(0, np.int64)
-        seen = [
-            empty if self.include_seen else seq.items[seq.offsets[u] : seq.offsets[u + 1]]
-            for u in users
-        ]
-        items, scores = self.rec.recommend(histories, users, seen, self.k)
+        items, scores = self.rec.recommend_known(users, self.k, self.include_seen)
         valid = items >= 0
         rows, ranks = np.nonzero(valid)
         return {
-            "user_id": self.user_ids.take(pa.array(users[rows])).to_numpy(zero_copy_only=False),
+            "user_id": self.rec.user_ids[users[rows]],
             "rank": (ranks + 1).astype(np.int32),
             "item_id": self.rec.item_ids[items[valid]],
             "score": scores[valid].astype(np.float32),
@@ -145,7 +135,6 @@ def score(cfg: ScoreConfig) -> dict:
         recs = ds.map_batches(
             Scorer,
             fn_constructor_args=(
-                str(Path(cfg.data).absolute()),
                 str(Path(cfg.run).absolute()),
                 cfg.k,
                 cfg.include_seen,

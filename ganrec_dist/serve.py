@@ -233,6 +233,21 @@ def start(cfg: ServeConfig):
     return handle
 
 
+def wait_healthy(url: str, timeout: float = 90) -> None:
+    """Poll ``url``/health until it answers 200; raise if it does not within ``timeout`` s."""
+    import requests
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if requests.get(url + "/health", timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"{url} did not become healthy within {timeout:.0f}s")
+
+
 def serve_command(cfg: ServeConfig) -> dict:
     start(cfg)
     print(

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from ganrec_dist.config import PrepareConfig, TrainConfig
 from ganrec_dist.prepare import prepare
 from ganrec_dist.score import ScoreConfig, score
-from ganrec_dist.serve import ServeConfig, start
+from ganrec_dist.serve import ServeConfig, start, wait_healthy
 from ganrec_dist.train import train
 
 pytestmark = pytest.mark.integration
@@ -46,14 +46,7 @@ def service(ray_local, tmp_path_factory):
     port = _free_port()
     start(ServeConfig(run=str(run), port=port))
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            if requests.get(f"{url}/health", timeout=2).status_code == 200:
-                break
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.5)
+    wait_healthy(url, timeout=60)
     yield {"url": url, "data": data, "run": run, "run2": run2}
     serve.shutdown()
 

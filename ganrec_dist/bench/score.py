@@ -29,18 +29,14 @@ class BenchScoreConfig:
     out: str = "bench/score.json"
 
 
-def single_process(data: Path, run: Path, users: np.ndarray, k: int, batch: int = 4096) -> float:
+def single_process(run: Path, users: np.ndarray, k: int, batch: int = 4096) -> float:
     """Baseline: the same model and index, users in big batches, one process, no Ray."""
-    from ganrec_dist.interactions import load_sequences
     from ganrec_dist.recommender import Recommender
 
     rec = Recommender(run)
-    seq = load_sequences(data)
     start = time.perf_counter()
     for s in range(0, len(users), batch):
-        u = users[s : s + batch]
-        seen = [seq.items[seq.offsets[x] : seq.offsets[x + 1]] for x in u]
-        rec.recommend(seq.window(u, seq.lengths[u], rec.history_len), u, seen, k)
+        rec.recommend_known(users[s : s + batch], k)
     return len(users) / (time.perf_counter() - start)
 
 
@@ -103,7 +99,7 @@ def run(cfg: BenchScoreConfig) -> dict:
                     index=IndexConfig(nprobe=16),
                 )
             )
-            base = single_process(data, run_dir, test_users, cfg.k)
+            base = single_process(run_dir, test_users, cfg.k)
             memory = []
             for frac in [float(f) for f in cfg.memory_steps.split(",")]:
                 subset = test_users[: max(1, int(len(test_users) * frac))]

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
-import requests
 
 from ganrec_dist.bench.common import print_table, write_json
 
@@ -56,18 +55,6 @@ def _port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _wait(url: str, timeout: float = 90) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            if requests.get(url + "/health", timeout=2).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"{url} did not become healthy")
 
 
 def wrk(url: str, script: Path, concurrency: int, seconds: int) -> dict:
@@ -116,7 +103,7 @@ def _replicas() -> int:
 def run(cfg: BenchServeConfig) -> dict:
     from ray import serve
 
-    from ganrec_dist.serve import Engine, RecommendRequest, ServeConfig, start
+    from ganrec_dist.serve import Engine, RecommendRequest, ServeConfig, start, wait_healthy
 
     users = pq.read_table(Path(cfg.data) / "users.parquet")["user_id"].to_pylist()[:200]
     work = Path(tempfile.mkdtemp(prefix="ganrec-bench-serve-"))
@@ -155,7 +142,7 @@ def run(cfg: BenchServeConfig) -> dict:
         env={**os.environ, "GANREC_RUN": cfg.run},
     )
     try:
-        _wait(f"http://127.0.0.1:{port}")
+        wait_healthy(f"http://127.0.0.1:{port}")
         for c in levels:
             results["bare"].append(wrk(f"http://127.0.0.1:{port}", script, c, cfg.seconds))
     finally:
@@ -177,7 +164,7 @@ def run(cfg: BenchServeConfig) -> dict:
 
     thread = threading.Thread(target=tracer, daemon=True)
     try:
-        _wait(url)
+        wait_healthy(url)
         thread.start()
         for c in levels:
             phase["concurrency"] = c
