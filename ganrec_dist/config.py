@@ -71,6 +71,7 @@ class PrepareConfig:
     users: int = 10_000
     items: int = 5_000
     interactions: int = 500_000
+    full_catalogue: bool = False  # also give every item one interaction (a catalogue of `items`)
     seed: int = 0
     address: str = ""
 
@@ -97,6 +98,7 @@ class TrainConfig:
     dropout: float = 0.3
     adv_weight: float = 0.3  # 0 = the no-adversarial ablation
     adv_horizon: int = 20  # D's real item: one of the user's next N interactions (1 = the next)
+    ce_horizon: int = 1  # the softmax target: one of the user's next N interactions (1 = the next)
     d_steps: int = 1
     g_steps: int = 1
     d_lr: float = 1e-3
@@ -105,6 +107,7 @@ class TrainConfig:
     cache_rows: int = 5_000_000  # materialise the train dataset in the object store up to this size
     val_fraction: float = 0.2
     refit: bool = True  # after early stopping, refit on all of train for the best epoch count
+    max_steps_per_epoch: int = 0  # 0: whole epochs; N: stop each epoch after N steps (smoke runs)
     seed: int = 0
     max_failures: int = 2
     address: str = ""

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from ganrec_dist import baselines
+from ganrec_dist import baselines, storage
 from ganrec_dist.bench.common import print_table
 from ganrec_dist.config import EvaluateConfig, TrainConfig, build
 from ganrec_dist.errors import UserError
@@ -47,24 +47,24 @@ def gan_recommend(
     return out, rec.version
 
 
-def ablation_run(cfg: EvaluateConfig) -> Path:
+def ablation_run(cfg: EvaluateConfig) -> str:
     """Train (or reuse) the same model with adv_weight = 0 under RUN/ablation."""
     from ganrec_dist.train import train
 
-    run = Path(cfg.run)
-    target = run / "ablation"
+    run = storage.open_run(cfg.run)
+    target = storage.join(cfg.run, "ablation")
     train_cfg = build(TrainConfig, yaml.safe_load((run / "config.yaml").read_text()))
     # The same configuration, index settings included, with the adversarial term switched off.
     ablation = dataclasses.replace(
         train_cfg,
-        out=str(target),
-        name=f"{train_cfg.name or run.name}-ablation",
+        out=target,
+        name=f"{train_cfg.name or storage.basename(cfg.run)}-ablation",
         adv_weight=0.0,
         data=cfg.data,
         address=cfg.address,
         fail_at_epoch=-1,
     )
-    meta_path = target / "checkpoint" / "meta.json"
+    meta_path = storage.open_run(target) / "checkpoint" / "meta.json"
     if meta_path.exists() and json.loads(meta_path.read_text()).get("final"):
         log.info("reusing the ablation in %s", target)
         return target
@@ -76,7 +76,7 @@ def ablation_run(cfg: EvaluateConfig) -> Path:
 def evaluate(cfg: EvaluateConfig) -> dict:
     start = time.time()
     manifest = read_manifest(cfg.data)
-    run = Path(cfg.run)
+    run = storage.open_run(cfg.run)
     if not (run / "checkpoint" / "meta.json").exists():
         raise UserError(f"{run}: no trained checkpoint; run ganrec train --out {run} first")
     ks = sorted(int(k) for k in cfg.ks.split(","))
@@ -146,7 +146,7 @@ def evaluate(cfg: EvaluateConfig) -> dict:
     if cfg.ablation:
         ablation = ablation_run(cfg)
         recs["gan_ablation"], version = gan_recommend(ablation, seq.n_users, users, max_k)
-        ab_meta = json.loads((ablation / "checkpoint" / "meta.json").read_text())
+        ab_meta = json.loads((storage.open_run(ablation) / "checkpoint" / "meta.json").read_text())
         params["gan_ablation"] = {
             "version": version,
             "adv_weight": 0.0,
@@ -180,6 +180,7 @@ def evaluate(cfg: EvaluateConfig) -> dict:
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(result, indent=2) + "\n")
     tmp.rename(path)
+    storage.save_run(run, cfg.run, ("eval.json",))
     print_results(result)
     return result
 

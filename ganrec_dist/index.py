@@ -6,8 +6,8 @@ IndexIVFFlat), ``hnsw`` (IndexHNSWFlat) and ``ivfpq`` (IndexIVFPQ with exact re-
 ``auto`` is exact up to ``auto_exact_max_items`` and IVF above. All parameters come from
 :class:`~ganrec_dist.config.IndexConfig`.
 
-A user's seen items are excluded by searching deeper than k and filtering; rows an ANN search
-leaves short of k are completed by exact search, so exactly k items come back whenever the
+Exact search excludes a user's seen items inside the search. ANN kinds search deeper than k and
+filter; rows an ANN search leaves short of k are completed by exact search, so exactly k items come back whenever the
 catalogue has them.
 """
 
@@ -28,6 +28,7 @@ import faiss
 import numpy as np
 import torch
 
+from ganrec_dist import storage
 from ganrec_dist.config import IndexConfig
 from ganrec_dist.errors import UserError
 
@@ -52,28 +53,153 @@ def checksum(embeddings: np.ndarray) -> str:
 
 
 class ExactIndex:
-    """Exact inner-product top-k: blocks of items through one matrix product each, with a
-    running top-k merge. Same ``search`` signature as a FAISS index."""
+    """Exact inner-product top-k, close to the speed of the matrix product itself.
 
-    def __init__(self, embeddings: np.ndarray, block: int = 131_072) -> None:
+    Queries go through in blocks of ``query_block``, items in blocks of ``block`` whose score
+    matrix stays in cache. Each row keeps a running k-th best score (its threshold); of a new
+    score block only chunks of ``chunk`` columns whose maximum reaches the threshold are looked
+    at, so the selection reads each score once and touches few of them again. Candidates are
+    merged into the running top-k every few blocks. Seen items can be excluded inside the search
+    (their scores set to -inf), so k stays k however long a user's history is.
+    Same ``search`` signature as a FAISS index.
+    """
+
+    def __init__(
+        self,
+        embeddings: np.ndarray,
+        block: int = 4_096,
+        query_block: int = 1_024,
+        chunk: int = 64,
+        merge_every: int = 8,
+    ) -> None:
         self.items = torch.from_numpy(np.ascontiguousarray(embeddings, dtype=np.float32))
         self.ntotal, self.d = self.items.shape
-        self.block = block
+        self.chunk = chunk
+        self.block = max(chunk, block - block % chunk)
+        self.query_block = query_block
+        self.merge_every = merge_every
 
-    @torch.no_grad()
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, queries: np.ndarray, k: int, exclude: list[np.ndarray] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k ``(scores, items)`` per query, -inf / -1 where fewer than k items are left.
+
+        ``exclude``: per query, item indices that must not come back.
+        """
         q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
-        k = min(k, self.ntotal)
-        best_scores = torch.full((len(q), k), float("-inf"))
-        best_items = torch.full((len(q), k), -1, dtype=torch.int64)
-        for start in range(0, self.ntotal, self.block):
-            scores = q @ self.items[start : start + self.block].T  # [b, block]
-            top_scores, top_items = torch.topk(scores, min(k, scores.shape[1]), dim=1)
-            merged_scores = torch.cat([best_scores, top_scores], dim=1)
-            merged_items = torch.cat([best_items, top_items + start], dim=1)
-            best_scores, order = torch.topk(merged_scores, k, dim=1)
-            best_items = torch.gather(merged_items, 1, order)
-        return best_scores.numpy(), best_items.numpy()
+        k = max(1, min(k, self.ntotal))
+        scores, items = [], []
+        with torch.no_grad():
+            for start in range(0, len(q), self.query_block):
+                stop = start + self.query_block
+                part = None if exclude is None else exclude[start:stop]
+                s, i = self._search_block(q[start:stop], k, part)
+                scores.append(s)
+                items.append(i)
+        if not scores:
+            return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
+        return torch.cat(scores).numpy(), torch.cat(items).numpy()
+
+    def _search_block(
+        self, q: torch.Tensor, k: int, exclude: list[np.ndarray] | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        b = len(q)
+        seen_rows, seen_items = _flatten_exclude(exclude)
+        best_s = torch.full((b, k), float("-inf"))
+        best_i = torch.full((b, k), -1, dtype=torch.int64)
+        threshold = best_s[:, -1:].clone()
+        buffer = torch.empty(b, self.block)
+        pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        n_pending = 0
+        for j, begin in enumerate(range(0, self.ntotal, self.block)):
+            block = self.items[begin : begin + self.block]
+            out = buffer[:, : len(block)]
+            torch.mm(q, block.T, out=out)
+            if len(seen_items):
+                lo, hi = torch.searchsorted(
+                    seen_items, torch.tensor([begin, begin + len(block)])
+                ).tolist()
+                if hi > lo:
+                    out[seen_rows[lo:hi], seen_items[lo:hi] - begin] = float("-inf")
+            if j == 0:
+                # The first block seeds the thresholds with an exact top-k of its own.
+                top = min(k, len(block))
+                s, i = torch.topk(out, top, dim=1)
+                best_s[:, :top], best_i[:, :top] = s, i
+                best_i[best_s == float("-inf")] = -1
+                threshold = best_s[:, -1:].clone()
+                continue
+            rows, cols = self._candidates(out, threshold)
+            if len(rows):
+                pending.append((rows, out[rows, cols], cols + begin))
+                n_pending += len(rows)
+            if pending and (n_pending > 4 * b or j % self.merge_every == 0):
+                best_s, best_i = _merge(best_s, best_i, pending)
+                threshold = best_s[:, -1:].clone()
+                pending, n_pending = [], 0
+        if pending:
+            best_s, best_i = _merge(best_s, best_i, pending)
+        return best_s, best_i
+
+    def _candidates(
+        self, out: torch.Tensor, threshold: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(row, column) of the scores in ``out`` above each row's threshold."""
+        b, width = out.shape
+        whole = width - width % self.chunk
+        rows_list, cols_list = [], []
+        if whole:
+            chunks = out[:, :whole].view(b, -1, self.chunk).amax(2) > threshold
+            r, c = chunks.nonzero(as_tuple=True)
+            if len(r):
+                cols = (c[:, None] * self.chunk + torch.arange(self.chunk)).reshape(-1)
+                rows = r.repeat_interleave(self.chunk)
+                keep = out[rows, cols] > threshold[rows, 0]
+                rows_list.append(rows[keep])
+                cols_list.append(cols[keep])
+        if whole < width:
+            r, c = (out[:, whole:] > threshold).nonzero(as_tuple=True)
+            rows_list.append(r)
+            cols_list.append(c + whole)
+        if not rows_list:
+            empty = torch.zeros(0, dtype=torch.int64)
+            return empty, empty
+        return torch.cat(rows_list), torch.cat(cols_list)
+
+
+def _flatten_exclude(exclude: list[np.ndarray] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-query item lists as (row, item) pairs sorted by item."""
+    if not exclude:
+        return torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.int64)
+    rows = np.repeat(np.arange(len(exclude)), [len(e) for e in exclude])
+    items = np.concatenate(
+        [np.asarray(e, dtype=np.int64) for e in exclude] + [np.zeros(0, np.int64)]
+    )
+    order = np.argsort(items, kind="stable")
+    return torch.from_numpy(rows[order]), torch.from_numpy(items[order])
+
+
+def _merge(
+    best_s: torch.Tensor,
+    best_i: torch.Tensor,
+    pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The running top-k merged with candidate (row, score, item) triples."""
+    rows = torch.cat([p[0] for p in pending])
+    scores = torch.cat([p[1] for p in pending])
+    items = torch.cat([p[2] for p in pending])
+    order = torch.argsort(rows, stable=True)
+    rows, scores, items = rows[order], scores[order], items[order]
+    b, k = best_s.shape
+    counts = torch.bincount(rows, minlength=b)
+    position = torch.arange(len(rows)) - (torch.cumsum(counts, 0) - counts)[rows]
+    width = int(counts.max())
+    pad_s = torch.full((b, width), float("-inf"))
+    pad_i = torch.full((b, width), -1, dtype=torch.int64)
+    pad_s[rows, position] = scores
+    pad_i[rows, position] = items
+    merged_s, order = torch.topk(torch.cat([best_s, pad_s], 1), k, dim=1)
+    return merged_s, torch.gather(torch.cat([best_i, pad_i], 1), 1, order)
 
 
 def default_nlist(cfg: IndexConfig, n: int) -> int:
@@ -138,6 +264,12 @@ def search_excluding(
     out_items = np.full((b, k), -1, dtype=np.int64)
     out_scores = np.full((b, k), -np.inf, dtype=np.float32)
     if b == 0 or index.ntotal == 0:
+        return out_items, out_scores
+    if isinstance(index, ExactIndex):
+        scores, items = index.search(queries, k, exclude=exclude)
+        width = scores.shape[1]
+        out_items[:, :width], out_scores[:, :width] = items, scores
+        out_items[out_scores == -np.inf] = -1
         return out_items, out_scores
     extra = max((len(e) for e in exclude), default=0)
     depth = min(index.ntotal, k + extra)
@@ -230,18 +362,19 @@ class IndexCommandConfig:
 def index_command(cfg: IndexCommandConfig) -> dict:
     from ganrec_dist.recommender import load_catalogue
 
-    run = Path(cfg.run)
+    run = storage.open_run(cfg.run)
     embeddings, _ = load_catalogue(run)
     index_cfg = dataclasses.replace(cfg.index, kind=cfg.kind or cfg.index.kind)
     start = time.time()
     index = build_index(embeddings, index_cfg)
     meta = save_index(index, embeddings, index_cfg, run)
+    storage.save_run(run, cfg.run, ("index",))
     log.info(
         "index: %s over %d x %d items in %.1fs -> %s",
         meta["kind"],
         meta["n_items"],
         meta["dim"],
         time.time() - start,
-        run / "index",
+        storage.join(cfg.run, "index"),
     )
     return meta

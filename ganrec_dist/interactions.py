@@ -7,10 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import scipy.sparse as sp
 
-from ganrec_dist.prepare import n_test_rows, read_manifest
+from ganrec_dist.prepare import n_test_rows, read_manifest, read_table
 
 
 @dataclass
@@ -62,7 +61,7 @@ class Sequences:
 def load_sequences(data: str | Path, split: str = "train") -> Sequences:
     """Read one split's (user_idx, item_idx, position) columns into CSR sequences."""
     manifest = read_manifest(data)
-    table = pq.read_table(Path(data) / split, columns=["user_idx", "item_idx", "position"])
+    table = read_table(data, split, ["user_idx", "item_idx", "position"])
     users = table["user_idx"].to_numpy()
     order = np.lexsort((table["position"].to_numpy(), users))
     counts = np.bincount(users, minlength=manifest["users"])

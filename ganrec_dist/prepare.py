@@ -18,11 +18,13 @@ all passes succeeded, so a failed run leaves no ``DATA`` behind.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import logging
 import math
 import os
 import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -37,7 +39,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from ganrec_dist import sources
+from ganrec_dist import sources, storage
 from ganrec_dist.config import PrepareConfig
 from ganrec_dist.errors import UserError
 
@@ -446,8 +448,14 @@ def map_bucket(task: dict) -> dict:
 # --- the driver ------------------------------------------------------------------------------
 
 
-def _run(fn: Callable[[dict], dict], tasks: list[dict], name: str) -> list[dict]:
-    """Run ``fn`` over ``tasks`` as a Ray Data pipeline (one task per item, results collected)."""
+def _run(
+    fn: Callable[[dict], dict], tasks: list[dict], name: str, remote_args: dict | None = None
+) -> list[dict]:
+    """Run ``fn`` over ``tasks`` as a Ray Data pipeline (one task per item, results collected).
+
+    ``remote_args``: Ray options for the tasks (prepare pins them to the driver's node when its
+    staging directory is a local temp dir that other nodes cannot see).
+    """
     import ray
 
     def apply(batch: dict) -> dict:
@@ -461,13 +469,22 @@ def _run(fn: Callable[[dict], dict], tasks: list[dict], name: str) -> list[dict]
 
     items = [{"task": json.dumps(t)} for t in tasks]
     ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
-    rows = ds.map_batches(apply, batch_size=1, num_cpus=1).take_all()
+    rows = ds.map_batches(apply, batch_size=1, num_cpus=1, **(remote_args or {})).take_all()
     results = [json.loads(r["result"]) for r in rows]
     errors = sorted(r["error"] for r in results if "error" in r)
     if errors:
         raise UserError(errors[0] + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""))
     log.info("%s: %d task(s) done", name, len(results))
     return results
+
+
+def _driver_node_args() -> dict:
+    """Ray options that keep prepare's tasks on this node (its staging dir is local to it)."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    node = ray.get_runtime_context().get_node_id()
+    return {"scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=False)}
 
 
 def _default_shards(files: list[str], fmt: str) -> int:
@@ -478,11 +495,21 @@ def _default_shards(files: list[str], fmt: str) -> int:
     return int(min(256, max(4, math.ceil(rows / ROWS_PER_SHARD))))
 
 
-def _resolve_input(cfg: PrepareConfig, staging: Path) -> sources.RawInput:
+def _resolve_input(
+    cfg: PrepareConfig, staging: Path, remote_args: dict | None = None
+) -> sources.RawInput:
     if cfg.source == "movielens-small":
         return sources.movielens_small(staging / "raw")
     if cfg.source == "synthetic":
-        return sources.synthetic(staging / "raw", cfg.users, cfg.items, cfg.interactions, cfg.seed)
+        return sources.synthetic(
+            staging / "raw",
+            cfg.users,
+            cfg.items,
+            cfg.interactions,
+            cfg.seed,
+            cfg.full_catalogue,
+            remote_args,
+        )
     files, fmt = sources.resolve_files(cfg.source, cfg.format)
     return sources.RawInput(
         files=[os.path.abspath(f) for f in files], format=fmt, description=cfg.source
@@ -523,7 +550,29 @@ def _column_map(
 
 
 def prepare(cfg: PrepareConfig) -> dict:
-    """Run the whole pipeline; return the manifest. See the module docstring."""
+    """Run the whole pipeline; return the manifest. See the module docstring.
+
+    An object-store DATA (``s3://...``) is built in a local temporary directory, then uploaded
+    with ``manifest.json`` last: readers treat a prefix without a manifest as unfinished.
+    """
+    if not storage.is_uri(cfg.out):
+        return _prepare_local(cfg)
+    if storage.exists(cfg.out) and not cfg.overwrite:
+        raise UserError(f"{cfg.out}: already exists; pass --overwrite to replace it")
+    local = Path(tempfile.mkdtemp(prefix="ganrec-prepare-")) / "data"
+    try:
+        manifest = _prepare_local(
+            dataclasses.replace(cfg, out=str(local), overwrite=False), pin_to_driver=True
+        )
+        storage.remove_tree(cfg.out)
+        storage.upload_tree(local, cfg.out, last=("manifest.json",))
+    finally:
+        shutil.rmtree(local.parent, ignore_errors=True)
+    log.info("prepare: uploaded to %s", cfg.out)
+    return manifest
+
+
+def _prepare_local(cfg: PrepareConfig, pin_to_driver: bool = False) -> dict:
     from ganrec_dist.raycluster import ensure_ray
 
     out = Path(cfg.out).absolute()
@@ -542,8 +591,9 @@ def prepare(cfg: PrepareConfig) -> dict:
             raw = _resolve_input(cfg, staging)
             cols, ignored = _column_map(cfg, raw, raw.files)
         ensure_ray(cfg.address)
+        remote_args = _driver_node_args() if pin_to_driver else None
         if cfg.source in ("movielens-small", "synthetic"):
-            raw = _resolve_input(cfg, staging)
+            raw = _resolve_input(cfg, staging, remote_args)
             cols, ignored = _column_map(cfg, raw, raw.files)
         if ignored:
             log.warning("ignoring columns not used by the pipeline: %s", ", ".join(ignored))
@@ -564,6 +614,7 @@ def prepare(cfg: PrepareConfig) -> dict:
                 for i, p in enumerate(raw.files)
             ],
             "ingest",
+            remote_args,
         )
         split = _run(
             split_bucket,
@@ -572,6 +623,7 @@ def prepare(cfg: PrepareConfig) -> dict:
                 for b in range(shards)
             ],
             "split",
+            remote_args,
         )
         users = _sorted_unique(staging / "split", "users-b*.parquet", "user_id")
         items = _sorted_unique(staging / "split", "items-b*.parquet", "item_id")
@@ -595,6 +647,7 @@ def prepare(cfg: PrepareConfig) -> dict:
             map_bucket,
             [{"staging": str(staging), "out": str(tmp), "bucket": b} for b in range(shards)],
             "map ids",
+            remote_args,
         )
 
         rejected_dir = tmp / "rejected"
@@ -678,25 +731,32 @@ def _replace_dir(tmp: Path, out: Path) -> None:
 
 
 def read_manifest(data: str | Path) -> dict:
-    path = Path(data) / "manifest.json"
-    if not path.exists():
+    path = storage.join(data, "manifest.json")
+    if not storage.exists(path):
         raise UserError(
             f"{data}: not a prepared data directory (no manifest.json); run ganrec prepare"
         )
-    return json.loads(path.read_text())
+    return json.loads(storage.read_text(path))
 
 
 def train_dataset(data: str | Path, columns: list[str] | None = None):
-    """A Ray Data dataset over the train shards (default columns: user_idx, item_idx, timestamp)."""
+    """A Ray Data dataset over the train shards (default columns: user_idx, item_idx, timestamp),
+    streamed from wherever DATA lives."""
     import ray
 
     read_manifest(data)
     columns = columns or ["user_idx", "item_idx", "timestamp"]
-    return ray.data.read_parquet(str(Path(data).absolute() / "train")).select_columns(columns)
+    fs, path = storage.resolve(storage.join(data, "train"))
+    return ray.data.read_parquet(path, filesystem=fs).select_columns(columns)
+
+
+def read_table(data: str | Path, name: str, columns: list[str] | None = None) -> pa.Table:
+    """One split (``train``/``test``) or file (``users.parquet``...) of DATA, read into memory."""
+    fs, path = storage.resolve(storage.join(data, name))
+    return pq.read_table(path, columns=columns, filesystem=fs)
 
 
 def read_split(data: str | Path, split: str, columns: list[str] | None = None) -> pa.Table:
     """Read one split into memory (for evaluation and baselines), sorted by user then time."""
     read_manifest(data)
-    table = pq.read_table(Path(data) / split, columns=columns)
-    return table
+    return read_table(data, split, columns)

@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
+from ganrec_dist import storage
 from ganrec_dist.config import IndexConfig
 from ganrec_dist.errors import UserError
 from ganrec_dist.index import ExactIndex, build_index, load_index, search_excluding
@@ -32,7 +33,7 @@ def _load(run: Path) -> dict:
 
 def load_catalogue(run: str | Path) -> tuple[np.ndarray, dict]:
     """The catalogue embeddings ``[n_items, dim]`` of a run's checkpoint, and the checkpoint."""
-    payload = _load(Path(run))
+    payload = _load(storage.open_run(run))
     generator = Generator(ModelConfig(**payload["model_config"]))
     generator.load_state_dict(payload["generator"])
     return generator.catalogue().detach().float().numpy(), payload
@@ -42,7 +43,7 @@ class Recommender:
     """A trained generator, its catalogue and the retrieval index, rebuilt from RUN/ alone."""
 
     def __init__(self, run: str | Path, index_cfg: IndexConfig | None = None) -> None:
-        self.run = Path(run)
+        self.run = storage.open_run(run)  # a URI run: its local cache copy, fetched if stale
         ckpt_dir = self.run / "checkpoint"
         payload = _load(self.run)
         self.meta = json.loads((ckpt_dir / "meta.json").read_text())

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import shutil
 import time
 import uuid
 from pathlib import Path
@@ -18,8 +17,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from ganrec_dist import storage
 from ganrec_dist.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,16 @@ class ScoreConfig:
     actors: int = 0  # 0: one per CPU of the cluster, at most 8
     overwrite: bool = False
     address: str = ""
+
+
+EMPTY_RECS = pa.table(
+    {
+        "user_id": pa.array([], pa.string()),
+        "rank": pa.array([], pa.int32()),
+        "item_id": pa.array([], pa.string()),
+        "score": pa.array([], pa.float32()),
+    }
+)
 
 
 class Scorer:
@@ -93,7 +104,7 @@ def score(cfg: ScoreConfig) -> dict:
     import ray
 
     from ganrec_dist.interactions import load_sequences
-    from ganrec_dist.prepare import read_manifest
+    from ganrec_dist.prepare import read_manifest, read_table
     from ganrec_dist.raycluster import ensure_ray
     from ganrec_dist.recommender import load_catalogue
 
@@ -101,11 +112,11 @@ def score(cfg: ScoreConfig) -> dict:
     load_catalogue(cfg.run)  # fails fast, before Ray, if the run has no checkpoint
     if not 1 <= cfg.k <= 10_000:
         raise UserError("--k must be between 1 and 10000")
-    out = Path(cfg.out).absolute()
-    if out.exists() and not cfg.overwrite:
+    out = storage.display(cfg.out)
+    if storage.exists(out) and not cfg.overwrite:
         raise UserError(f"{out}: already exists; pass --overwrite to replace it")
-    skipped_path = out.parent / (out.name + ".skipped.parquet")
-    user_table = pq.read_table(Path(cfg.data) / "users.parquet")
+    skipped_path = out.split("?", 1)[0] + ".skipped.parquet"
+    user_table = read_table(cfg.data, "users.parquet")
     known = dict(zip(user_table["user_id"].to_pylist(), user_table["user_idx"].to_pylist()))
     seq = load_sequences(cfg.data)
     skipped: list[tuple[str, str]] = []
@@ -120,58 +131,50 @@ def score(cfg: ScoreConfig) -> dict:
                 wanted.append(known[u])
         users = np.asarray(wanted, dtype=np.int64)
     else:
-        test = pq.read_table(Path(cfg.data) / "test", columns=["user_idx"])["user_idx"].to_numpy()
+        test = read_table(cfg.data, "test", ["user_idx"])["user_idx"].to_numpy()
         users = np.unique(test).astype(np.int64)
     ensure_ray(cfg.address)
     actors = cfg.actors or int(max(1, min(8, ray.cluster_resources().get("CPU", 1))))
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    # Parts are written aside and moved into place at the end (a rename on a filesystem; on an
+    # object store, which has no rename, a server-side copy per part).
+    fs, out_path = storage.resolve(out)
+    tmp = f"{out_path.rstrip('/')}.tmp-{uuid.uuid4().hex[:8]}"
     start = time.time()
     try:
-        ds = (
-            ray.data.from_items([{"user_idx": int(u)} for u in users])
-            if len(users) < 100_000
-            else ray.data.from_numpy(users).rename_columns({"data": "user_idx"})
+        # Blocks of a few batches each, so that every actor of the pool has work (one block of
+        # all users would go to a single actor).
+        blocks = max(1, -(-len(users) // (4 * cfg.batch_size)))
+        ds = ray.data.from_numpy(np.array_split(users, blocks)).rename_columns(
+            {"data": "user_idx"}
         )
         recs = ds.map_batches(
             Scorer,
-            fn_constructor_args=(
-                str(Path(cfg.run).absolute()),
-                cfg.k,
-                cfg.include_seen,
-            ),
+            fn_constructor_args=(storage.display(cfg.run), cfg.k, cfg.include_seen),
             batch_size=cfg.batch_size,
             batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
+            compute=ray.data.ActorPoolStrategy(size=actors),  # all actors from the start
             num_cpus=1,
         )
-        recs.write_parquet(str(tmp))
-        if not list(tmp.glob("*.parquet")):  # no users at all: still a readable, empty result
-            tmp.mkdir(parents=True, exist_ok=True)
-            pq.write_table(
-                pa.table(
-                    {
-                        "user_id": pa.array([], pa.string()),
-                        "rank": pa.array([], pa.int32()),
-                        "item_id": pa.array([], pa.string()),
-                        "score": pa.array([], pa.float32()),
-                    }
-                ),
-                tmp / "part-empty.parquet",
-            )
-        if out.exists():
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
-        tmp.rename(out)
+        recs.write_parquet(tmp, filesystem=fs)
+        parts = fs.get_file_info(pafs.FileSelector(tmp, allow_not_found=True))
+        if not any(p.path.endswith(".parquet") for p in parts):
+            # No users at all: still a readable, empty result.
+            fs.create_dir(tmp, recursive=True)
+            pq.write_table(EMPTY_RECS, f"{tmp}/part-empty.parquet", filesystem=fs)
+        storage.replace_tree(fs, tmp, out_path)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        storage.remove_tree_in(fs, tmp)
         raise
+    skipped_fs, skipped_inner = storage.resolve(skipped_path)
     if skipped:
         pq.write_table(
             pa.table({"user_id": [u for u, _ in skipped], "reason": [r for _, r in skipped]}),
-            skipped_path,
+            skipped_inner,
+            filesystem=skipped_fs,
         )
         log.warning("%d user(s) skipped, reasons in %s", len(skipped), skipped_path)
-    elif skipped_path.exists():
-        skipped_path.unlink()
+    else:
+        storage.remove_tree(skipped_path)
     seconds = time.time() - start
     summary = {
         "users": int(len(users)),

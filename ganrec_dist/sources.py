@@ -120,7 +120,9 @@ SYNTH_ROWS_PER_SHARD = 1_000_000
 SYNTH_CHUNK = 250_000
 
 
-def synthetic_layout(users: int, items: int, interactions: int) -> dict:
+def synthetic_layout(
+    users: int, items: int, interactions: int, full_catalogue: bool = False
+) -> dict:
     """The generator's parameters, derived from the sizes (recorded in the manifest)."""
     if users < 1 or items < 2 or interactions < 1:
         raise UserError("synthetic source needs --users >= 1, --items >= 2, --interactions >= 1")
@@ -135,6 +137,9 @@ def synthetic_layout(users: int, items: int, interactions: int) -> dict:
         "item_zipf_exponent": 1.1,
         "noise_fraction": 0.1,
         "shards": shards,
+        # Zipf popularity leaves most of a large catalogue untouched, and prepare only maps
+        # items that occur; with this, each item also gets one interaction by a random user.
+        "full_catalogue": full_catalogue,
     }
 
 
@@ -187,6 +192,22 @@ def synthetic_rows(layout: dict, seed: int, shard: int, rows: int) -> pa.Table:
     )
 
 
+def catalogue_rows(layout: dict, seed: int, shard: int) -> pa.Table:
+    """One interaction for each item ``i`` with ``i % shards == shard``, by a random user."""
+    item = np.arange(shard, layout["items"], layout["shards"], dtype=np.int64)
+    rng = np.random.default_rng([seed, shard, 1])
+    user = rng.integers(0, layout["users"], len(item))
+    timestamp = 1_600_000_000 + rng.integers(0, 86_400 * 365, len(item))
+    return pa.table(
+        {
+            "user_id": pa.array(np.char.add("u", user.astype(str))),
+            "item_id": pa.array(np.char.add("i", item.astype(str))),
+            "timestamp": pa.array(timestamp),
+            "rating": pa.array(np.full(len(item), 3.0)),
+        }
+    )
+
+
 def write_synthetic_shard(layout: dict, seed: int, shard: int, path: str) -> int:
     """Write one shard of the synthetic log in chunks (memory independent of its size)."""
     total = layout["interactions"]
@@ -203,17 +224,31 @@ def write_synthetic_shard(layout: dict, seed: int, shard: int, path: str) -> int
                 writer = pq.ParquetWriter(path, table.schema)
             writer.write_table(table)
             written += n
+        if layout.get("full_catalogue"):
+            table = catalogue_rows(layout, seed, shard)
+            if writer is None:
+                writer = pq.ParquetWriter(path, table.schema)
+            writer.write_table(table)
+            written += table.num_rows
     finally:
         if writer is not None:
             writer.close()
     return written
 
 
-def synthetic(staging: Path, users: int, items: int, interactions: int, seed: int) -> RawInput:
+def synthetic(
+    staging: Path,
+    users: int,
+    items: int,
+    interactions: int,
+    seed: int,
+    full_catalogue: bool = False,
+    remote_args: dict | None = None,
+) -> RawInput:
     """Write the seeded synthetic log as Parquet shards, in parallel Ray tasks via Ray Data."""
     import ray
 
-    layout = synthetic_layout(users, items, interactions)
+    layout = synthetic_layout(users, items, interactions, full_catalogue)
     staging.mkdir(parents=True, exist_ok=True)
     paths = [str(staging / f"synthetic-{s:05d}.parquet") for s in range(layout["shards"])]
 
@@ -226,7 +261,10 @@ def synthetic(staging: Path, users: int, items: int, interactions: int, seed: in
 
     tasks = [{"shard": s, "path": p} for s, p in enumerate(paths)]
     ds = ray.data.from_items(tasks, override_num_blocks=len(tasks))
-    written = sum(int(r["rows"]) for r in ds.map_batches(generate, batch_size=1).take_all())
+    written = sum(
+        int(r["rows"])
+        for r in ds.map_batches(generate, batch_size=1, **(remote_args or {})).take_all()
+    )
     log.info("synthetic: wrote %d rows in %d shards", written, len(paths))
     return RawInput(
         files=paths,

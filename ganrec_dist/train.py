@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import yaml
 
-from ganrec_dist import gan
+from ganrec_dist import gan, storage
 from ganrec_dist.config import IndexConfig, TrainConfig, build, to_dict
 from ganrec_dist.errors import UserError
 from ganrec_dist.interactions import Sequences, held_out, load_sequences, validation_limits
@@ -76,24 +76,31 @@ def make_batch(
     limits: np.ndarray | None = None,
     horizon: int = 1,
     rng: np.random.Generator | None = None,
+    ce_horizon: int = 1,
 ) -> gan.Batch:
     """Rows (user, next item, its position) -> a batch whose history is the items before it.
 
     With ``horizon > 1`` the batch also carries, for D, a real item drawn from the user's next
-    ``horizon`` interactions (within ``limits``), the window a recommendation is judged on.
+    ``horizon`` interactions (within ``limits``), the window a recommendation is judged on. With
+    ``ce_horizon > 1`` the softmax target is drawn the same way from the next ``ce_horizon``.
     """
     history = seq.window(users, positions, history_len)
-    future = None
-    if horizon > 1 and rng is not None and limits is not None:
-        ahead = np.minimum(positions + rng.integers(0, horizon, len(users)), limits[users] - 1)
+
+    def ahead_item(window: int) -> np.ndarray:
+        assert rng is not None and limits is not None
+        ahead = np.minimum(positions + rng.integers(0, window, len(users)), limits[users] - 1)
         ahead = np.maximum(ahead, positions)
-        future = torch.as_tensor(
-            seq.items[seq.offsets[users] + ahead].astype(np.int64), device=device
-        )
+        return seq.items[seq.offsets[users] + ahead].astype(np.int64)
+
+    sampling = rng is not None and limits is not None
+    future = (
+        torch.as_tensor(ahead_item(horizon), device=device) if horizon > 1 and sampling else None
+    )
+    targets = ahead_item(ce_horizon) if ce_horizon > 1 and sampling else items.astype(np.int64)
     return gan.Batch(
         history=torch.as_tensor(history, device=device),
         users=torch.as_tensor(users.astype(np.int64), device=device),
-        targets=torch.as_tensor(items.astype(np.int64), device=device),
+        targets=torch.as_tensor(targets, device=device),
         future=future,
     )
 
@@ -210,8 +217,8 @@ def save_checkpoint(
         "data": data,
     }
     torch.save(payload, directory / CHECKPOINT_FILE)
-    shutil.copy(Path(data) / "items.parquet", directory / "items.parquet")
-    shutil.copy(Path(data) / "users.parquet", directory / "users.parquet")
+    storage.download_file(storage.join(data, "items.parquet"), directory / "items.parquet")
+    storage.download_file(storage.join(data, "users.parquet"), directory / "users.parquet")
     # Serving rebuilds known users' histories, seen items and the popularity fallback from here.
     np.savez(
         directory / "sequences.npz",
@@ -228,6 +235,11 @@ def save_checkpoint(
         "nodes": state.nodes,
         "model_config": dataclasses.asdict(mcfg),
         "adv_weight": cfg.adv_weight,
+        # Checksums let a reader of an object store tell a complete copy from one caught
+        # mid-upload (storage.open_run).
+        "files": {
+            f.name: storage.file_digest(f) for f in sorted(directory.iterdir()) if f.is_file()
+        },
     }
     (directory / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
 
@@ -371,6 +383,7 @@ def train_loop(config: dict) -> None:
                 limits,
                 cfg.adv_horizon,
                 horizon_rng,
+                cfg.ce_horizon,
             )
             z = torch.randn(len(users), cfg.noise_dim, device=device, generator=noise)
             stats: dict[str, float] = {}
@@ -390,6 +403,8 @@ def train_loop(config: dict) -> None:
             rows += len(users)
             tick = time.perf_counter()
             compute += tick - started
+            if cfg.max_steps_per_epoch and steps >= cfg.max_steps_per_epoch:
+                break  # every rank stops at the same step: shards are split equally
         metrics: dict[str, Any] = _all_mean({k: v / max(steps, 1) for k, v in sums.items()}, device)
         metrics.update(
             phase=state.phase,
@@ -458,6 +473,10 @@ def train_loop(config: dict) -> None:
                     seq,
                 )
                 publish_checkpoint(Path(tmp), run_dir)
+                if config.get("run_uri"):  # RUN in an object store: meta.json goes last
+                    storage.upload_tree(
+                        Path(tmp), storage.join(config["run_uri"], "checkpoint"), ("meta.json",)
+                    )
                 ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(tmp))
         else:
             ray.train.report(report)
@@ -516,10 +535,16 @@ def train(cfg: TrainConfig) -> dict:
         raise UserError("--workers must be at least 1")
     if manifest["train_rows"] == 0:
         raise UserError(f"{cfg.data}: no train rows")
-    run_dir = Path(cfg.out).absolute()
+    # A URI RUN is worked on in a local cache copy (its published checkpoint fetched for resume);
+    # Ray Train's own checkpoints and each published epoch go straight to the object store.
+    run_dir = storage.open_run(cfg.out)
     run_dir.mkdir(parents=True, exist_ok=True)
-    name = cfg.name or run_dir.name
+    name = cfg.name or (storage.basename(cfg.out) if storage.is_uri(cfg.out) else run_dir.name)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    storage.save_run(run_dir, cfg.out, ("config.yaml",))
+    results_fs, results_path = storage.resolve(storage.join(cfg.out, "ray_results"))
+    if not storage.is_uri(cfg.out):
+        results_fs = None  # a local path: Ray Train's default filesystem handling
     ensure_ray(cfg.address)
     import ray
 
@@ -540,8 +565,9 @@ def train(cfg: TrainConfig) -> dict:
         train_loop,
         train_loop_config={
             "train": to_dict(cfg),
-            "data": str(Path(cfg.data).absolute()),
+            "data": storage.display(cfg.data),
             "run": str(run_dir),
+            "run_uri": cfg.out if storage.is_uri(cfg.out) else "",
             "threads": threads,
         },
         scaling_config=ScalingConfig(
@@ -549,7 +575,8 @@ def train(cfg: TrainConfig) -> dict:
         ),
         run_config=RunConfig(
             name=name,
-            storage_path=str(run_dir / "ray_results"),
+            storage_path=results_path,
+            storage_filesystem=results_fs,
             failure_config=FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             # Ray Train's own per-report INFO lines repeat ours; its warnings and errors still show.
@@ -570,12 +597,14 @@ def train(cfg: TrainConfig) -> dict:
     result = trainer.fit()
     if result.error:
         raise RuntimeError(f"training failed: {result.error}")
+    storage.open_run(cfg.out)  # a URI RUN: the checkpoint the workers published
     meta = json.loads((run_dir / "checkpoint" / "meta.json").read_text())
     payload = torch.load(
         run_dir / "checkpoint" / CHECKPOINT_FILE, map_location="cpu", weights_only=False
     )
     history = payload["state"]["history"]
     write_history(run_dir, history)
+    storage.save_run(run_dir, cfg.out, ("history.csv", "history.png"))
     search = [h for h in history if h.get("phase") == "search"]
     log.info(
         "trained %s in %.0fs: best validation NDCG@10 %.4f at epoch %d of %d; refit %d epochs -> %s",
@@ -585,6 +614,6 @@ def train(cfg: TrainConfig) -> dict:
         meta["best_epoch"],
         len(search),
         sum(h.get("phase") == "refit" for h in history),
-        run_dir / "checkpoint",
+        storage.join(cfg.out, "checkpoint"),
     )
     return meta

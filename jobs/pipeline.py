@@ -4,7 +4,7 @@
         --config jobs/pipeline.yaml --root /mnt/shared/ganrec
 
 Every stage reads its section of the YAML (see the README's configuration section); paths are
-resolved under --root, which must be storage every node sees.
+resolved under --root: storage every node sees, or an object-store URI (s3://, gs://).
 """
 
 from __future__ import annotations
@@ -13,12 +13,13 @@ import argparse
 import sys
 from pathlib import Path
 
+from ganrec_dist import storage
 from ganrec_dist.cli import main
 
 
 def run(config: str, root: str) -> int:
-    base = Path(root)
-    data, run_dir = base / "data", base / "run"
+    # A path every node sees, or an object-store URI (s3://bucket/prefix).
+    data, run_dir = storage.join(root, "data"), storage.join(root, "run")
     steps = [
         ["prepare", "--config", config, "--out", str(data), "--overwrite"],
         ["train", "--config", config, "--data", str(data), "--out", str(run_dir)],
@@ -33,7 +34,7 @@ def run(config: str, root: str) -> int:
             "--run",
             str(run_dir),
             "--out",
-            str(base / "recs.parquet"),
+            storage.join(root, "recs.parquet"),
             "--overwrite",
         ],
     ]
@@ -48,6 +49,6 @@ def run(config: str, root: str) -> int:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--config", default=str(Path(__file__).with_name("pipeline.yaml")))
-    parser.add_argument("--root", required=True, help="shared storage for data and runs")
+    parser.add_argument("--root", required=True, help="shared storage or s3:// / gs:// URI for data and runs")
     args = parser.parse_args()
     sys.exit(run(args.config, args.root))

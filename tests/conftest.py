@@ -3,11 +3,28 @@
 from __future__ import annotations
 
 import os
+import socket
+import tempfile
 
 import pytest
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# The S3-compatible server of test_storage.py listens here. Set before Ray starts so that its
+# workers (which read these like any node would) reach it; only s3:// paths use them.
+os.environ["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{_free_port()}"
+os.environ["AWS_ACCESS_KEY_ID"] = "testing"
+os.environ["AWS_SECRET_ACCESS_KEY"] = "testing"
+os.environ["AWS_DEFAULT_REGION"] = "us-east-1"
+os.environ["GANREC_CACHE"] = tempfile.mkdtemp(prefix="ganrec-test-cache-")
 
 
 @pytest.fixture(scope="session")

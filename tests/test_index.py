@@ -48,6 +48,44 @@ def test_exact_index_equals_brute_force():
 
 
 @pytest.mark.parametrize(
+    "n, block, query_block, k",
+    [
+        (5_003, 512, 64, 10),  # many blocks, a ragged last chunk, several query blocks
+        (1_000, 128, 1_000, 200),  # k larger than the first block
+        (50, 8_192, 1_024, 10),  # the whole catalogue in one block
+    ],
+)
+def test_exact_search_with_exclusion_equals_brute_force(n, block, query_block, k):
+    items, queries = clustered(n=n)
+    rng = np.random.default_rng(1)
+    scores_all = queries @ items.T
+    # Each query's "seen" items: its own best 5 (so exclusion changes the answer) plus noise;
+    # query 0 has seen all but 3 items, so its row must end in -1 / -inf.
+    exclude = [
+        np.unique(np.concatenate([np.argsort(-row)[:5], rng.choice(n, 20)])) for row in scores_all
+    ]
+    exclude[0] = np.arange(3, n)
+    index = ExactIndex(items, block=block, query_block=query_block, chunk=64)
+    got_scores, got = index.search(queries, k, exclude=exclude)
+    masked = scores_all.copy()
+    for row, seen in enumerate(exclude):
+        masked[row, seen] = -np.inf
+    want_scores = -np.sort(-masked, axis=1)[:, : min(k, n)]
+    assert got.shape == (len(queries), min(k, n))
+    # Scores are exact (ties may swap items, never scores); items match their scores.
+    assert np.allclose(got_scores, want_scores, atol=1e-4)
+    valid = got >= 0
+    assert np.allclose(
+        np.take_along_axis(scores_all, np.where(valid, got, 0), axis=1)[valid],
+        got_scores[valid],
+        atol=1e-4,
+    )
+    assert not any(set(g[g >= 0]) & set(e) for g, e in zip(got, exclude))
+    assert set(got[0, :3]) == {0, 1, 2}
+    assert (got[0, 3:] == -1).all() and np.isneginf(got_scores[0, 3:]).all()
+
+
+@pytest.mark.parametrize(
     "kind, params, minimum",
     [
         ("ivf", dict(nlist=128, nprobe=16), 0.95),

@@ -157,3 +157,23 @@ def test_sampled_softmax_step_runs(adv):
         negatives=torch.randint(0, CFG.n_items, (16,)),
     )
     assert np.isfinite(stats["ce_loss"])
+
+
+def test_batch_targets_and_future_come_from_the_fitted_window():
+    from ganrec_dist.train import make_batch
+
+    # One user with items 0..29 in order; positions 0..29; only the first 20 are fitted.
+    seq = Sequences(np.array([0, 30]), np.arange(30, dtype=np.int32), 1, 30)
+    limits = np.array([20])
+    users = np.zeros(200, dtype=np.int64)
+    positions = np.random.default_rng(0).integers(0, 20, 200)
+    items = seq.items[positions]
+    rng = np.random.default_rng(1)
+    next_only = make_batch(seq, users, items, positions, 5, torch.device("cpu"), limits, 1, rng)
+    assert (next_only.targets.numpy() == items).all() and next_only.future is None
+    batch = make_batch(seq, users, items, positions, 5, torch.device("cpu"), limits, 4, rng, 8)
+    targets, future = batch.targets.numpy(), batch.future.numpy()
+    # Items equal positions here: each draw lies in [position, position + N) and before the limit.
+    assert ((targets >= positions) & (targets < positions + 8) & (targets < 20)).all()
+    assert ((future >= positions) & (future < positions + 4) & (future < 20)).all()
+    assert (targets != items).any()  # the window is really sampled, not just the next item

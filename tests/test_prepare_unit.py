@@ -2,6 +2,7 @@
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from ganrec_dist import sources
@@ -114,3 +115,19 @@ def test_synthetic_has_planted_structure():
         shares.append(np.sort(counts)[-6:].sum() / counts.sum())
     # 6 of 20 clusters would hold 30% of a user's rows at random; planted favourites hold most.
     assert np.mean(shares) > 0.75
+
+
+def test_synthetic_full_catalogue_touches_every_item(tmp_path):
+    layout = sources.synthetic_layout(50, 5_000, 2_000, full_catalogue=True)
+    layout["shards"] = 3  # the catalogue rows are split across shards by item
+    written, items = 0, set()
+    for shard in range(3):
+        path = tmp_path / f"{shard}.parquet"
+        written += sources.write_synthetic_shard(layout, 0, shard, str(path))
+        items |= set(pq.read_table(path)["item_id"].to_pylist())
+    assert written == 2_000 + 5_000
+    assert items == {f"i{i}" for i in range(5_000)}
+    plain = sources.synthetic_layout(50, 5_000, 2_000)
+    plain["shards"] = 1
+    sources.write_synthetic_shard(plain, 0, 0, str(tmp_path / "plain.parquet"))
+    assert len(set(pq.read_table(tmp_path / "plain.parquet")["item_id"].to_pylist())) < 2_000

@@ -95,19 +95,25 @@ def sweep(items: np.ndarray, queries: np.ndarray, cfg: BenchIndexConfig) -> dict
     baseline["qps"] = max(baseline["faiss_flat_qps"], baseline["own_exact_qps"])
     points = []
     grid = [
-        ("ivf", {"nlist": cfg.nlist}, "nprobe", [1, 2, 4, 8, 16, 32, 64]),
-        ("hnsw", {"hnsw_m": 32, "ef_construction": 80}, "ef_search", [16, 32, 64, 128, 256]),
+        ("ivf", {"nlist": cfg.nlist // 2}, "nprobe", [1, 2, 3, 4, 8]),
+        ("ivf", {"nlist": cfg.nlist}, "nprobe", [1, 2, 3, 4, 8, 16, 32, 64]),
+        ("ivf", {"nlist": 2 * cfg.nlist}, "nprobe", [2, 4, 8, 16, 32]),
+        ("hnsw", {"hnsw_m": 32, "ef_construction": 80}, "ef_search", [16, 24, 32, 64, 128, 256]),
         (
             "ivfpq",
-            {"nlist": cfg.nlist, "pq_bytes": max(4, items.shape[1] // 4), "refine_factor": 4},
-            "nprobe",
-            [4, 8, 16, 32],
+            {"nlist": cfg.nlist, "pq_bytes": max(4, items.shape[1] // 2), "nprobe": 16},
+            "refine_factor",
+            [4, 16, 64],
         ),
     ]
     for kind, fixed, knob, values in grid:
         start = time.perf_counter()
         index = build_index(
-            items, IndexConfig(kind=kind, train_sample=min(n, 65_536), **fixed), seed=cfg.seed
+            items,
+            IndexConfig(
+                kind=kind, train_sample=min(n, max(65_536, 32 * fixed.get("nlist", 0))), **fixed
+            ),
+            seed=cfg.seed,
         )
         build_s = time.perf_counter() - start
         log.info("%s built in %.1fs", kind, build_s)
@@ -116,7 +122,7 @@ def sweep(items: np.ndarray, queries: np.ndarray, cfg: BenchIndexConfig) -> dict
                 index.hnsw.efSearch = value
             elif kind == "ivf":
                 index.nprobe = value
-            else:
+            else:  # ivfpq: nprobe fixed, the exact re-ranking depth swept
                 index.k_factor = value
             seconds, got = _timed_search(index, queries, cfg.k)
             points.append(
