@@ -201,9 +201,12 @@ def _plot(results: dict, path: str) -> None:
         1, len(results["datasets"]), figsize=(6 * len(results["datasets"]), 4.5), squeeze=False
     )
     for ax, res in zip(axes[0], results["datasets"].values()):
-        for kind in ("ivf", "hnsw", "ivfpq"):
-            pts = [p for p in res["points"] if p["kind"] == kind]
-            ax.plot([p["recall@10"] for p in pts], [p["qps"] for p in pts], marker="o", label=kind)
+        series: dict[str, list] = {}  # one line per kind and build (IVF: per nlist)
+        for p in res["points"]:
+            label = p["kind"] + (f" nlist={p['params']['nlist']}" if p["kind"] == "ivf" else "")
+            series.setdefault(label, []).append(p)
+        for label, pts in series.items():
+            ax.plot([p["recall@10"] for p in pts], [p["qps"] for p in pts], marker="o", label=label)
         ax.axhline(res["baseline"]["qps"], color="black", linestyle=":", label="exact (best)")
         ax.axvline(0.95, color="grey", linestyle="--", linewidth=0.8)
         ax.set_yscale("log")
