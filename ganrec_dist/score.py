@@ -144,9 +144,7 @@ def score(cfg: ScoreConfig) -> dict:
         # Blocks of a few batches each, so that every actor of the pool has work (one block of
         # all users would go to a single actor).
         blocks = max(1, -(-len(users) // (4 * cfg.batch_size)))
-        ds = ray.data.from_numpy(np.array_split(users, blocks)).rename_columns(
-            {"data": "user_idx"}
-        )
+        ds = ray.data.from_numpy(np.array_split(users, blocks)).rename_columns({"data": "user_idx"})
         recs = ds.map_batches(
             Scorer,
             fn_constructor_args=(storage.display(cfg.run), cfg.k, cfg.include_seen),

@@ -8,8 +8,9 @@ it from the store); a run's small artefacts (checkpoint, index) are fetched once
 local cache keyed by the URI and re-fetched when the remote marker changes.
 
 S3-compatible stores other than AWS (MinIO, Ceph, ...) are reached by setting
-``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL`` (pyarrow itself does not read them); credentials
-come from the usual AWS / Google environment variables and files on every node.
+``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL`` (pyarrow itself does not read them), a GCS emulator
+by ``STORAGE_EMULATOR_HOST``; credentials come from the usual AWS / Google environment variables and
+files on every node.
 """
 
 from __future__ import annotations
@@ -53,6 +54,16 @@ def resolve(path: str | Path) -> tuple[pafs.FileSystem, str]:
                 allow_bucket_creation=True,
             )
             return fs, inner.split("?", 1)[0]
+    if parsed.scheme in ("gs", "gcs") and os.environ.get("STORAGE_EMULATOR_HOST"):
+        # The Google client libraries' convention for an emulator (fake-gcs-server, ...).
+        host = urlparse(os.environ["STORAGE_EMULATOR_HOST"])
+        fs = pafs.GcsFileSystem(
+            anonymous=True,
+            endpoint_override=host.netloc or host.path,
+            scheme=host.scheme or "http",
+            project_id=os.environ.get("GOOGLE_CLOUD_PROJECT", "local"),
+        )
+        return fs, inner
     try:
         fs, _ = pafs.FileSystem.from_uri(str(path))
     except Exception as exc:  # pyarrow raises plain ArrowInvalid / OSError for bad URIs
@@ -99,11 +110,18 @@ def remove_tree(path: str | Path) -> None:
 
 
 def remove_tree_in(fs: pafs.FileSystem, inner: str) -> None:
+    """Delete a file or a directory tree. Object by object: stores differ on directory markers."""
     info = fs.get_file_info(inner)
-    if info.type == pafs.FileType.Directory:
-        fs.delete_dir(inner)
-    elif info.type == pafs.FileType.File:
+    if info.type == pafs.FileType.File:
         fs.delete_file(inner)
+    elif info.type == pafs.FileType.Directory:
+        for child in fs.get_file_info(pafs.FileSelector(inner, recursive=True)):
+            if child.type == pafs.FileType.File:
+                fs.delete_file(child.path)
+        try:
+            fs.delete_dir(inner)
+        except FileNotFoundError:  # an object store with no marker object left to delete
+            pass
 
 
 def replace_tree(fs: pafs.FileSystem, source: str, target: str) -> None:

@@ -557,6 +557,9 @@ def train(cfg: TrainConfig) -> dict:
         resources["GPU"] = 1
     # The epoch log lines are the progress report; Ray Data's bars would repeat every epoch.
     ray.data.DataContext.get_current().enable_progress_bars = False
+    # Blocks in file order: with the seeded local shuffle, the same seed and worker count give
+    # the same batches (parallel reads otherwise finish, and arrive, in any order).
+    ray.data.DataContext.get_current().execution_options.preserve_order = True
     dataset = train_dataset(cfg.data, columns=["user_idx", "item_idx", "position"])
     if manifest["train_rows"] <= cfg.cache_rows:
         # Small enough to keep in the object store: later epochs skip the Parquet reads.

@@ -49,6 +49,8 @@ def run(config: str, root: str) -> int:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--config", default=str(Path(__file__).with_name("pipeline.yaml")))
-    parser.add_argument("--root", required=True, help="shared storage or s3:// / gs:// URI for data and runs")
+    parser.add_argument(
+        "--root", required=True, help="shared storage or s3:// / gs:// URI for data and runs"
+    )
     args = parser.parse_args()
     sys.exit(run(args.config, args.root))

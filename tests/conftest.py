@@ -18,12 +18,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-# The S3-compatible server of test_storage.py listens here. Set before Ray starts so that its
+# The S3 and GCS servers of test_storage.py listen here. Set before Ray starts so that its
 # workers (which read these like any node would) reach it; only s3:// paths use them.
 os.environ["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{_free_port()}"
 os.environ["AWS_ACCESS_KEY_ID"] = "testing"
 os.environ["AWS_SECRET_ACCESS_KEY"] = "testing"
 os.environ["AWS_DEFAULT_REGION"] = "us-east-1"
+os.environ["STORAGE_EMULATOR_HOST"] = f"http://127.0.0.1:{_free_port()}"  # gs:// (test_storage)
 os.environ["GANREC_CACHE"] = tempfile.mkdtemp(prefix="ganrec-test-cache-")
 
 

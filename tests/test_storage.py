@@ -1,7 +1,8 @@
-"""DATA and RUN in an object store: the whole pipeline against a real S3 API over HTTP.
+"""DATA and RUN in an object store: the whole pipeline against a real S3 API over HTTP, and
+prepare + Ray Data + a RUN part against a GCS API.
 
-The server is moto's S3 server, a separate process on 127.0.0.1 (no cloud is reachable from CI);
-pyarrow talks to it exactly as to AWS S3 or MinIO. gs:// goes through the same pyarrow layer.
+The servers are moto's S3 server and gcp-storage-emulator, separate processes on 127.0.0.1 (no
+cloud is reachable from CI); pyarrow talks to them as to AWS S3 / MinIO and to GCS.
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ import os
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
-from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -22,7 +23,7 @@ from ganrec_dist import storage
 from ganrec_dist.config import PrepareConfig, TrainConfig
 from ganrec_dist.errors import UserError
 from ganrec_dist.index import IndexCommandConfig, index_command
-from ganrec_dist.prepare import prepare, read_manifest
+from ganrec_dist.prepare import prepare, read_manifest, train_dataset
 from ganrec_dist.recommender import Recommender
 from ganrec_dist.score import ScoreConfig, score
 from ganrec_dist.train import train
@@ -54,24 +55,77 @@ def test_a_copy_caught_mid_upload_is_not_taken(tmp_path):
 def s3(ray_local):
     endpoint = os.environ["AWS_ENDPOINT_URL"]
     port = endpoint.rsplit(":", 1)[1]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", port],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = _serve([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", port], endpoint)
     try:
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(endpoint, timeout=1)
-                break
-            except OSError:
-                time.sleep(0.1)
         fs, _ = storage.resolve(f"s3://{BUCKET}/x")
         fs.create_dir(BUCKET)
         yield f"s3://{BUCKET}"
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def _serve(command: list[str], endpoint: str):
+    """Start a local storage server, wait for its port; the caller stops it by PID."""
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(150):
+        try:
+            urllib.request.urlopen(endpoint, timeout=1)
+            break
+        except urllib.error.HTTPError:  # it answers: up
+            break
+        except OSError:
+            time.sleep(0.1)
+    return proc
+
+
+@pytest.fixture(scope="module")
+def gcs(ray_local):
+    endpoint = os.environ["STORAGE_EMULATOR_HOST"]
+    port = endpoint.rsplit(":", 1)[1]
+    proc = _serve(
+        [
+            sys.executable,
+            "-m",
+            "gcp_storage_emulator",
+            "start",
+            "--host=127.0.0.1",
+            f"--port={port}",
+            "--in-memory",
+        ],
+        endpoint,
+    )
+    try:
+        fs, _ = storage.resolve(f"gs://{BUCKET}/x")
+        fs.create_dir(BUCKET)
+        yield f"gs://{BUCKET}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.mark.integration
+def test_data_and_a_run_part_in_gcs(gcs, tmp_path):
+    data = f"{gcs}/data"
+    manifest = prepare(
+        PrepareConfig(source="synthetic", out=data, users=100, items=80, interactions=3_000, seed=1)
+    )
+    assert read_manifest(data)["train_rows"] == manifest["train_rows"] > 0
+    assert train_dataset(data, ["user_idx"]).count() == manifest["train_rows"]  # Ray Data, in place
+
+    local = tmp_path / "run"
+    (local / "index").mkdir(parents=True)
+    (local / "index" / "index.faiss").write_bytes(b"x" * 1000)
+    digest = storage.file_digest(local / "index" / "index.faiss")
+    (local / "index" / "meta.json").write_text(json.dumps({"files": {"index.faiss": digest}}))
+    storage.save_run(local, f"{gcs}/run", ("index",))
+    fetched = storage.open_run(f"{gcs}/run")
+    assert fetched != local and (fetched / "index" / "index.faiss").read_bytes() == b"x" * 1000
+
+    storage.remove_tree(data)
+    assert not storage.exists(f"{data}/manifest.json")
+    with pytest.raises(UserError, match="manifest"):
+        read_manifest(data)
 
 
 def _keys(uri: str) -> list[str]:
