@@ -79,7 +79,8 @@ class Recommender:
             cfg = index_cfg or IndexConfig(**payload["train_config"].get("index", {}))
             self.index = self.exact if cfg.kind in ("flat",) else build_index(self.embeddings, cfg)
             self.index_meta = {"kind": cfg.kind}
-        self.version = f"{self.run.name}@{self.meta['phase']}-epoch{self.meta['epoch']}"
+        name = storage.basename(run) if storage.is_uri(run) else self.run.name  # not the cache's
+        self.version = f"{name}@{self.meta['phase']}-epoch{self.meta['epoch']}"
 
     def seen(self, user: int) -> np.ndarray:
         """A known user's train items, in time order."""

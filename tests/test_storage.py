@@ -189,7 +189,7 @@ def test_pipeline_with_data_and_run_in_s3(s3, tmp_path):
     assert summary["users"] == recs["user_id"].nunique() > 0
     # The same answers as the run read directly (its cached copy, index included).
     rec = Recommender(run)
-    assert rec.index_meta["kind"] == "hnsw"
+    assert rec.index_meta["kind"] == "hnsw" and rec.version.startswith("exp@")
     users = np.array([rec.user_index[u] for u in sorted(recs["user_id"].unique())[:20]])
     items, _ = rec.recommend_known(users, 5)
     for u, row in zip(users, items):
