@@ -7,8 +7,8 @@ IndexIVFFlat), ``hnsw`` (IndexHNSWFlat) and ``ivfpq`` (IndexIVFPQ with exact re-
 :class:`~ganrec_dist.config.IndexConfig`.
 
 Exact search excludes a user's seen items inside the search. ANN kinds search deeper than k and
-filter; rows an ANN search leaves short of k are completed by exact search, so exactly k items come back whenever the
-catalogue has them.
+filter; rows an ANN search leaves short of k are completed by exact search, so exactly k items
+come back whenever the catalogue has them.
 """
 
 from __future__ import annotations
@@ -107,7 +107,6 @@ class ExactIndex:
         seen_rows, seen_items = _flatten_exclude(exclude)
         best_s = torch.full((b, k), float("-inf"))
         best_i = torch.full((b, k), -1, dtype=torch.int64)
-        threshold = best_s[:, -1:].clone()
         buffer = torch.empty(b, self.block)
         pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         n_pending = 0
@@ -267,9 +266,8 @@ def search_excluding(
         return out_items, out_scores
     if isinstance(index, ExactIndex):
         scores, items = index.search(queries, k, exclude=exclude)
-        width = scores.shape[1]
+        width = scores.shape[1]  # k, or the catalogue size if smaller; -1 / -inf mark gaps
         out_items[:, :width], out_scores[:, :width] = items, scores
-        out_items[out_scores == -np.inf] = -1
         return out_items, out_scores
     extra = max((len(e) for e in exclude), default=0)
     depth = min(index.ntotal, k + extra)

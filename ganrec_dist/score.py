@@ -115,7 +115,7 @@ def score(cfg: ScoreConfig) -> dict:
     out = storage.display(cfg.out)
     if storage.exists(out) and not cfg.overwrite:
         raise UserError(f"{out}: already exists; pass --overwrite to replace it")
-    skipped_path = out.split("?", 1)[0] + ".skipped.parquet"
+    skipped_path = storage.with_suffix(out, ".skipped.parquet")
     user_table = read_table(cfg.data, "users.parquet")
     known = dict(zip(user_table["user_id"].to_pylist(), user_table["user_idx"].to_pylist()))
     seq = load_sequences(cfg.data)

@@ -44,16 +44,15 @@ def resolve(path: str | Path) -> tuple[pafs.FileSystem, str]:
     if not parsed.netloc:
         raise UserError(f"{path}: an object-store URI needs a bucket (s3://BUCKET/prefix)")
     inner = (parsed.netloc + parsed.path).rstrip("/")
-    if parsed.scheme == "s3":
-        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-        if endpoint or parsed.query:
-            params = dict(p.split("=", 1) for p in parsed.query.split("&") if "=" in p)
-            fs = pafs.S3FileSystem(
-                endpoint_override=params.get("endpoint_override", endpoint),
-                region=params.get("region", os.environ.get("AWS_DEFAULT_REGION", "us-east-1")),
-                allow_bucket_creation=True,
-            )
-            return fs, inner.split("?", 1)[0]
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if parsed.scheme == "s3" and endpoint and not parsed.query:
+        # pyarrow ignores these variables; a URI's own ?endpoint_override= wins (from_uri below).
+        fs = pafs.S3FileSystem(
+            endpoint_override=endpoint,
+            region=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
+            allow_bucket_creation=True,
+        )
+        return fs, inner
     if parsed.scheme in ("gs", "gcs") and os.environ.get("STORAGE_EMULATOR_HOST"):
         # The Google client libraries' convention for an emulator (fake-gcs-server, ...).
         host = urlparse(os.environ["STORAGE_EMULATOR_HOST"])
@@ -96,12 +95,6 @@ def read_text(path: str | Path) -> str:
     fs, inner = resolve(path)
     with fs.open_input_stream(inner) as handle:
         return handle.read().decode()
-
-
-def write_text(path: str | Path, text: str) -> None:
-    fs, inner = resolve(path)
-    with fs.open_output_stream(inner) as handle:
-        handle.write(text.encode())
 
 
 def remove_tree(path: str | Path) -> None:
@@ -148,15 +141,10 @@ def replace_tree(fs: pafs.FileSystem, source: str, target: str) -> None:
     remove_tree_in(fs, source)
 
 
-def upload_tree(local: Path, target: str, last: tuple[str, ...] = (), skip: tuple[str, ...] = ()):
-    """Copy every file under ``local`` to ``target``; the names in ``last`` go last (markers).
-
-    ``skip``: top-level names not to upload.
-    """
+def upload_tree(local: Path, target: str, last: tuple[str, ...] = ()) -> None:
+    """Copy every file under ``local`` to ``target``; the names in ``last`` go last (markers)."""
     fs, inner = resolve(target)
-    files = sorted(
-        p for p in local.rglob("*") if p.is_file() and p.relative_to(local).parts[0] not in skip
-    )
+    files = sorted(p for p in local.rglob("*") if p.is_file())
     ordered = [p for p in files if p.name not in last] + [p for p in files if p.name in last]
     local_fs = pafs.LocalFileSystem()
     for p in ordered:
@@ -192,7 +180,7 @@ def workdir(run: str | Path) -> Path:
 
 
 RUN_DIRS = ("checkpoint", "index")  # published with meta.json last
-RUN_FILES = ("config.yaml", "eval.json", "history.csv", "history.png")
+RUN_FILES = ("config.yaml",)  # the one top-level file a reader needs (evaluate's ablation)
 
 
 def open_run(run: str | Path) -> Path:
@@ -290,6 +278,12 @@ def download_file(source: str | Path, path: Path) -> None:
         inner, str(tmp), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem()
     )
     tmp.replace(path)
+
+
+def with_suffix(path: str, suffix: str) -> str:
+    """``path`` + ``suffix`` on its last component (a URI keeps its query)."""
+    head, _, query = path.partition("?")
+    return f"{head.rstrip('/')}{suffix}" + (f"?{query}" if query else "")
 
 
 def basename(path: str | Path) -> str:

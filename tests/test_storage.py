@@ -51,57 +51,40 @@ def test_a_copy_caught_mid_upload_is_not_taken(tmp_path):
     assert not storage._complete(tmp_path)
 
 
-@pytest.fixture(scope="module")
-def s3(ray_local):
-    endpoint = os.environ["AWS_ENDPOINT_URL"]
+def _bucket(scheme: str, endpoint_env: str, command: list[str]):
+    """Start a local storage server on the port of ``$endpoint_env``, make the test bucket,
+    yield its URI, stop the server by PID."""
+    endpoint = os.environ[endpoint_env]
     port = endpoint.rsplit(":", 1)[1]
-    proc = _serve([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", port], endpoint)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", *command, port], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
-        fs, _ = storage.resolve(f"s3://{BUCKET}/x")
+        for _ in range(150):
+            try:
+                urllib.request.urlopen(endpoint, timeout=1)
+                break
+            except urllib.error.HTTPError:  # it answers: up
+                break
+            except OSError:
+                time.sleep(0.1)
+        fs, _ = storage.resolve(f"{scheme}://{BUCKET}/x")
         fs.create_dir(BUCKET)
-        yield f"s3://{BUCKET}"
+        yield f"{scheme}://{BUCKET}"
     finally:
         proc.terminate()
         proc.wait(timeout=10)
 
 
-def _serve(command: list[str], endpoint: str):
-    """Start a local storage server, wait for its port; the caller stops it by PID."""
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(150):
-        try:
-            urllib.request.urlopen(endpoint, timeout=1)
-            break
-        except urllib.error.HTTPError:  # it answers: up
-            break
-        except OSError:
-            time.sleep(0.1)
-    return proc
+@pytest.fixture(scope="module")
+def s3(ray_local):
+    yield from _bucket("s3", "AWS_ENDPOINT_URL", ["moto.server", "-H", "127.0.0.1", "-p"])
 
 
 @pytest.fixture(scope="module")
 def gcs(ray_local):
-    endpoint = os.environ["STORAGE_EMULATOR_HOST"]
-    port = endpoint.rsplit(":", 1)[1]
-    proc = _serve(
-        [
-            sys.executable,
-            "-m",
-            "gcp_storage_emulator",
-            "start",
-            "--host=127.0.0.1",
-            f"--port={port}",
-            "--in-memory",
-        ],
-        endpoint,
-    )
-    try:
-        fs, _ = storage.resolve(f"gs://{BUCKET}/x")
-        fs.create_dir(BUCKET)
-        yield f"gs://{BUCKET}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    command = ["gcp_storage_emulator", "start", "--host=127.0.0.1", "--in-memory", "--port"]
+    yield from _bucket("gs", "STORAGE_EMULATOR_HOST", command)
 
 
 @pytest.mark.integration
