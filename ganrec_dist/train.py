@@ -66,6 +66,27 @@ def model_config(cfg: TrainConfig, n_users: int, n_items: int) -> ModelConfig:
     )
 
 
+def averaged(gen: Generator, decay: float) -> torch.optim.swa_utils.AveragedModel | None:
+    """An exponential moving average of G's weights (None when ``decay`` is 0).
+
+    The adversarial game keeps G's weights moving from step to step, so the validation metric of
+    the last step's weights jumps from epoch to epoch; their average is the model that is
+    validated, kept and served. The decay warms up as ``(1 + n) / (10 + n)`` after ``n`` updates
+    up to ``decay``, so that a short run is not dominated by its first, untrained weights.
+    """
+    if decay <= 0:
+        return None
+    from torch.optim.swa_utils import AveragedModel
+
+    def update(averages: list, currents: list, updates: torch.Tensor) -> None:
+        n = float(updates)
+        weight = 1.0 - min(decay, (1.0 + n) / (10.0 + n))
+        for average, current in zip(averages, currents):
+            average.lerp_(current, weight)
+
+    return AveragedModel(gen, multi_avg_fn=update, use_buffers=True)
+
+
 def make_batch(
     seq: Sequences,
     users: np.ndarray,
@@ -201,6 +222,7 @@ def save_checkpoint(
     data: str,
     best_generator: dict | None,
     seq: Sequences,
+    average: torch.optim.swa_utils.AveragedModel | None = None,
 ) -> None:
     """A self-describing checkpoint: rebuilds G, D and the item embeddings with no code defaults."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -209,6 +231,7 @@ def save_checkpoint(
         "generator": gan.unwrap(gen).state_dict(),
         "discriminator": gan.unwrap(disc).state_dict(),
         "best_generator": best_generator,
+        "averaged_generator": None if average is None else average.state_dict(),
         "g_optimizer": g_opt.state_dict(),
         "d_optimizer": d_opt.state_dict(),
         "model_config": dataclasses.asdict(mcfg),
@@ -326,6 +349,9 @@ def train_loop(config: dict) -> None:
 
     gen: Any = ray.train.torch.prepare_model(models[0])
     disc: Any = ray.train.torch.prepare_model(models[1])
+    average = averaged(gan.unwrap(gen), cfg.ema_decay)
+    if average is not None and payload is not None and payload.get("averaged_generator"):
+        average.load_state_dict(payload["averaged_generator"])
     state.nodes = _gather_nodes(world)
     g_opt = torch.optim.Adam(gen.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     d_opt = torch.optim.Adam(disc.parameters(), lr=cfg.d_lr, betas=(0.5, 0.999))
@@ -348,9 +374,13 @@ def train_loop(config: dict) -> None:
                 marker.write_text(f"rank {rank} exited at epoch {epoch}\n")
                 log.warning("test hook: rank %d exits at epoch %d", rank, epoch)
                 os._exit(1)
-        noise.manual_seed(
+        # Every random draw of an epoch (noise, dropout, look-ahead targets, shuffle) is seeded
+        # from (seed, phase, epoch, rank): a resumed run is the run that was not interrupted.
+        epoch_seed = (
             cfg.seed * 7919 + epoch * 31 + rank + (0 if state.phase == "search" else 100_003)
         )
+        noise.manual_seed(epoch_seed)
+        torch.manual_seed(epoch_seed + 1)  # dropout
         horizon_rng = np.random.default_rng([cfg.seed, epoch, rank, state.phase == "refit"])
         sums: dict[str, float] = {}
         steps = rows = 0
@@ -397,6 +427,8 @@ def train_loop(config: dict) -> None:
             )
             for _ in range(cfg.g_steps):
                 stats.update(gan.g_step(gen, disc, g_opt, batch, z, cfg.adv_weight, negatives))
+            if average is not None:
+                average.update_parameters(gan.unwrap(gen))
             for key, value in stats.items():
                 sums[key] = sums.get(key, 0.0) + value
             steps += 1
@@ -414,11 +446,13 @@ def train_loop(config: dict) -> None:
             data_wait_fraction=wait / max(wait + compute, 1e-9),
         )
 
+        # The model is the average of G's weights when averaging is on, else G itself.
+        model = gan.unwrap(gen) if average is None else average.module
         if state.phase == "search":
             value = -1.0
             if rank == 0:
                 val = validation_ndcg(
-                    gan.unwrap(gen), seq, fit_limits, val_truth, cfg.index, cfg.history_len, device
+                    model, seq, fit_limits, val_truth, cfg.index, cfg.history_len, device
                 )
                 metrics.update({f"val_{k}": v for k, v in val.items()})
                 value = val["ndcg@10"]
@@ -426,7 +460,7 @@ def train_loop(config: dict) -> None:
             metrics["val_ndcg@10"] = value
             if value > state.best_metric:
                 state.best_metric, state.best_epoch, state.bad_epochs = value, epoch, 0
-                best_generator = copy.deepcopy(gan.unwrap(gen).state_dict()) if rank == 0 else None
+                best_generator = copy.deepcopy(model.state_dict()) if rank == 0 else None
             else:
                 state.bad_epochs += 1
         state.epoch = epoch
@@ -446,6 +480,7 @@ def train_loop(config: dict) -> None:
                 fresh_gen, fresh_disc = fresh_models()
                 gan.unwrap(gen).load_state_dict(fresh_gen.state_dict())
                 gan.unwrap(disc).load_state_dict(fresh_disc.state_dict())
+                average = averaged(gan.unwrap(gen), cfg.ema_decay)
                 g_opt = torch.optim.Adam(gen.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
                 d_opt = torch.optim.Adam(disc.parameters(), lr=cfg.d_lr, betas=(0.5, 0.999))
             else:
@@ -454,6 +489,8 @@ def train_loop(config: dict) -> None:
                     gan.unwrap(gen).load_state_dict(best_generator)
         elif state.phase == "refit" and epoch >= state.best_epoch:
             state.phase = "done"
+            if average is not None:
+                gan.unwrap(gen).load_state_dict(average.module.state_dict())
 
         report = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
         report["done"] = float(state.phase == "done")
@@ -471,6 +508,7 @@ def train_loop(config: dict) -> None:
                     data,
                     best_generator if state.phase == "search" else None,
                     seq,
+                    average if state.phase != "done" else None,
                 )
                 publish_checkpoint(Path(tmp), run_dir)
                 if config.get("run_uri"):  # RUN in an object store: meta.json goes last
@@ -533,6 +571,8 @@ def train(cfg: TrainConfig) -> dict:
     manifest = read_manifest(cfg.data)
     if cfg.workers < 1:
         raise UserError("--workers must be at least 1")
+    if not 0 <= cfg.ema_decay < 1:
+        raise UserError(f"--ema_decay must be in [0, 1), got {cfg.ema_decay}")
     if manifest["train_rows"] == 0:
         raise UserError(f"{cfg.data}: no train rows")
     # A URI RUN is worked on in a local cache copy (its published checkpoint fetched for resume);

@@ -177,3 +177,24 @@ def test_batch_targets_and_future_come_from_the_fitted_window():
     assert ((targets >= positions) & (targets < positions + 8) & (targets < 20)).all()
     assert ((future >= positions) & (future < positions + 4) & (future < 20)).all()
     assert (targets != items).any()  # the window is really sampled, not just the next item
+
+
+def test_the_averaged_generator_is_an_exponential_moving_average():
+    from ganrec_dist.train import averaged
+
+    assert averaged(Generator(CFG), 0.0) is None  # off
+    torch.manual_seed(0)
+    gen = Generator(CFG)
+    average = averaged(gen, 0.9)
+    weight = lambda: gen.head[0].weight.detach().clone()  # noqa: E731
+    expected = weight()
+    average.update_parameters(gen)  # the first update copies
+    for n in range(1, 120):  # reaches the cap at n = 80
+        with torch.no_grad():
+            gen.head[0].weight.add_(1.0)
+        average.update_parameters(gen)
+        decay = min(0.9, (1 + n) / (10 + n))  # warms up, then stays at 0.9
+        expected = decay * expected + (1 - decay) * weight()
+        assert torch.allclose(average.module.head[0].weight, expected, atol=1e-5)
+    # It is a Generator with G's keys: checkpoints and readers load it like G itself.
+    assert average.module.state_dict().keys() == gen.state_dict().keys()

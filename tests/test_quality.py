@@ -15,11 +15,11 @@ from ganrec_dist.train import train
 pytestmark = [pytest.mark.quality, pytest.mark.integration]
 
 # Measured with this schedule (10 epochs, no refit): popularity 0.0857, EASE 0.1415, ALS 0.1228,
-# GAN 0.1072, ablation 0.1098. The short schedule costs the GAN ~0.02 against the default one
-# (refit on all of train: GAN 0.128, ablation 0.136, ALS 0.125, EASE 0.141 in the README).
-# Training is deterministic for a seed (Ray Data keeps block order); before that was enforced,
-# repeated runs of this test gave GAN 0.098-0.104 and ablation 0.105-0.111.
-MEASURED_GAN_NDCG10 = 0.1072
+# GAN 0.1196, ablation 0.1190. The short schedule costs the GAN ~0.026 against the default one
+# (30 epochs with early stopping, then a refit on all of train: see the README's results table).
+# Training is deterministic for a seed (Ray Data keeps block order). History of this level:
+# 0.1072 before G's weights were averaged (--ema_decay), 0.098-0.104 before runs were reproducible.
+MEASURED_GAN_NDCG10 = 0.1196
 TOLERANCE = 0.012
 
 
@@ -36,7 +36,7 @@ def test_gan_quality_on_movielens(movielens_data, tmp_path):
     print("\nNDCG@10:", {k: round(v, 4) for k, v in m.items()})
     assert m["gan"] > 1.15 * m["popularity"]
     assert abs(m["gan"] - MEASURED_GAN_NDCG10) <= TOLERANCE
-    # The adversarial term does not beat the ablation on this data (see the README); this guards
-    # against it falling further behind.
-    assert m["gan"] >= m["gan_ablation"] - TOLERANCE
+    # At this short schedule the two tie (0.1196 vs 0.1190); the adversarial term pays off with
+    # longer training (the README's table). This fails if it starts to cost accuracy here.
+    assert m["gan"] >= m["gan_ablation"] - 0.005
     assert result["models"]["gan"]["coverage@10"] > 0.05  # no collapse onto a few popular items

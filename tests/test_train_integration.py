@@ -169,6 +169,12 @@ def test_a_killed_driver_resumes_when_rerun(synthetic_data, tmp_path):
     assert (
         after[0]["ce_loss"] == before[0]["ce_loss"] and after[0]["seconds"] == before[0]["seconds"]
     )
+    # And the resumed run is the run that was never interrupted: G, D, their optimisers, the
+    # averaged G and every epoch's random draws all came back from the checkpoint.
+    train(TrainConfig(**{**args, "out": str(tmp_path / "uninterrupted"), "name": "whole"}))
+    whole = _history(tmp_path / "uninterrupted")
+    keys = ("ce_loss", "d_loss", "g_loss", "val_ndcg@10")
+    assert [[h[k] for k in keys] for h in after] == [[h[k] for k in keys] for h in whole]
 
 
 def test_the_same_seed_gives_the_same_run(synthetic_data, tmp_path):
