@@ -235,3 +235,26 @@ def test_synthetic_source_is_deterministic(ray_local, tmp_path):
     assert a["users"] <= 300 and a["items"] <= 200 and a["source_params"]["seed"] == 5
     for split in ("train", "test"):
         assert pq.read_table(tmp_path / "a" / split).equals(pq.read_table(tmp_path / "b" / split))
+
+
+def test_validation_carve_as_test_split(movielens_data, tmp_path):
+    """jobs/validation_as_test.py: train = what `ganrec train` fits, test = its validation rows."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from ganrec_dist.interactions import load_sequences, validation_limits
+    from ganrec_dist.prepare import read_split
+
+    data, manifest = movielens_data
+    out = tmp_path / "nested"
+    script = Path(__file__).parents[1] / "jobs" / "validation_as_test.py"
+    subprocess.run([sys.executable, str(script), str(data), str(out)], check=True)
+    train, test = read_split(out, "train"), read_split(out, "test")
+    limits = validation_limits(load_sequences(data), 0.2)
+    assert train.num_rows + test.num_rows == manifest["train_rows"]  # nothing lost
+    assert (train["position"].to_numpy() < limits[train["user_idx"].to_numpy()]).all()
+    assert (test["position"].to_numpy() >= limits[test["user_idx"].to_numpy()]).all()
+    assert np.array_equal(load_sequences(out).lengths, limits)  # the fitted part, per user
+    again = subprocess.run([sys.executable, str(script), str(data), str(out)], capture_output=True)
+    assert again.returncode == 1 and b"already exists" in again.stderr
