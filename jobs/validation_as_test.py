@@ -20,6 +20,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from ganrec_dist.interactions import load_sequences, validation_limits
+from ganrec_dist.prepare import read_split
 
 
 def main() -> int:
@@ -34,7 +35,7 @@ def main() -> int:
         return 1
     seq = load_sequences(src)
     limits = validation_limits(seq, args.val_fraction)
-    table = pq.read_table(src / "train")
+    table = read_split(src, "train")  # checks that src is a prepared DATA (its manifest)
     fitted = table["position"].to_numpy() < limits[table["user_idx"].to_numpy()]
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     (tmp / "train").mkdir(parents=True)
