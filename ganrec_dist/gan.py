@@ -59,6 +59,26 @@ def d_step(
     }
 
 
+def sampled_softmax_ce(
+    logits: torch.Tensor, targets: torch.Tensor, negatives: torch.Tensor, n_items: int
+) -> torch.Tensor:
+    """Cross-entropy of each row's target against ``c`` uniformly sampled shared negatives.
+
+    ``logits`` ``[b, b + c]`` are scores against ``[targets; negatives]``; only the diagonal of
+    the first ``b`` columns is used (in-batch targets are popularity-sampled and would need their
+    own correction). Each negative stands for ``n_items / c`` items, so its logit gets
+    ``log(n_items / c)``: the sum over negatives then estimates the full softmax's normaliser,
+    and the loss and its gradients approach the full softmax's instead of becoming too easy as
+    the model improves. A negative equal to the row's target is masked. With every item as a
+    negative this is exactly the full softmax (a test checks it).
+    """
+    b, c = len(targets), len(negatives)
+    pos = logits[:, :b].diagonal()[:, None]
+    neg = logits[:, b:] + torch.log(torch.tensor(n_items / c, dtype=logits.dtype))
+    neg = neg.masked_fill(negatives[None, :] == targets[:, None], float("-inf"))
+    return -F.log_softmax(torch.cat([pos, neg], dim=1), dim=1)[:, 0].mean()
+
+
 def g_step(
     gen: nn.Module,
     disc: nn.Module,
@@ -81,8 +101,7 @@ def g_step(
     else:
         candidates = torch.cat([batch.targets, negatives])
         state, mean_vector, logits = gen(batch.history, batch.users, None, candidates=candidates)
-        # In-batch targets plus shared negatives; a target's own copies elsewhere stay as noise.
-        ce = F.cross_entropy(logits, torch.arange(len(batch.targets), device=logits.device))
+        ce = sampled_softmax_ce(logits, batch.targets, negatives, unwrap(gen).cfg.n_items)
     core = unwrap(disc)
     if adv_weight > 0:
         fake = unwrap(gen).generate(state, z)

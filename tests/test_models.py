@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from ganrec_dist import gan
 from ganrec_dist.interactions import Sequences
@@ -157,6 +158,24 @@ def test_sampled_softmax_step_runs(adv):
         negatives=torch.randint(0, CFG.n_items, (16,)),
     )
     assert np.isfinite(stats["ce_loss"])
+
+
+def test_sampled_softmax_with_every_item_as_negative_is_the_full_softmax():
+    torch.manual_seed(0)
+    b, n = 6, 40
+    targets = torch.randint(0, n, (b,))
+    full = torch.randn(b, n)
+    negatives = torch.arange(n)
+    logits = torch.cat([full[torch.arange(b)[:, None], targets[None, :]], full], dim=1)
+    ce = gan.sampled_softmax_ce(logits, targets, negatives, n)
+    torch.testing.assert_close(ce, F.cross_entropy(full, targets))
+    # Fewer negatives, each standing for n / c items: the normaliser is scaled up to match.
+    half = torch.arange(0, n, 2)
+    logits = torch.cat([full[torch.arange(b)[:, None], targets[None, :]], full[:, half]], dim=1)
+    ce = gan.sampled_softmax_ce(logits, targets, half, n)
+    pos = full[torch.arange(b), targets]
+    others = full[:, half].exp().masked_fill(half[None] == targets[:, None], 0).sum(1)
+    torch.testing.assert_close(ce, (torch.log(pos.exp() + 2 * others) - pos).mean())
 
 
 def test_batch_targets_and_future_come_from_the_fitted_window():
