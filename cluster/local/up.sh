@@ -30,7 +30,7 @@ print(f"--dashboard-agent-listen-port={a} --dashboard-agent-grpc-port={g} --metr
 PY
 }
 
-ray_pids() { pgrep -f 'ray/core/src/ray/(raylet|gcs)|ray/_private/|ray/dashboard|ray::|raylet|gcs_server' 2>/dev/null | sort -n || true; }
+ray_pids() { pgrep -f 'ray/core/src/ray/(raylet|gcs)|ray/_private/|ray/autoscaler/_private/monitor|ray/dashboard|ray::|raylet|gcs_server' 2>/dev/null | sort -n || true; }
 record_new() { comm -13 <(echo "$1") <(ray_pids) >> "$dir/pids"; sort -un -o "$dir/pids" "$dir/pids"; }
 
 "$ray" get-auth-token --generate >/dev/null 2>&1 || true
