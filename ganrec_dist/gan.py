@@ -7,6 +7,7 @@ anchors G's vector to the real next item. ``adv_weight = 0`` is the ablation.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,7 +75,7 @@ def sampled_softmax_ce(
     """
     b, c = len(targets), len(negatives)
     pos = logits[:, :b].diagonal()[:, None]
-    neg = logits[:, b:] + torch.log(torch.tensor(n_items / c, dtype=logits.dtype))
+    neg = logits[:, b:] + math.log(n_items / c)
     neg = neg.masked_fill(negatives[None, :] == targets[:, None], float("-inf"))
     return -F.log_softmax(torch.cat([pos, neg], dim=1), dim=1)[:, 0].mean()
 
