@@ -237,7 +237,6 @@ def test_jobs_training_across_nodes_and_serve_on_a_local_cluster(tmp_path):
     assert not alive, f"left running: {[p.pid for p in alive]}"
     # Nothing that up.sh started may outlive down.sh, recorded or not (the autoscaler's monitor
     # once escaped the record): every process of this cluster names its directory.
-    time.sleep(1)
     stray = [
         p.pid
         for p in psutil.process_iter(["cmdline"])
