@@ -81,6 +81,7 @@ BENCHES: dict[str, tuple[str, str]] = {
     "train": ("ganrec_dist.bench.train:BenchTrainConfig", "ganrec_dist.bench.train:run"),
     "index": ("ganrec_dist.bench.index:BenchIndexConfig", "ganrec_dist.bench.index:run"),
     "score": ("ganrec_dist.bench.score:BenchScoreConfig", "ganrec_dist.bench.score:run"),
+    "step": ("ganrec_dist.bench.step:BenchStepConfig", "ganrec_dist.bench.step:run"),
     "serve": ("ganrec_dist.bench.serve:BenchServeConfig", "ganrec_dist.bench.serve:run"),
 }
 

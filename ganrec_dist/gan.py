@@ -88,15 +88,20 @@ def g_step(
     z: torch.Tensor,
     adv_weight: float,
     negatives: torch.Tensor | None = None,
+    fused_softmax: bool = True,
 ) -> dict[str, float]:
     """One generator update: softmax cross-entropy + ``adv_weight`` * non-saturating GAN loss.
 
     Args:
         negatives: ``[c]`` shared sampled items for a sampled softmax; None = full softmax.
+        fused_softmax: the full softmax through ``models.catalogue_cross_entropy``; False =
+            ``F.cross_entropy`` on the logits (the same loss; the reference ``bench step`` times).
     """
     # The ranking loss trains the deterministic output G(u, z = 0) that inference uses; the
     # adversarial loss trains the samples G(u, z), which must look like real next items to D.
-    if negatives is None:
+    if negatives is None and fused_softmax:
+        state, mean_vector, ce = gen(batch.history, batch.users, None, targets=batch.targets)
+    elif negatives is None:
         state, mean_vector, logits = gen(batch.history, batch.users, None)
         ce = F.cross_entropy(logits, batch.targets)
     else:

@@ -66,6 +66,20 @@ def model_config(cfg: TrainConfig, n_users: int, n_items: int) -> ModelConfig:
     )
 
 
+def optimisers(
+    gen: torch.nn.Module, disc: torch.nn.Module, cfg: TrainConfig, fused: bool = True
+) -> tuple[torch.optim.Adam, torch.optim.Adam]:
+    """G's and D's Adam. Fused: one kernel per step instead of a dozen elementwise passes per
+    parameter (Adam was 11% of a CPU training step); False is the reference ``bench step`` times."""
+    g_opt = torch.optim.Adam(
+        gen.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused or None
+    )
+    d_opt = torch.optim.Adam(
+        disc.parameters(), lr=cfg.d_lr, betas=(0.5, 0.999), fused=fused or None
+    )
+    return g_opt, d_opt
+
+
 def averaged(gen: Generator, decay: float) -> torch.optim.swa_utils.AveragedModel | None:
     """An exponential moving average of G's weights (None when ``decay`` is 0).
 
@@ -81,8 +95,7 @@ def averaged(gen: Generator, decay: float) -> torch.optim.swa_utils.AveragedMode
     def update(averages: list, currents: list, updates: torch.Tensor) -> None:
         n = float(updates)
         weight = 1.0 - min(decay, (1.0 + n) / (10.0 + n))
-        for average, current in zip(averages, currents):
-            average.lerp_(current, weight)
+        torch._foreach_lerp_(averages, currents, weight)  # one call, not one per tensor
 
     return AveragedModel(gen, multi_avg_fn=update, use_buffers=True)
 
@@ -353,8 +366,7 @@ def train_loop(config: dict) -> None:
     if average is not None and payload is not None and payload.get("averaged_generator"):
         average.load_state_dict(payload["averaged_generator"])
     state.nodes = _gather_nodes(world)
-    g_opt = torch.optim.Adam(gen.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    d_opt = torch.optim.Adam(disc.parameters(), lr=cfg.d_lr, betas=(0.5, 0.999))
+    g_opt, d_opt = optimisers(gen, disc, cfg)
     if g_opt_state is not None and d_opt_state is not None:
         g_opt.load_state_dict(g_opt_state)
         d_opt.load_state_dict(d_opt_state)
@@ -481,8 +493,7 @@ def train_loop(config: dict) -> None:
                 gan.unwrap(gen).load_state_dict(fresh_gen.state_dict())
                 gan.unwrap(disc).load_state_dict(fresh_disc.state_dict())
                 average = averaged(gan.unwrap(gen), cfg.ema_decay)
-                g_opt = torch.optim.Adam(gen.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-                d_opt = torch.optim.Adam(disc.parameters(), lr=cfg.d_lr, betas=(0.5, 0.999))
+                g_opt, d_opt = optimisers(gen, disc, cfg)
             else:
                 state.phase = "done"
                 if best_generator is not None:

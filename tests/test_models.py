@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from ganrec_dist import gan
 from ganrec_dist.interactions import Sequences
-from ganrec_dist.models import Discriminator, Generator, ModelConfig
+from ganrec_dist.models import Discriminator, Generator, ModelConfig, catalogue_cross_entropy
 
 CFG = ModelConfig(n_items=40, n_users=10, dim=8, hidden=16, history_len=5, noise_dim=4, dropout=0.0)
 
@@ -176,6 +176,59 @@ def test_sampled_softmax_with_every_item_as_negative_is_the_full_softmax():
     pos = full[torch.arange(b), targets]
     others = full[:, half].exp().masked_fill(half[None] == targets[:, None], 0).sum(1)
     torch.testing.assert_close(ce, (torch.log(pos.exp() + 2 * others) - pos).mean())
+
+
+def test_catalogue_cross_entropy_matches_cross_entropy_and_its_gradients():
+    torch.manual_seed(0)
+    targets = torch.tensor([3, 0, 39, 3, 17])  # a repeated target; the first and last item
+    vector = (5 * torch.randn(5, 8)).requires_grad_()  # large logits: the max shift matters
+    table = torch.randn(40, 8, requires_grad=True)
+    upstream = torch.tensor(0.7)  # a non-unit upstream gradient (e.g. a loss weight)
+    ours = catalogue_cross_entropy(vector, table, targets)
+    (ours * upstream).backward()
+    ours_grads = vector.grad.clone(), table.grad.clone()
+    vector.grad = table.grad = None
+    reference = F.cross_entropy(vector @ table.T, targets)
+    (reference * upstream).backward()
+    torch.testing.assert_close(ours, reference)
+    torch.testing.assert_close(ours_grads[0], vector.grad)
+    torch.testing.assert_close(ours_grads[1], table.grad)
+
+
+def test_generator_cross_entropy_output_matches_its_logits():
+    torch.manual_seed(0)
+    gen = Generator(CFG)
+    batch = _batch()
+    _, _, logits = gen(batch.history, batch.users)
+    _, _, ce = gen(batch.history, batch.users, targets=batch.targets)
+    torch.testing.assert_close(ce, F.cross_entropy(logits, batch.targets))
+    ce.backward()  # the tied catalogue gets the gradient of both the history and the softmax
+    grad = gen.encoder.items.weight.grad.clone()
+    gen.zero_grad()
+    F.cross_entropy(gen(batch.history, batch.users)[2], batch.targets).backward()
+    torch.testing.assert_close(grad, gen.encoder.items.weight.grad)
+
+
+def test_fused_g_step_and_adam_update_like_the_reference():
+    from ganrec_dist.config import TrainConfig
+    from ganrec_dist.train import optimisers
+
+    batch, z = _batch(), torch.randn(12, CFG.noise_dim, generator=torch.Generator().manual_seed(3))
+    after = []
+    for fused in (False, True):
+        torch.manual_seed(0)
+        gen, disc = Generator(CFG), Discriminator(CFG)
+        g_opt, d_opt = optimisers(gen, disc, TrainConfig(), fused=fused)
+        for _ in range(3):
+            gan.d_step(gen, disc, d_opt, batch, z)
+            stats = gan.g_step(gen, disc, g_opt, batch, z, 0.3, fused_softmax=fused)
+        after.append((stats, gen.state_dict(), disc.state_dict()))
+    (ref_stats, ref_g, ref_d), (stats, g, d) = after
+    assert stats == pytest.approx(ref_stats, rel=1e-4)
+    for name in ref_g:
+        torch.testing.assert_close(g[name], ref_g[name], rtol=1e-4, atol=1e-6)
+    for name in ref_d:
+        torch.testing.assert_close(d[name], ref_d[name], rtol=1e-4, atol=1e-6)
 
 
 def test_batch_targets_and_future_come_from_the_fitted_window():

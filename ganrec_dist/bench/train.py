@@ -18,7 +18,7 @@ from ganrec_dist.bench.common import PeakMemory, print_table, write_json
 from ganrec_dist.config import PrepareConfig, TrainConfig
 from ganrec_dist.interactions import load_sequences
 from ganrec_dist.models import Discriminator, Generator
-from ganrec_dist.train import make_batch, model_config
+from ganrec_dist.train import make_batch, model_config, optimisers
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +44,7 @@ def in_memory_loop(data: Path, cfg: TrainConfig, epochs: int, threads: int) -> d
     torch.manual_seed(cfg.seed)
     mcfg = model_config(cfg, seq.n_users, seq.n_items)
     gen, disc = Generator(mcfg), Discriminator(mcfg)
-    g_opt = torch.optim.Adam(gen.parameters(), lr=cfg.lr)
-    d_opt = torch.optim.Adam(disc.parameters(), lr=cfg.d_lr, betas=(0.5, 0.999))
+    g_opt, d_opt = optimisers(gen, disc, cfg)
     rng = np.random.default_rng(0)
     device = torch.device("cpu")
     result = {}

@@ -1,0 +1,91 @@
+"""`ganrec bench step`: one training step (D-step + G-step + weight averaging) of the default
+model, with the fused full-softmax loss and fused Adam against ``F.cross_entropy`` and the
+per-parameter Adam (the reference), in one process, alternating so that both see the same
+machine. The losses are the same function (tests check it); only the time differs."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import statistics
+import time
+
+import torch
+from tqdm import tqdm
+
+from ganrec_dist import gan
+from ganrec_dist.bench.common import print_table, write_json
+from ganrec_dist.config import TrainConfig
+from ganrec_dist.models import Discriminator, Generator
+from ganrec_dist.train import averaged, model_config, optimisers
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class BenchStepConfig:
+    items: str = (
+        "9066,100000"  # catalogue sizes (9,066 = the embedded sample; 100k = full-softmax limit)
+    )
+    users: int = 671
+    batch_size: int = 256
+    threads: int = 2
+    steps: int = 40  # timed steps per round
+    rounds: int = 5  # rounds alternate reference and fused; the median round is reported
+    out: str = "bench/step.json"
+
+
+def _variant(n_items: int, cfg: BenchStepConfig, fused: bool):
+    train_cfg = TrainConfig(batch_size=cfg.batch_size)
+    torch.manual_seed(0)
+    mcfg = model_config(train_cfg, cfg.users, n_items)
+    gen, disc = Generator(mcfg), Discriminator(mcfg)
+    g_opt, d_opt = optimisers(gen, disc, train_cfg, fused=fused)
+    average = averaged(gen, train_cfg.ema_decay)
+    noise = torch.Generator().manual_seed(1)
+    b, length = cfg.batch_size, mcfg.history_len
+
+    def step() -> None:
+        batch = gan.Batch(
+            history=torch.randint(0, n_items + 1, (b, length), generator=noise),
+            users=torch.randint(0, cfg.users, (b,), generator=noise),
+            targets=torch.randint(0, n_items, (b,), generator=noise),
+            future=torch.randint(0, n_items, (b,), generator=noise),
+        )
+        z = torch.randn(b, mcfg.noise_dim, generator=noise)
+        gan.d_step(gen, disc, d_opt, batch, z)
+        gan.g_step(gen, disc, g_opt, batch, z, train_cfg.adv_weight, fused_softmax=fused)
+        assert average is not None
+        average.update_parameters(gen)
+
+    return step
+
+
+def run(cfg: BenchStepConfig) -> dict:
+    torch.set_num_threads(cfg.threads)
+    results: dict = {"batch_size": cfg.batch_size, "threads": cfg.threads, "items": {}}
+    rows = []
+    for n_items in [int(n) for n in cfg.items.split(",")]:
+        steps = {"reference": _variant(n_items, cfg, False), "fused": _variant(n_items, cfg, True)}
+        for step in steps.values():
+            for _ in range(5):  # warm-up: allocator, thread pool, first-touch pages
+                step()
+        times: dict[str, list[float]] = {name: [] for name in steps}
+        for _ in tqdm(range(cfg.rounds), desc=f"{n_items:,} items", unit="round"):
+            for name, step in steps.items():
+                start = time.perf_counter()
+                for _ in range(cfg.steps):
+                    step()
+                times[name].append((time.perf_counter() - start) / cfg.steps * 1000)
+        ms = {name: statistics.median(t) for name, t in times.items()}
+        ratio = ms["reference"] / ms["fused"]
+        results["items"][str(n_items)] = {"ms_per_step": ms, "rounds_ms": times, "speedup": ratio}
+        rows.append([f"{n_items:,}", ms["reference"], ms["fused"], ratio])
+    print_table(
+        f"step: D-step + G-step + averaging, batch {cfg.batch_size}, {cfg.threads} torch threads "
+        f"(median of {cfg.rounds} alternating rounds of {cfg.steps} steps)",
+        ["items", "reference ms/step", "fused ms/step", "speed-up"],
+        rows,
+    )
+    write_json(cfg.out, results)
+    return results
