@@ -36,14 +36,62 @@ def sample_noise(
     return torch.randn(batch, dim, device=device, generator=generator)
 
 
+@dataclass
+class Forward:
+    """G's forward pass on a batch, with its autograd graph: shared by a D-step and the G-step
+    that follows it, so that the user encoder and G run once per batch, not twice."""
+
+    state: torch.Tensor  # [b, hidden] user state
+    mean_vector: torch.Tensor  # [b, dim] G(u, z = 0), what inference uses
+    ce: torch.Tensor  # the softmax cross-entropy of the batch's targets
+    fake: torch.Tensor | None  # [b, dim] G(u, z); None when there is no adversarial term
+
+
+def g_forward(
+    gen: nn.Module,
+    batch: Batch,
+    z: torch.Tensor,
+    adv_weight: float,
+    negatives: torch.Tensor | None = None,
+    fused_softmax: bool = True,
+) -> Forward:
+    """G's forward pass for a G-step (see ``g_step`` for the arguments)."""
+    # The ranking loss trains the deterministic output G(u, z = 0) that inference uses; the
+    # adversarial loss trains the samples G(u, z), which must look like real next items to D.
+    if negatives is None and fused_softmax:
+        state, mean_vector, ce = gen(batch.history, batch.users, None, targets=batch.targets)
+    elif negatives is None:
+        state, mean_vector, logits = gen(batch.history, batch.users, None)
+        ce = F.cross_entropy(logits, batch.targets)
+    else:
+        candidates = torch.cat([batch.targets, negatives])
+        state, mean_vector, logits = gen(batch.history, batch.users, None, candidates=candidates)
+        ce = sampled_softmax_ce(logits, batch.targets, negatives, unwrap(gen).cfg.n_items)
+    fake = unwrap(gen).generate(state, z) if adv_weight > 0 else None
+    return Forward(state, mean_vector, ce, fake)
+
+
 def d_step(
-    gen: nn.Module, disc: nn.Module, d_opt: torch.optim.Optimizer, batch: Batch, z: torch.Tensor
+    gen: nn.Module,
+    disc: nn.Module,
+    d_opt: torch.optim.Optimizer,
+    batch: Batch,
+    z: torch.Tensor,
+    forward: Forward | None = None,
 ) -> dict[str, float]:
-    """One discriminator update on real (user, next item) pairs against generated ones."""
+    """One discriminator update on real (user, next item) pairs against generated ones.
+
+    Args:
+        forward: G's pass on this batch with the current weights (``g_forward``), reused instead
+            of running G again; None runs G here.
+    """
     core = unwrap(gen)
     with torch.no_grad():  # no gradient reaches G here, so DDP's wrapper is not needed
-        state = core.encoder(batch.history, batch.users)
-        fake = core.generate(state, z)
+        if forward is not None and forward.fake is not None:
+            state, fake = forward.state.detach(), forward.fake.detach()
+        else:
+            state = core.encoder(batch.history, batch.users)
+            fake = core.generate(state, z)
         real = core.item_embeddings(batch.targets if batch.future is None else batch.future)
     d_real = disc(state, real)
     d_fake = disc(state, fake)
@@ -89,6 +137,7 @@ def g_step(
     adv_weight: float,
     negatives: torch.Tensor | None = None,
     fused_softmax: bool = True,
+    forward: Forward | None = None,
 ) -> dict[str, float]:
     """One generator update: softmax cross-entropy + ``adv_weight`` * non-saturating GAN loss.
 
@@ -96,29 +145,23 @@ def g_step(
         negatives: ``[c]`` shared sampled items for a sampled softmax; None = full softmax.
         fused_softmax: the full softmax through ``models.catalogue_cross_entropy``; False =
             ``F.cross_entropy`` on the logits (the same loss; the reference ``bench step`` times).
+        forward: G's pass on this batch with G's current weights (``g_forward``; D may have
+            been updated since); None runs it here.
     """
-    # The ranking loss trains the deterministic output G(u, z = 0) that inference uses; the
-    # adversarial loss trains the samples G(u, z), which must look like real next items to D.
-    if negatives is None and fused_softmax:
-        state, mean_vector, ce = gen(batch.history, batch.users, None, targets=batch.targets)
-    elif negatives is None:
-        state, mean_vector, logits = gen(batch.history, batch.users, None)
-        ce = F.cross_entropy(logits, batch.targets)
-    else:
-        candidates = torch.cat([batch.targets, negatives])
-        state, mean_vector, logits = gen(batch.history, batch.users, None, candidates=candidates)
-        ce = sampled_softmax_ce(logits, batch.targets, negatives, unwrap(gen).cfg.n_items)
+    if forward is None:
+        forward = g_forward(gen, batch, z, adv_weight, negatives, fused_softmax)
+    state, ce = forward.state, forward.ce
     core = unwrap(disc)
     if adv_weight > 0:
-        fake = unwrap(gen).generate(state, z)
+        assert forward.fake is not None
         for p in core.parameters():
             p.requires_grad_(False)
-        d_fake = core(state.detach(), fake)
+        d_fake = core(state.detach(), forward.fake)
         for p in core.parameters():
             p.requires_grad_(True)
     else:  # the ablation: no adversarial term, nothing for D to judge
         with torch.no_grad():
-            d_fake = core(state.detach(), mean_vector.detach())
+            d_fake = core(state.detach(), forward.mean_vector.detach())
     adv = F.binary_cross_entropy_with_logits(d_fake, torch.ones_like(d_fake))
     loss = ce + adv_weight * adv
     g_opt.zero_grad(set_to_none=True)
@@ -129,3 +172,44 @@ def g_step(
         "ce_loss": float(ce.detach()),
         "g_d_fake": float(torch.sigmoid(d_fake).mean().detach()),
     }
+
+
+def train_step(
+    gen: nn.Module,
+    disc: nn.Module,
+    d_opt: torch.optim.Optimizer,
+    g_opt: torch.optim.Optimizer,
+    batch: Batch,
+    z: torch.Tensor,
+    adv_weight: float,
+    d_steps: int = 1,
+    g_steps: int = 1,
+    negatives: torch.Tensor | None = None,
+    fused_softmax: bool = True,
+) -> dict[str, float]:
+    """``d_steps`` D-steps then ``g_steps`` G-steps on one batch (no D-step in the ablation).
+
+    G runs forward once for the D-steps and the first G-step: D judges the same samples, and the
+    first G-step differentiates the pass D judged (G's weights have not changed in between).
+    """
+    stats: dict[str, float] = {}
+    forward = None
+    if adv_weight > 0:
+        forward = g_forward(gen, batch, z, adv_weight, negatives, fused_softmax)
+        for _ in range(d_steps):
+            stats.update(d_step(gen, disc, d_opt, batch, z, forward))
+    for step in range(g_steps):
+        stats.update(
+            g_step(
+                gen,
+                disc,
+                g_opt,
+                batch,
+                z,
+                adv_weight,
+                negatives,
+                fused_softmax,
+                forward if step == 0 else None,
+            )
+        )
+    return stats

@@ -428,17 +428,23 @@ def train_loop(config: dict) -> None:
                 cfg.ce_horizon,
             )
             z = torch.randn(len(users), cfg.noise_dim, device=device, generator=noise)
-            stats: dict[str, float] = {}
-            if cfg.adv_weight > 0:
-                for _ in range(cfg.d_steps):
-                    stats.update(gan.d_step(gen, disc, d_opt, batch, z))
             negatives = (
                 torch.randint(0, seq.n_items, (negatives_n,), device=device, generator=noise)
                 if negatives_n
                 else None
             )
-            for _ in range(cfg.g_steps):
-                stats.update(gan.g_step(gen, disc, g_opt, batch, z, cfg.adv_weight, negatives))
+            stats = gan.train_step(
+                gen,
+                disc,
+                d_opt,
+                g_opt,
+                batch,
+                z,
+                cfg.adv_weight,
+                cfg.d_steps,
+                cfg.g_steps,
+                negatives,
+            )
             if average is not None:
                 average.update_parameters(gan.unwrap(gen))
             for key, value in stats.items():

@@ -231,6 +231,35 @@ def test_fused_g_step_and_adam_update_like_the_reference():
         torch.testing.assert_close(d[name], ref_d[name], rtol=1e-4, atol=1e-6)
 
 
+def test_train_step_shares_g_forward_without_changing_the_updates():
+    # Without dropout, one G pass for the D-step and the G-step is the same as two passes.
+    batch, z = _batch(), torch.randn(12, CFG.noise_dim, generator=torch.Generator().manual_seed(4))
+    after = []
+    for shared in (False, True):
+        torch.manual_seed(0)
+        gen, disc = Generator(CFG), Discriminator(CFG)
+        g_opt = torch.optim.Adam(gen.parameters(), lr=1e-2)
+        d_opt = torch.optim.Adam(disc.parameters(), lr=1e-2)
+        for _ in range(3):
+            if shared:
+                stats = gan.train_step(gen, disc, d_opt, g_opt, batch, z, 0.3, d_steps=2)
+            else:
+                stats = {}
+                for _ in range(2):
+                    stats.update(gan.d_step(gen, disc, d_opt, batch, z))
+                stats.update(gan.g_step(gen, disc, g_opt, batch, z, 0.3))
+        after.append((stats, gen.state_dict(), disc.state_dict()))
+    (ref_stats, ref_g, ref_d), (stats, g, d) = after
+    assert set(stats) == {"d_loss", "d_real", "d_fake", "g_loss", "ce_loss", "g_d_fake"}
+    assert stats == pytest.approx(ref_stats, rel=1e-5)
+    for name in ref_g:
+        torch.testing.assert_close(g[name], ref_g[name])
+    for name in ref_d:
+        torch.testing.assert_close(d[name], ref_d[name])
+    # The ablation runs no D-step at all.
+    assert "d_loss" not in gan.train_step(gen, disc, d_opt, g_opt, batch, z, 0.0)
+
+
 def test_batch_targets_and_future_come_from_the_fitted_window():
     from ganrec_dist.train import make_batch
 

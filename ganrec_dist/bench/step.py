@@ -53,8 +53,11 @@ def _variant(n_items: int, cfg: BenchStepConfig, fused: bool):
             future=torch.randint(0, n_items, (b,), generator=noise),
         )
         z = torch.randn(b, mcfg.noise_dim, generator=noise)
-        gan.d_step(gen, disc, d_opt, batch, z)
-        gan.g_step(gen, disc, g_opt, batch, z, train_cfg.adv_weight, fused_softmax=fused)
+        if fused:  # G's pass shared by the D-step and the G-step
+            gan.train_step(gen, disc, d_opt, g_opt, batch, z, train_cfg.adv_weight)
+        else:
+            gan.d_step(gen, disc, d_opt, batch, z)
+            gan.g_step(gen, disc, g_opt, batch, z, train_cfg.adv_weight, fused_softmax=False)
         assert average is not None
         average.update_parameters(gen)
 

@@ -57,8 +57,7 @@ def in_memory_loop(data: Path, cfg: TrainConfig, epochs: int, threads: int) -> d
                 seq, users[idx], seq.items[idx], positions[idx], cfg.history_len, device
             )
             z = torch.randn(len(idx), cfg.noise_dim)
-            gan.d_step(gen, disc, d_opt, batch, z)
-            gan.g_step(gen, disc, g_opt, batch, z, cfg.adv_weight)
+            gan.train_step(gen, disc, d_opt, g_opt, batch, z, cfg.adv_weight)
         seconds = time.perf_counter() - start
         result = {
             "rows": len(order),
