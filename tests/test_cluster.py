@@ -19,7 +19,12 @@ import ray
 import requests
 import yaml
 
-from ganrec_dist.cluster import dump_manifest, rayservice_manifest, serve_config_for_cluster
+from ganrec_dist.cluster import (
+    CLUSTER_RUNTIME_ENV,
+    dump_manifest,
+    rayservice_manifest,
+    serve_config_for_cluster,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 KUBERAY = ROOT / "cluster" / "kuberay"
@@ -77,6 +82,19 @@ def test_rayservice_is_generated_from_the_serve_config():
         )
     )
     assert yaml.safe_load(regenerated) == service
+
+
+def test_the_job_and_the_service_bring_the_project_to_a_stock_image():
+    """The stock rayproject/ray image has neither the repository nor torch/faiss: the RayJob and
+    every Serve application on the cluster get the same runtime environment that brings them."""
+    job = yaml.safe_load((KUBERAY / "rayjob.yaml").read_text())
+    assert yaml.safe_load(job["spec"]["runtimeEnvYAML"]) == CLUSTER_RUNTIME_ENV
+    service = yaml.safe_load((KUBERAY / "rayservice.yaml").read_text())
+    apps = yaml.safe_load(service["spec"]["serveConfigV2"])["applications"]
+    assert apps and all(app["runtime_env"] == CLUSTER_RUNTIME_ENV for app in apps)
+    # serving/ (the import path's package) and ganrec_dist/ both come with the working directory.
+    module = apps[0]["import_path"].split(":")[0].replace(".", "/") + ".py"
+    assert (ROOT / module).exists() and CLUSTER_RUNTIME_ENV["working_dir"].endswith(".zip")
 
 
 def test_serve_config_states_the_deployment_defaults():
