@@ -4,6 +4,7 @@ RayService manifest generated from serving/config.yaml."""
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import os
 import shlex
@@ -122,7 +123,7 @@ def serve_config_for_cluster(serve_config_path: Path, run: str = SHARED_RUN) -> 
     for app in config["applications"]:
         app["args"]["run"] = run
         # Without it a stock image cannot import serving.app (nor torch or faiss).
-        app.setdefault("runtime_env", CLUSTER_RUNTIME_ENV)
+        app.setdefault("runtime_env", copy.deepcopy(CLUSTER_RUNTIME_ENV))
         for deployment in app.get("deployments", []):
             if "user_config" in deployment:
                 deployment["user_config"]["run"] = run
