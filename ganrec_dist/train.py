@@ -174,17 +174,38 @@ def validation_ndcg(
     device: torch.device,
 ) -> dict[str, float]:
     """Validation metrics through the same FAISS retrieval path as evaluation and serving."""
+    users = validation_users(seq, limits)
+    vectors = user_vectors(gen, seq, users, limits[users], history_len, device)
+    catalogue = gen.catalogue().detach().float().cpu().numpy()
+    return ranking_metrics(
+        validation_recommendations(vectors, catalogue, seq, limits, index_cfg), truth, [10]
+    )
+
+
+def validation_users(seq: Sequences, limits: np.ndarray) -> np.ndarray:
+    """The users with validation rows (positions from ``limits[u]`` on), in index order."""
+    return np.flatnonzero(limits < seq.lengths)
+
+
+def validation_recommendations(
+    vectors: np.ndarray,
+    catalogue: np.ndarray,
+    seq: Sequences,
+    limits: np.ndarray,
+    index_cfg: IndexConfig,
+    k: int = 10,
+) -> np.ndarray:
+    """Top-``k`` items ``[n_users, k]`` (-1 for users without validation rows) for query
+    ``vectors``, one per ``validation_users``, each user's fitted items excluded, searched in an
+    index of ``index_cfg``'s kind over ``catalogue``."""
     from ganrec_dist.index import build_index, search_excluding
 
-    users = np.flatnonzero(limits < seq.lengths)
-    vectors = user_vectors(gen, seq, users, limits[users], history_len, device)
-    index = build_index(
-        gen.catalogue().detach().float().cpu().numpy(), index_cfg
-    )  # the run's own kind
+    users = validation_users(seq, limits)
+    index = build_index(catalogue, index_cfg)
     seen = [seq.items[seq.offsets[u] : seq.offsets[u] + limits[u]] for u in users]
-    recs = np.full((seq.n_users, 10), -1, dtype=np.int64)
-    recs[users], _ = search_excluding(index, vectors, seen, 10)
-    return ranking_metrics(recs, truth, [10])
+    recs = np.full((seq.n_users, k), -1, dtype=np.int64)
+    recs[users], _ = search_excluding(index, vectors, seen, k)
+    return recs
 
 
 def _all_mean(values: dict[str, float], device: torch.device) -> dict[str, float]:

@@ -15,10 +15,10 @@ import numpy as np
 import torch
 
 from ganrec_dist.config import IndexConfig
-from ganrec_dist.index import build_index, search_excluding
 from ganrec_dist.interactions import held_out, load_sequences, validation_limits
 from ganrec_dist.metrics import ranking_metrics
 from ganrec_dist.models import Discriminator, Generator, ModelConfig
+from ganrec_dist.train import validation_recommendations, validation_users
 
 
 def main(data: str, run: str) -> None:
@@ -30,19 +30,17 @@ def main(data: str, run: str) -> None:
     gen, disc = Generator(mcfg), Discriminator(mcfg)
     gen.load_state_dict(payload["generator"])
     disc.load_state_dict(payload["discriminator"])
-    gen.eval(), disc.eval()
+    gen.eval()
+    disc.eval()
     seq = load_sequences(data)
     limits = validation_limits(seq, payload["train_config"]["val_fraction"])
     truth = held_out(seq, limits)
-    users = np.flatnonzero(limits < seq.lengths)
+    users = validation_users(seq, limits)
     catalogue = gen.catalogue().detach()
-    index = build_index(catalogue.numpy(), IndexConfig(kind="flat"))
-    seen = [seq.items[seq.offsets[u] : seq.offsets[u] + limits[u]] for u in users]
+    exact = IndexConfig(kind="flat")
 
-    def top(vectors: np.ndarray, k: int = 10) -> np.ndarray:
-        recs = np.full((seq.n_users, k), -1, dtype=np.int64)
-        recs[users], _ = search_excluding(index, vectors, seen, k)
-        return recs
+    def top(vectors: torch.Tensor, k: int = 10) -> np.ndarray:
+        return validation_recommendations(vectors.numpy(), catalogue.numpy(), seq, limits, exact, k)
 
     def ndcg(recs: np.ndarray) -> float:
         return ranking_metrics(recs[:, :10], truth, [10])["ndcg@10"]
@@ -52,24 +50,24 @@ def main(data: str, run: str) -> None:
         history = torch.as_tensor(seq.window(users, limits[users], mcfg.history_len))
         state = gen.encoder(history, torch.as_tensor(users.astype(np.int64)))
         v0 = gen.generate(state, None)
-        print(f"G(u, 0): {ndcg(top(v0.numpy())):.4f}")
+        print(f"G(u, 0): {ndcg(top(v0)):.4f}")
         for scale in (0.1, 0.3, 0.5, 1.0):
             z = scale * torch.randn(len(users), mcfg.noise_dim, generator=noise)
             vz = gen.generate(state, z)
             cos = torch.nn.functional.cosine_similarity(vz, v0).mean()
-            print(f"one sample, z ~ N(0, {scale}^2): {ndcg(top(vz.numpy())):.4f}, cos {cos:.2f}")
+            print(f"one sample, z ~ N(0, {scale}^2): {ndcg(top(vz)):.4f}, cos {cos:.2f}")
         for k in (8, 64):
             zs = torch.randn(k, len(users), mcfg.noise_dim, generator=noise)
             mean = torch.stack([gen.generate(state, z) for z in zs]).mean(0)
-            print(f"mean of {k} samples: {ndcg(top(mean.numpy())):.4f}")
-        candidates = torch.as_tensor(top(v0.numpy(), 100)[users])
+            print(f"mean of {k} samples: {ndcg(top(mean)):.4f}")
+        candidates = torch.as_tensor(top(v0, 100)[users])  # [users, 100]
         inner = (v0[:, None, :] * catalogue[candidates]).sum(-1)
-        d_logit = torch.stack([disc(state, catalogue[candidates[:, j]]) for j in range(100)], 1)
+        flat = candidates.reshape(-1)
+        d_logit = disc(state.repeat_interleave(100, 0), catalogue[flat]).reshape(candidates.shape)
         for alpha in (0.1, 0.3, 1.0, None):
             score = d_logit if alpha is None else inner + alpha * d_logit
-            order = torch.gather(candidates, 1, score.argsort(1, descending=True)[:, :10])
             recs = np.full((seq.n_users, 10), -1, dtype=np.int64)
-            recs[users] = order.numpy()
+            recs[users] = torch.gather(candidates, 1, score.argsort(1, descending=True)[:, :10])
             label = "D alone" if alpha is None else f"inner + {alpha} * D"
             print(f"top-100 re-ranked by {label}: {ndcg(recs):.4f}")
 

@@ -1,0 +1,67 @@
+"""The training step of the vector game (the default) against the item game, in one process.
+
+    git apply docs/experiments/adversarial-variants.patch
+    python docs/experiments/step_time.py
+    git apply -R docs/experiments/adversarial-variants.patch
+
+Batch 256, 9,066 items, 2 threads, the default config: ``gan.train_step`` plus the weight
+average, alternating 5 rounds of 30 steps per variant; prints the median round's ms per step.
+"""
+
+import time
+
+import torch
+
+from ganrec_dist import gan
+from ganrec_dist.config import TrainConfig
+from ganrec_dist.models import Discriminator, Generator
+from ganrec_dist.train import averaged, model_config, optimisers
+
+N_ITEMS, N_USERS, BATCH = 9066, 671, 256
+
+
+def variant(samples: int):
+    """A step function of a fresh model; ``samples`` items per user for the item game (0 = vector)."""
+    cfg = TrainConfig()
+    torch.manual_seed(0)
+    mcfg = model_config(cfg, N_USERS, N_ITEMS)
+    gen, disc = Generator(mcfg), Discriminator(mcfg)
+    g_opt, d_opt = optimisers(gen, disc, cfg)
+    average = averaged(gen, cfg.ema_decay)
+    rng = torch.Generator().manual_seed(1)
+
+    def step() -> None:
+        batch = gan.Batch(
+            torch.randint(0, N_ITEMS + 1, (BATCH, mcfg.history_len), generator=rng),
+            torch.randint(0, N_USERS, (BATCH,), generator=rng),
+            torch.randint(0, N_ITEMS, (BATCH,), generator=rng),
+            torch.randint(0, N_ITEMS, (BATCH,), generator=rng),
+        )
+        z = torch.randn(BATCH, mcfg.noise_dim, generator=rng)
+        gan.train_step(
+            gen, disc, d_opt, g_opt, batch, z, cfg.adv_weight, policy_k=samples, sampler=rng
+        )
+        average.update_parameters(gen)
+
+    return step
+
+
+def main() -> None:
+    torch.set_num_threads(2)
+    steps = {"vector game": variant(0), "item game (4 samples)": variant(4)}
+    for step in steps.values():
+        for _ in range(5):
+            step()
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(5):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            for _ in range(30):
+                step()
+            times[name].append((time.perf_counter() - start) / 30 * 1000)
+    for name, values in times.items():
+        print(f"{name}: {sorted(values)[2]:.1f} ms/step")
+
+
+if __name__ == "__main__":
+    main()
