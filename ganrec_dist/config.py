@@ -102,6 +102,7 @@ class TrainConfig:
     d_steps: int = 1
     g_steps: int = 1
     d_lr: float = 1e-3
+    d_mismatch: float = 1.0  # D also labels (user, another user's real item) fake; 0 = plain GAN
     ema_decay: float = 0.998  # the model is an average of G's weights over steps (0: off)
     sampled_negatives: int = -1  # -1: full softmax up to 100k items, else 8192; 0: always full
     shuffle_buffer: int = 100_000  # rows in Ray Data's local shuffle buffer

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ import yaml
 
 from ganrec_dist import baselines, storage
 from ganrec_dist.bench.common import print_table
-from ganrec_dist.config import EvaluateConfig, TrainConfig, build
+from ganrec_dist.config import EvaluateConfig, TrainConfig, build, to_dict
 from ganrec_dist.errors import UserError
 from ganrec_dist.interactions import held_out, load_sequences, validation_limits
 from ganrec_dist.metrics import beyond_accuracy, ranking_metrics
@@ -49,7 +50,7 @@ def gan_recommend(
 
 def ablation_run(cfg: EvaluateConfig) -> str:
     """Train (or reuse) the same model with adv_weight = 0 under RUN/ablation."""
-    from ganrec_dist.train import train
+    from ganrec_dist.train import D_ONLY_KEYS, EXECUTION_KEYS, config_changes, train
 
     run = storage.open_run(cfg.run)
     target = storage.join(cfg.run, "ablation")
@@ -64,7 +65,25 @@ def ablation_run(cfg: EvaluateConfig) -> str:
         address=cfg.address,
         fail_at_epoch=-1,
     )
-    meta_path = storage.open_run(target) / "checkpoint" / "meta.json"
+    local = storage.open_run(target)
+    meta_path = local / "checkpoint" / "meta.json"
+    if (local / "config.yaml").exists():
+        # Only a run of this configuration is this run's ablation. D's settings do not change
+        # a run without a D-step, so an ablation is shared by GANs that differ only in them.
+        stored = yaml.safe_load((local / "config.yaml").read_text()) or {}
+        changes = config_changes(stored, to_dict(ablation), EXECUTION_KEYS | D_ONLY_KEYS)
+        if changes:
+            log.warning(
+                "the ablation in %s was trained with other settings (%s): training it again",
+                target,
+                "; ".join(changes),
+            )
+            storage.remove_tree(target)
+            shutil.rmtree(local, ignore_errors=True)
+            meta_path = storage.open_run(target) / "checkpoint" / "meta.json"
+        else:
+            # The same settings, D's aside: carry on (or reuse) under this run's values.
+            (local / "config.yaml").write_text(yaml.safe_dump(to_dict(ablation), sort_keys=False))
     if meta_path.exists() and json.loads(meta_path.read_text()).get("final"):
         log.info("reusing the ablation in %s", target)
         return target

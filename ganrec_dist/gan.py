@@ -1,8 +1,9 @@
 """The adversarial objective: the D-step and the G-step as plain functions of a batch.
 
-D maximises log D(u, real) + log(1 - D(u, G(u, z))); G minimises the non-saturating
--log D(u, G(u, z)) times ``adv_weight``, plus a softmax cross-entropy over the catalogue that
-anchors G's vector to the real next item. ``adv_weight = 0`` is the ablation.
+D maximises log D(u, real) + log(1 - D(u, G(u, z))), plus ``mismatch`` * log(1 - D(u, real item
+of another user)); G minimises the non-saturating -log D(u, G(u, z)) times ``adv_weight``, plus a
+softmax cross-entropy over the catalogue that anchors G's vector to the real next item.
+``adv_weight = 0`` is the ablation; ``mismatch = 0`` is the plain objective.
 """
 
 from __future__ import annotations
@@ -78,12 +79,18 @@ def d_step(
     batch: Batch,
     z: torch.Tensor,
     forward: Forward | None = None,
+    mismatch: float = 0.0,
 ) -> dict[str, float]:
     """One discriminator update on real (user, next item) pairs against generated ones.
 
     Args:
         forward: G's pass on this batch with the current weights (``g_forward``), reused instead
             of running G again; None runs G here.
+        mismatch: weight of a third term that labels real items paired with the wrong user as
+            fake (each row's user with the next row's real item): the matching-aware
+            discriminator of GAN-CLS (Reed et al., 2016). Without it D can score an item's
+            realism while ignoring the user, and G's adversarial gradient then says little
+            about *this* user; 0 = the plain two-term objective.
     """
     core = unwrap(gen)
     with torch.no_grad():  # no gradient reaches G here, so DDP's wrapper is not needed
@@ -98,6 +105,13 @@ def d_step(
     loss = F.binary_cross_entropy_with_logits(
         d_real, torch.ones_like(d_real)
     ) + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake))
+    stats: dict[str, float] = {}
+    if mismatch > 0 and len(real) > 1:
+        d_other = disc(state, real.roll(1, 0))
+        loss = loss + mismatch * F.binary_cross_entropy_with_logits(
+            d_other, torch.zeros_like(d_other)
+        )
+        stats["d_other"] = float(torch.sigmoid(d_other).mean().detach())
     d_opt.zero_grad(set_to_none=True)
     loss.backward()
     d_opt.step()
@@ -105,6 +119,7 @@ def d_step(
         "d_loss": float(loss.detach()),
         "d_real": float(torch.sigmoid(d_real).mean().detach()),
         "d_fake": float(torch.sigmoid(d_fake).mean().detach()),
+        **stats,
     }
 
 
@@ -186,6 +201,7 @@ def train_step(
     g_steps: int = 1,
     negatives: torch.Tensor | None = None,
     fused_softmax: bool = True,
+    d_mismatch: float = 0.0,
 ) -> dict[str, float]:
     """``d_steps`` D-steps then ``g_steps`` G-steps on one batch (no D-step in the ablation).
 
@@ -197,7 +213,7 @@ def train_step(
     if adv_weight > 0:
         forward = g_forward(gen, batch, z, adv_weight, negatives, fused_softmax)
         for _ in range(d_steps):
-            stats.update(d_step(gen, disc, d_opt, batch, z, forward))
+            stats.update(d_step(gen, disc, d_opt, batch, z, forward, d_mismatch))
     for step in range(g_steps):
         stats.update(
             g_step(

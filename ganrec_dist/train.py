@@ -465,6 +465,7 @@ def train_loop(config: dict) -> None:
                 cfg.d_steps,
                 cfg.g_steps,
                 negatives,
+                d_mismatch=cfg.d_mismatch,
             )
             if average is not None:
                 average.update_parameters(gan.unwrap(gen))
@@ -597,6 +598,55 @@ def write_history(run_dir: Path, history: list[dict]) -> None:
     plt.close(fig)
 
 
+# Settings that change where or how a run executes, not what it trains: a run may be resumed
+# with other values of these (more workers, another cluster, a test hook switched off).
+EXECUTION_KEYS = frozenset(
+    {"address", "workers", "gpu", "cpus_per_worker", "max_failures", "fail_at_epoch", "name", "out"}
+)
+
+# The discriminator's settings: a run with adv_weight = 0 never takes a D-step, so they do not
+# change what it trains (a test checks the G-updates are the same).
+D_ONLY_KEYS = frozenset({"d_lr", "d_steps", "d_mismatch"})
+
+
+def config_changes(
+    previous: dict[str, Any], current: dict[str, Any], ignore: frozenset[str] = EXECUTION_KEYS
+) -> list[str]:
+    """``key: old -> new`` for each setting outside ``ignore`` that differs between two
+    ``config.yaml`` dicts; a key the older file does not record counts as a change."""
+    changes = []
+    for key in sorted(set(previous) | set(current)):
+        if key in ignore:
+            continue
+        old, new = previous.get(key, "(not recorded)"), current.get(key, "(not recorded)")
+        if key == "data" and isinstance(old, str) and isinstance(new, str):
+            old, new = storage.display(old), storage.display(new)
+        if old != new:
+            changes.append(f"{key}: {old!r} -> {new!r}")
+    return changes
+
+
+def check_resumable(run_dir: Path, cfg: TrainConfig) -> None:
+    """Refuse to continue a run in RUN with another configuration.
+
+    The same command resumes a run (Ray Train's storage, RUN/checkpoint); with other settings it
+    would carry on from the old weights and record the new settings as if they had made them.
+    """
+    started = (run_dir / "checkpoint" / CHECKPOINT_FILE).exists() or any(
+        (run_dir / "ray_results").glob("*/*")
+    )
+    previous = run_dir / "config.yaml"
+    if not started or not previous.exists():
+        return
+    changes = config_changes(yaml.safe_load(previous.read_text()) or {}, to_dict(cfg))
+    if changes:
+        raise UserError(
+            f"{storage.display(cfg.out)} already holds a run with other settings "
+            f"({'; '.join(changes)}): the same command resumes it; use another --out, "
+            "or delete it to start over"
+        )
+
+
 def train(cfg: TrainConfig) -> dict:
     """Run (or resume) training; returns the final checkpoint's meta."""
     import ray.data
@@ -617,6 +667,7 @@ def train(cfg: TrainConfig) -> dict:
     # Ray Train's own checkpoints and each published epoch go straight to the object store.
     run_dir = storage.open_run(cfg.out)
     run_dir.mkdir(parents=True, exist_ok=True)
+    check_resumable(run_dir, cfg)
     name = cfg.name or (storage.basename(cfg.out) if storage.is_uri(cfg.out) else run_dir.name)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     storage.save_run(run_dir, cfg.out, ("config.yaml",))

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from ganrec_dist import gan
 from ganrec_dist.interactions import Sequences
 from ganrec_dist.models import Discriminator, Generator, ModelConfig, catalogue_cross_entropy
+from ganrec_dist.train import D_ONLY_KEYS
 
 CFG = ModelConfig(n_items=40, n_users=10, dim=8, hidden=16, history_len=5, noise_dim=4, dropout=0.0)
 
@@ -298,3 +299,52 @@ def test_the_averaged_generator_is_an_exponential_moving_average():
         assert torch.allclose(average.module.head[0].weight, expected, atol=1e-5)
     # It is a Generator with G's keys: checkpoints and readers load it like G itself.
     assert average.module.state_dict().keys() == gen.state_dict().keys()
+
+
+@pytest.mark.parametrize("mismatch", [0.0, 1.0])
+def test_mismatch_term_makes_d_judge_the_user(mismatch):
+    """Toy data: user u's real item is u. D-steps against G's samples alone can be won by telling
+    catalogue vectors from generated ones, whoever the user is; with the mismatch term D must
+    also tell (u, E[u]) from (u, E[another user's item])."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        n_items=10, n_users=10, dim=8, hidden=16, history_len=2, noise_dim=2, dropout=0.0
+    )
+    gen, disc = Generator(cfg), Discriminator(cfg)
+    opt = torch.optim.Adam(disc.parameters(), lr=1e-2)
+    users = torch.arange(10).repeat(20)[torch.randperm(200)]
+    batch = gan.Batch(torch.full((200, 2), cfg.n_items), users, users)
+    z = torch.randn(200, cfg.noise_dim)
+    for _ in range(400):
+        stats = gan.d_step(gen, disc, opt, batch, z, mismatch=mismatch)
+    assert ("d_other" in stats) == (mismatch > 0)
+    with torch.no_grad():
+        state = gen.encoder(batch.history, users)
+        own = disc(state, gen.catalogue()[users])
+        other = disc(state, gen.catalogue()[(users + 1 + torch.randint(0, 9, (200,))) % 10])
+    matched_first = (own > other).float().mean().item()
+    if mismatch:
+        assert matched_first > 0.85
+    else:  # nothing in the plain objective asks D to use the user
+        assert matched_first < 0.7
+
+
+def test_the_ablation_takes_no_d_step_whatever_d_settings():
+    """evaluate shares one ablation among GANs that differ only in D's settings
+    (train.D_ONLY_KEYS): with adv_weight 0 they must not change G's updates."""
+    results = []
+    for d_steps, d_mismatch, d_lr in ((1, 0.0, 1e-3), (3, 1.0, 5e-2)):
+        torch.manual_seed(0)
+        gen, disc = Generator(CFG), Discriminator(CFG)
+        g_opt = torch.optim.Adam(gen.parameters(), lr=1e-2)
+        d_opt = torch.optim.Adam(disc.parameters(), lr=d_lr)
+        d_before = [p.clone() for p in disc.parameters()]
+        for seed in range(3):
+            batch, z = _batch(seed=seed), torch.randn(12, CFG.noise_dim)
+            gan.train_step(
+                gen, disc, d_opt, g_opt, batch, z, 0.0, d_steps=d_steps, d_mismatch=d_mismatch
+            )
+        assert all(torch.equal(a, b) for a, b in zip(d_before, disc.parameters()))
+        results.append([p.detach().clone() for p in gen.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*results))
+    assert D_ONLY_KEYS == {"d_lr", "d_steps", "d_mismatch"}  # the settings varied above

@@ -12,8 +12,10 @@ import time
 import psutil
 import pytest
 import torch
+import yaml
 
 from ganrec_dist.config import EvaluateConfig, PrepareConfig, TrainConfig
+from ganrec_dist.errors import UserError
 from ganrec_dist.evaluate import evaluate
 from ganrec_dist.prepare import prepare
 from ganrec_dist.train import train
@@ -162,7 +164,13 @@ def test_a_killed_driver_resumes_when_rerun(synthetic_data, tmp_path):
         psutil.wait_procs([p for p in victims if isinstance(p, psutil.Process)], timeout=30)
     before = _history(run)
     assert not json.loads(meta_path.read_text())["final"]
-    meta = train(TrainConfig(**args))
+    # Other settings would carry on from these weights as if they had made them: refused, and
+    # the run is left as it was. Where it runs (workers, test hooks) may change.
+    with pytest.raises(UserError, match=r"lr: 0\.005 -> 0\.004"):
+        train(TrainConfig(**{**args, "lr": 4e-3}))
+    assert "lr: 0.005" in (run / "config.yaml").read_text()
+    assert _history(run) == before
+    meta = train(TrainConfig(**{**args, "max_failures": 3}))
     after = _history(run)
     assert meta["final"] and [h["epoch"] for h in after] == [1, 2, 3, 4, 5]
     # The epochs done before the kill were kept, not recomputed.
@@ -194,3 +202,27 @@ def test_the_same_seed_gives_the_same_run(synthetic_data, tmp_path):
             [(h["ce_loss"], h["d_loss"], h["val_ndcg@10"]) for h in _history(tmp_path / name)]
         )
     assert histories[0] == histories[1] and len(histories[0]) == 2
+
+
+def test_evaluate_reuses_only_an_ablation_of_the_same_settings(synthetic_data, tmp_path):
+    run = tmp_path / "run"
+    args = dict(data=str(synthetic_data), out=str(run), epochs=2, refit=False, **TINY)
+    train(TrainConfig(**args))
+    quick = dict(data=str(synthetic_data), run=str(run), ease_lambdas="50", als_regs="0.1")
+    evaluate(EvaluateConfig(**quick, als_iterations=2))
+    model = run / "ablation" / "checkpoint" / "model.pt"
+    trained = model.stat().st_mtime_ns
+    assert "adv_weight: 0.0" in (run / "ablation" / "config.yaml").read_text()
+
+    def rewrite(**changes):  # RUN/config.yaml as if the GAN had been trained with `changes`
+        cfg = yaml.safe_load((run / "config.yaml").read_text())
+        (run / "config.yaml").write_text(yaml.safe_dump({**cfg, **changes}, sort_keys=False))
+
+    rewrite(d_mismatch=0.0, d_lr=5e-3)  # D's settings: a run without D-steps is the same run
+    evaluate(EvaluateConfig(**quick, als_iterations=2))
+    assert model.stat().st_mtime_ns == trained
+    rewrite(epochs=1)  # G's schedule: the old ablation is not this GAN's
+    result = evaluate(EvaluateConfig(**quick, als_iterations=2))
+    assert model.stat().st_mtime_ns != trained
+    assert [h["epoch"] for h in _history(run / "ablation")] == [1]
+    assert "gan_ablation" in result["models"]
