@@ -6,7 +6,9 @@ RUN must come from ``ganrec train --data DATA --out RUN --refit false``: its mod
 without the validation split, which this scores (validation NDCG@10, full ranking, train items
 excluded). Prints the inference vector G(u, z = 0), single samples G(u, z) at several noise
 scales (with their cosine to G(u, 0)), the mean of K samples, and the top-100 of G(u, 0)
-re-ranked by inner product + alpha * D(u, i).
+re-ranked by inner product + alpha * D(u, i). Then whether D uses the user: the AUC of D on
+(u, one of u's validation items) against (u, another validation user's item), and against
+(u, G(u, z)) and (u, a uniformly drawn catalogue item).
 """
 
 import sys
@@ -70,6 +72,23 @@ def main(data: str, run: str) -> None:
             recs[users] = torch.gather(candidates, 1, score.argsort(1, descending=True)[:, :10])
             label = "D alone" if alpha is None else f"inner + {alpha} * D"
             print(f"top-100 re-ranked by {label}: {ndcg(recs):.4f}")
+        rng = np.random.default_rng(0)
+        own = torch.as_tensor([rng.choice(truth[u].indices) for u in users])
+        real = disc(state, catalogue[own]).numpy()
+        other = disc(state, catalogue[own[rng.permutation(len(users))]]).numpy()
+        fake = disc(state, gen.generate(state, torch.randn(len(users), mcfg.noise_dim))).numpy()
+        uniform = disc(state, catalogue[rng.integers(0, mcfg.n_items, len(users))]).numpy()
+        print(
+            f"D's AUC, (u, u's item) against (u, another user's item): {auc(real, other):.3f}; "
+            f"against G(u, z): {auc(real, fake):.3f}; against a uniform item: {auc(real, uniform):.3f}"
+        )
+
+
+def auc(positive: np.ndarray, negative: np.ndarray) -> float:
+    """P(a positive scores above a negative), ties counted half (Mann-Whitney)."""
+    ranks = np.concatenate([positive, negative]).argsort().argsort() + 1.0
+    n, m = len(positive), len(negative)
+    return float((ranks[:n].sum() - n * (n + 1) / 2) / (n * m))
 
 
 if __name__ == "__main__":
