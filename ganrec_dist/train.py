@@ -92,7 +92,7 @@ def averaged(gen: Generator, decay: float) -> torch.optim.swa_utils.AveragedMode
         return None
     from torch.optim.swa_utils import AveragedModel
 
-    def update(averages: list, currents: list, updates: torch.Tensor) -> None:
+    def update(averages: Any, currents: Any, updates: torch.Tensor | int) -> None:
         n = float(updates)
         weight = 1.0 - min(decay, (1.0 + n) / (10.0 + n))
         torch._foreach_lerp_(averages, currents, weight)  # one call, not one per tensor
@@ -487,7 +487,7 @@ def train_loop(config: dict) -> None:
         )
 
         # The model is the average of G's weights when averaging is on, else G itself.
-        model = gan.unwrap(gen) if average is None else average.module
+        model: Generator = gan.unwrap(gen) if average is None else average.module  # type: ignore[assignment]
         if state.phase == "search":
             value = -1.0
             if rank == 0:
