@@ -1,13 +1,16 @@
-"""The training step of the vector game (the default) against the item game, in one process.
+"""Training-step time of two forms of the adversarial game, in one process.
+
+    python docs/experiments/step_time.py mismatch   # D with and without the mismatch term
 
     git apply docs/experiments/adversarial-variants.patch
-    python docs/experiments/step_time.py
+    python docs/experiments/step_time.py items      # the vector game against the item game
     git apply -R docs/experiments/adversarial-variants.patch
 
 Batch 256, 9,066 items, 2 threads, the default config: ``gan.train_step`` plus the weight
 average, alternating 5 rounds of 30 steps per variant; prints the median round's ms per step.
 """
 
+import sys
 import time
 
 import torch
@@ -20,8 +23,9 @@ from ganrec_dist.train import averaged, model_config, optimisers
 N_ITEMS, N_USERS, BATCH = 9066, 671, 256
 
 
-def variant(samples: int):
-    """A step function of a fresh model; ``samples`` items per user for the item game (0 = vector)."""
+def variant(samples: int = 0, d_mismatch: float = 0.0):
+    """A step function of a fresh model; ``samples`` items per user for the item game (0 = vector),
+    ``d_mismatch`` the weight of D's mismatched-pair term."""
     cfg = TrainConfig()
     torch.manual_seed(0)
     mcfg = model_config(cfg, N_USERS, N_ITEMS)
@@ -38,17 +42,26 @@ def variant(samples: int):
             torch.randint(0, N_ITEMS, (BATCH,), generator=rng),
         )
         z = torch.randn(BATCH, mcfg.noise_dim, generator=rng)
+        extra = {"policy_k": samples, "sampler": rng} if samples else {}
         gan.train_step(
-            gen, disc, d_opt, g_opt, batch, z, cfg.adv_weight, policy_k=samples, sampler=rng
+            gen, disc, d_opt, g_opt, batch, z, cfg.adv_weight, d_mismatch=d_mismatch, **extra
         )
         average.update_parameters(gen)
 
     return step
 
 
-def main() -> None:
+def main(which: str) -> None:
     torch.set_num_threads(2)
-    steps = {"vector game": variant(0), "item game (4 samples)": variant(4)}
+    if which == "items":
+        steps = {"vector game": variant(0), "item game (4 samples)": variant(4)}
+    elif which == "mismatch":
+        steps = {
+            "D without mismatch term": variant(),
+            "D with mismatch term": variant(d_mismatch=1.0),
+        }
+    else:
+        sys.exit(__doc__)
     for step in steps.values():
         for _ in range(5):
             step()
@@ -64,4 +77,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1] if len(sys.argv) == 2 else "")
