@@ -581,13 +581,14 @@ def write_history(run_dir: Path, history: list[dict]) -> None:
         ("g_loss", axes[0]),
         ("d_real", axes[1]),
         ("d_fake", axes[1]),
+        ("d_other", axes[1]),  # D(u, another user's real item): the mismatch term's pairs
         ("val_ndcg@10", axes[2]),
     ):
         values = [row.get(key, np.nan) for row in history]
         if not np.all(np.isnan(np.asarray(values, dtype=float))):
             ax.plot(step, values, marker=".", label=key)
     refit = [i + 1 for i, row in enumerate(history) if row.get("phase") == "refit"]
-    for ax, title in zip(axes, ("losses", "mean D(real) / D(fake)", "validation NDCG@10")):
+    for ax, title in zip(axes, ("losses", "mean D(u, item)", "validation NDCG@10")):
         if refit:
             ax.axvline(refit[0] - 0.5, color="grey", linestyle=":", label="refit starts")
         ax.set_title(title)

@@ -15,14 +15,15 @@ from ganrec_dist.train import train
 pytestmark = [pytest.mark.quality, pytest.mark.integration]
 
 # Measured with this schedule (10 epochs, no refit): popularity 0.0857, EASE 0.1415, ALS 0.1228,
-# GAN 0.1140, ablation 0.1190. The short schedule costs the GAN ~0.033 against the default one
-# (30 epochs with early stopping, then a refit on all of train: see the README's results table).
+# GAN 0.1164, ablation 0.1190 (with the matching-aware D, the default since f140e9a; the plain D
+# gave 0.1140). The short schedule costs the GAN ~0.024 against the default one (30 epochs with
+# early stopping, then a refit on all of train: see the README's results table).
 # Training is deterministic for a seed and code version (Ray Data keeps block order), but the
-# adversarial run moves with the last bits of the arithmetic: the same schedule gave the GAN
-# 0.1196, 0.1181 and 0.1140 with three versions of the step that compute the same losses
+# adversarial run moves with the last bits of the arithmetic: the same schedule gave the plain-D
+# GAN 0.1196, 0.1181 and 0.1140 with three versions of the step that compute the same losses
 # (the ablation 0.1190 each time). History: 0.1072 before G's weights were averaged
 # (--ema_decay), 0.098-0.104 before runs were reproducible.
-MEASURED_GAN_NDCG10 = 0.1140
+MEASURED_GAN_NDCG10 = 0.1164
 TOLERANCE = 0.012
 
 
@@ -39,9 +40,11 @@ def test_gan_quality_on_movielens(movielens_data, tmp_path):
     print("\nNDCG@10:", {k: round(v, 4) for k, v in m.items()})
     assert m["gan"] > 1.15 * m["popularity"]
     assert abs(m["gan"] - MEASURED_GAN_NDCG10) <= TOLERANCE
-    # At this schedule the GAN does not beat its ablation: the three versions above gave
-    # +0.0006, -0.0009 and -0.0050, rounding alone moving the GAN by that much (README, "The same
-    # run, three times"). So this checks that the adversarial term costs no more than that noise
-    # band; the GAN's lead over its ablation is reported for the default schedule, not asserted.
+    # At this schedule the GAN does not beat its ablation (-0.0026 here; the plain D gave +0.0006,
+    # -0.0009 and -0.0050 with three roundings of one step, README "The same run, three times"):
+    # on validation, epoch by epoch, the GAN is ahead of its ablation on every seed only from
+    # epoch 27 on (README, "The matching-aware discriminator"), not at epoch 10.
+    # So this checks that the adversarial term costs no more than that noise band; the GAN's lead
+    # over its ablation is reported for the default schedule, not asserted.
     assert m["gan"] >= m["gan_ablation"] - 0.010
     assert result["models"]["gan"]["coverage@10"] > 0.05  # no collapse onto a few popular items
