@@ -610,16 +610,23 @@ EXECUTION_KEYS = frozenset(
 D_ONLY_KEYS = frozenset({"d_lr", "d_steps", "d_mismatch"})
 
 
+# What code from before a setting existed did, for a config.yaml that does not record it: a run
+# from before the mismatch term (f140e9a) trained with d_mismatch 0 and resumes with that value.
+IMPLIED_BY_OLDER_RUNS: dict[str, Any] = {"d_mismatch": 0.0}
+
+
 def config_changes(
     previous: dict[str, Any], current: dict[str, Any], ignore: frozenset[str] = EXECUTION_KEYS
 ) -> list[str]:
     """``key: old -> new`` for each setting outside ``ignore`` that differs between two
-    ``config.yaml`` dicts; a key the older file does not record counts as a change."""
+    ``config.yaml`` dicts; a key the older file does not record counts as a change, unless
+    ``IMPLIED_BY_OLDER_RUNS`` says what it was."""
     changes = []
     for key in sorted(set(previous) | set(current)):
         if key in ignore:
             continue
-        old, new = previous.get(key, "(not recorded)"), current.get(key, "(not recorded)")
+        old = previous.get(key, IMPLIED_BY_OLDER_RUNS.get(key, "(not recorded)"))
+        new = current.get(key, "(not recorded)")
         if key == "data" and isinstance(old, str) and isinstance(new, str):
             old, new = storage.display(old), storage.display(new)
         if old != new:

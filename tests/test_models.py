@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from ganrec_dist import gan
 from ganrec_dist.interactions import Sequences
 from ganrec_dist.models import Discriminator, Generator, ModelConfig, catalogue_cross_entropy
-from ganrec_dist.train import D_ONLY_KEYS
+from ganrec_dist.train import D_ONLY_KEYS, config_changes
 
 CFG = ModelConfig(n_items=40, n_users=10, dim=8, hidden=16, history_len=5, noise_dim=4, dropout=0.0)
 
@@ -348,3 +348,16 @@ def test_the_ablation_takes_no_d_step_whatever_d_settings():
         results.append([p.detach().clone() for p in gen.parameters()])
     assert all(torch.equal(a, b) for a, b in zip(*results))
     assert D_ONLY_KEYS == {"d_lr", "d_steps", "d_mismatch"}  # the settings varied above
+
+
+def test_config_changes_name_what_differs_and_know_older_runs():
+    old = {"lr": 0.002, "epochs": 30, "workers": 1, "index": {"kind": "auto"}}
+    assert config_changes(old, {**old, "workers": 4}) == []  # where it runs may change
+    assert config_changes(old, {**old, "lr": 0.004, "index": {"kind": "flat"}}) == [
+        "index: {'kind': 'auto'} -> {'kind': 'flat'}",
+        "lr: 0.002 -> 0.004",
+    ]
+    # A run from before the mismatch term trained without it: it resumes only as such.
+    assert config_changes(old, {**old, "d_mismatch": 0.0}) == []
+    assert config_changes(old, {**old, "d_mismatch": 1.0}) == ["d_mismatch: 0.0 -> 1.0"]
+    assert config_changes(old, {**old, "ce_horizon": 1}) == ["ce_horizon: '(not recorded)' -> 1"]
