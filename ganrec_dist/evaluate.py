@@ -66,7 +66,6 @@ def ablation_run(cfg: EvaluateConfig) -> str:
         fail_at_epoch=-1,
     )
     local = storage.open_run(target)
-    meta_path = local / "checkpoint" / "meta.json"
     if (local / "config.yaml").exists():
         # Only a run of this configuration is this run's ablation. D's settings do not change
         # a run without a D-step, so an ablation is shared by GANs that differ only in them.
@@ -80,10 +79,8 @@ def ablation_run(cfg: EvaluateConfig) -> str:
             )
             storage.remove_tree(target)
             shutil.rmtree(local, ignore_errors=True)
-            meta_path = storage.open_run(target) / "checkpoint" / "meta.json"
-        else:
-            # The same settings, D's aside: carry on (or reuse) under this run's values.
-            (local / "config.yaml").write_text(yaml.safe_dump(to_dict(ablation), sort_keys=False))
+            local = storage.open_run(target)
+    meta_path = local / "checkpoint" / "meta.json"
     if meta_path.exists() and json.loads(meta_path.read_text()).get("final"):
         log.info("reusing the ablation in %s", target)
         return target

@@ -646,7 +646,9 @@ def check_resumable(run_dir: Path, cfg: TrainConfig) -> None:
     previous = run_dir / "config.yaml"
     if not started or not previous.exists():
         return
-    changes = config_changes(yaml.safe_load(previous.read_text()) or {}, to_dict(cfg))
+    # A run without D-steps (the ablation) is the same run whatever D's settings say.
+    ignore = EXECUTION_KEYS | (D_ONLY_KEYS if cfg.adv_weight == 0 else frozenset())
+    changes = config_changes(yaml.safe_load(previous.read_text()) or {}, to_dict(cfg), ignore)
     if changes:
         raise UserError(
             f"{storage.display(cfg.out)} already holds a run with other settings "
