@@ -15,6 +15,7 @@ import sys
 
 import numpy as np
 import torch
+from scipy.stats import rankdata
 
 from ganrec_dist.config import IndexConfig
 from ganrec_dist.interactions import held_out, load_sequences, validation_limits
@@ -76,7 +77,8 @@ def main(data: str, run: str) -> None:
         own = torch.as_tensor([rng.choice(truth[u].indices) for u in users])
         real = disc(state, catalogue[own]).numpy()
         other = disc(state, catalogue[own[rng.permutation(len(users))]]).numpy()
-        fake = disc(state, gen.generate(state, torch.randn(len(users), mcfg.noise_dim))).numpy()
+        z = torch.randn(len(users), mcfg.noise_dim, generator=noise)
+        fake = disc(state, gen.generate(state, z)).numpy()
         uniform = disc(state, catalogue[rng.integers(0, mcfg.n_items, len(users))]).numpy()
         print(
             f"D's AUC, (u, u's item) against (u, another user's item): {auc(real, other):.3f}; "
@@ -86,7 +88,7 @@ def main(data: str, run: str) -> None:
 
 def auc(positive: np.ndarray, negative: np.ndarray) -> float:
     """P(a positive scores above a negative), ties counted half (Mann-Whitney)."""
-    ranks = np.concatenate([positive, negative]).argsort().argsort() + 1.0
+    ranks = rankdata(np.concatenate([positive, negative]))  # ties get their mean rank
     n, m = len(positive), len(negative)
     return float((ranks[:n].sum() - n * (n + 1) / 2) / (n * m))
 
