@@ -22,7 +22,7 @@ import yaml
 
 from ganrec_dist import baselines, storage
 from ganrec_dist.bench.common import print_table
-from ganrec_dist.config import EvaluateConfig, TrainConfig, build, to_dict
+from ganrec_dist.config import EvaluateConfig, TrainConfig, build
 from ganrec_dist.errors import UserError
 from ganrec_dist.interactions import held_out, load_sequences, validation_limits
 from ganrec_dist.metrics import beyond_accuracy, ranking_metrics
@@ -50,7 +50,7 @@ def gan_recommend(
 
 def ablation_run(cfg: EvaluateConfig) -> str:
     """Train (or reuse) the same model with adv_weight = 0 under RUN/ablation."""
-    from ganrec_dist.train import D_ONLY_KEYS, EXECUTION_KEYS, config_changes, train
+    from ganrec_dist.train import run_changes, train
 
     run = storage.open_run(cfg.run)
     target = storage.join(cfg.run, "ablation")
@@ -67,10 +67,9 @@ def ablation_run(cfg: EvaluateConfig) -> str:
     )
     local = storage.open_run(target)
     if (local / "config.yaml").exists():
-        # Only a run of this configuration is this run's ablation. D's settings do not change
-        # a run without a D-step, so an ablation is shared by GANs that differ only in them.
-        stored = yaml.safe_load((local / "config.yaml").read_text()) or {}
-        changes = config_changes(stored, to_dict(ablation), EXECUTION_KEYS | D_ONLY_KEYS)
+        # Only a run of this configuration is this run's ablation (shared by GANs that differ
+        # only in D's settings, which a run without D-steps does not use).
+        changes = run_changes(yaml.safe_load((local / "config.yaml").read_text()) or {}, ablation)
         if changes:
             log.warning(
                 "the ablation in %s was trained with other settings (%s): training it again",

@@ -634,6 +634,14 @@ def config_changes(
     return changes
 
 
+def run_changes(stored: dict[str, Any], cfg: TrainConfig) -> list[str]:
+    """The settings in which ``cfg`` trains another model than the run whose ``config.yaml`` is
+    ``stored``: where it executes aside, and D's settings aside for a run without D-steps (the
+    ablation is the same run whatever they say)."""
+    ignore = EXECUTION_KEYS | (D_ONLY_KEYS if cfg.adv_weight == 0 else frozenset())
+    return config_changes(stored, to_dict(cfg), ignore)
+
+
 def check_resumable(run_dir: Path, cfg: TrainConfig) -> None:
     """Refuse to continue a run in RUN with another configuration.
 
@@ -646,9 +654,7 @@ def check_resumable(run_dir: Path, cfg: TrainConfig) -> None:
     previous = run_dir / "config.yaml"
     if not started or not previous.exists():
         return
-    # A run without D-steps (the ablation) is the same run whatever D's settings say.
-    ignore = EXECUTION_KEYS | (D_ONLY_KEYS if cfg.adv_weight == 0 else frozenset())
-    changes = config_changes(yaml.safe_load(previous.read_text()) or {}, to_dict(cfg), ignore)
+    changes = run_changes(yaml.safe_load(previous.read_text()) or {}, cfg)
     if changes:
         raise UserError(
             f"{storage.display(cfg.out)} already holds a run with other settings "

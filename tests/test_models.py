@@ -6,9 +6,10 @@ import torch
 import torch.nn.functional as F
 
 from ganrec_dist import gan
+from ganrec_dist.config import TrainConfig, to_dict
 from ganrec_dist.interactions import Sequences
 from ganrec_dist.models import Discriminator, Generator, ModelConfig, catalogue_cross_entropy
-from ganrec_dist.train import D_ONLY_KEYS, config_changes
+from ganrec_dist.train import D_ONLY_KEYS, config_changes, run_changes
 
 CFG = ModelConfig(n_items=40, n_users=10, dim=8, hidden=16, history_len=5, noise_dim=4, dropout=0.0)
 
@@ -361,3 +362,14 @@ def test_config_changes_name_what_differs_and_know_older_runs():
     assert config_changes(old, {**old, "d_mismatch": 0.0}) == []
     assert config_changes(old, {**old, "d_mismatch": 1.0}) == ["d_mismatch: 0.0 -> 1.0"]
     assert config_changes(old, {**old, "ce_horizon": 1}) == ["ce_horizon: '(not recorded)' -> 1"]
+
+
+def test_run_changes_ignore_d_settings_only_for_a_run_without_d_steps():
+    gan_cfg, ablation_cfg = TrainConfig(), TrainConfig(adv_weight=0.0)
+    stored = {**to_dict(ablation_cfg), "d_lr": 0.5, "d_mismatch": 0.0, "workers": 8}
+    assert run_changes(stored, ablation_cfg) == []  # the ablation: the same run
+    assert run_changes({**stored, "adv_weight": 0.3}, gan_cfg) == [
+        f"d_lr: 0.5 -> {gan_cfg.d_lr!r}",
+        f"d_mismatch: 0.0 -> {gan_cfg.d_mismatch!r}",
+    ]
+    assert run_changes({**stored, "lr": 0.1}, ablation_cfg) == [f"lr: 0.1 -> {ablation_cfg.lr!r}"]

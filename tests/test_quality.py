@@ -44,8 +44,9 @@ def test_gan_quality_on_movielens(movielens_data, tmp_path):
     assert abs(m["gan"] - MEASURED_GAN_NDCG10) <= TOLERANCE
     # At this schedule the GAN does not beat its ablation (-0.0026 here; the plain D gave +0.0006,
     # -0.0009 and -0.0050 with three roundings of one step, README "The same run, three times"):
-    # on validation, epoch by epoch, the GAN is ahead of its ablation on every seed only from
-    # epoch 27 on (README, "The matching-aware discriminator"), not at epoch 10.
+    # on validation, epoch by epoch, the GAN leads its ablation on seeds 0-3 only from epoch 27
+    # on, and over eight seeds of the default schedule it leads by +0.0020 on test, ahead on five
+    # (README, "The matching-aware discriminator"): a margin below one seed's rounding spread.
     # So this checks that the adversarial term costs no more than that noise band; the GAN's lead
     # over its ablation is reported for the default schedule, not asserted.
     assert m["gan"] >= m["gan_ablation"] - 0.010
