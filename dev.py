@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Set-up and entry points for a fresh machine with only Python 3.11 and pip.
 
-    python3 dev.py demo    # create .venv, install, run `ganrec demo` on the embedded data
-    python3 dev.py test    # create .venv, install, run the whole test suite
+    python3 dev.py demo          # create .venv, install, run `ganrec demo` on the embedded data
+    python3 dev.py test          # create .venv, install, run the whole test suite
+    python3 dev.py test --fast   # the unit tests only (no Ray cluster, no training runs)
 
 The virtual environment is created once (.venv, git-ignored) and reused; it is refreshed when
 pyproject.toml changes. torch's CPU build is installed first, so the project's torch range needs
@@ -53,6 +54,8 @@ def main() -> int:
     if command == "demo":
         return subprocess.call([str(BIN / "ganrec"), "demo", *rest], cwd=ROOT)
     if command == "test":
+        if "--fast" in rest:
+            rest = [a for a in rest if a != "--fast"] + ["-m", "not integration"]
         return subprocess.call([str(PY), "-m", "pytest", "tests", *rest], cwd=ROOT)
     return 0
 

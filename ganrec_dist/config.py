@@ -1,9 +1,14 @@
-"""Typed configuration: one dataclass per stage.
+"""Typed configuration: one dataclass per stage, every field with its help text.
 
 Precedence, lowest first: the dataclass defaults < the YAML file (``--config``) < ``--key=value``
 on the command line. A YAML file may hold the stage's keys at top level, or one section per stage
-(``prepare:``, ``train:``, ...) so that one file can configure a whole pipeline. Unknown keys and
-values of the wrong type are rejected with a one-line :class:`~ganrec_dist.errors.UserError`.
+(``prepare:``, ``train:``, ...) so that one file can configure a whole pipeline; its ``index:``
+section is shared by every stage with index settings. Unknown keys and values of the wrong type
+are rejected with a one-line :class:`~ganrec_dist.errors.UserError`.
+
+Nested settings are addressed with a dot (``index.nprobe``, ``model.dim``). The sections of
+:class:`TrainConfig` are *flat* as well: their keys are unique across sections, so ``dim`` means
+``model.dim`` (the command-line names of earlier versions keep working).
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -33,116 +39,247 @@ STAGES = (
     "bench_train",
     "bench_index",
     "bench_score",
+    "bench_step",
     "bench_serve",
 )
 
 
+def setting(default: Any, help: str) -> Any:
+    """A config field with its help text (shown by ``--help``; a test checks none lacks one)."""
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+def section(cls: type, help: str, flat: bool = False) -> Any:
+    """A nested config section; ``flat``: its keys may also be given without the section name."""
+    return dataclasses.field(default_factory=cls, metadata={"help": help, "flat": flat})
+
+
+# --- stage configs ----------------------------------------------------------------------------
+
+
 @dataclasses.dataclass
 class IndexConfig:
-    """FAISS index settings, read by training (evaluation), `index`, `score` and `serve` alike."""
+    """FAISS index settings, read by training (validation), `index`, `score` and `serve` alike."""
 
-    kind: str = "auto"  # auto | flat | ivf | hnsw | ivfpq
-    auto_exact_max_items: int = 200_000  # `auto` searches exactly up to this many items
-    nlist: int = 0  # IVF lists; 0 = about 4 * sqrt(n_items)
-    nprobe: int = 16
-    hnsw_m: int = 32
-    ef_search: int = 128
-    ef_construction: int = 200
-    pq_bytes: int = 16  # IVF-PQ code size (bytes per vector); must divide the dimension
-    train_sample: int = 262_144  # vectors used to train IVF quantisers
-    refine_factor: int = 4  # IVF-PQ re-ranks this many times k candidates exactly
+    kind: str = setting("auto", "index kind: auto | flat | ivf | hnsw | ivfpq")
+    auto_exact_max_items: int = setting(200_000, "`auto` searches exactly up to this many items")
+    nlist: int = setting(0, "IVF lists; 0 = about 4 * sqrt(n_items)")
+    nprobe: int = setting(16, "IVF lists searched per query")
+    hnsw_m: int = setting(32, "HNSW graph degree")
+    ef_search: int = setting(128, "HNSW search depth")
+    ef_construction: int = setting(200, "HNSW build depth")
+    pq_bytes: int = setting(16, "IVF-PQ code size in bytes per vector; must divide the dimension")
+    train_sample: int = setting(262_144, "vectors used to train IVF quantisers")
+    refine_factor: int = setting(4, "IVF-PQ re-ranks this many times k candidates exactly")
 
 
 @dataclasses.dataclass
 class PrepareConfig:
     """`ganrec prepare`: raw interaction logs -> validated, id-mapped, split, sharded Parquet."""
 
-    source: str = "movielens-small"
-    out: str = "data/movielens-small"
-    format: str = "auto"  # auto | csv | tsv | parquet
-    user_col: str = "user_id"
-    item_col: str = "item_id"
-    time_col: str = "timestamp"
-    weight_col: str = ""  # empty: use `weight`, else `rating`, else 1.0
-    test_fraction: float = 0.2
-    shards: int = 0  # 0: from the data size
-    overwrite: bool = False
-    # synthetic source
-    users: int = 10_000
-    items: int = 5_000
-    interactions: int = 500_000
-    full_catalogue: bool = False  # also give every item one interaction (a catalogue of `items`)
-    seed: int = 0
-    address: str = ""
+    source: str = setting(
+        "movielens-small", "movielens-small, synthetic, or a file, directory or glob of logs"
+    )
+    out: str = setting("data/movielens-small", "the DATA directory to write (path or s3:// gs://)")
+    format: str = setting("auto", "input format: auto (from the extension) | csv | tsv | parquet")
+    user_col: str = setting("user_id", "column of user ids")
+    item_col: str = setting("item_id", "column of item ids")
+    time_col: str = setting("timestamp", "column of timestamps (Unix seconds or ISO-8601)")
+    weight_col: str = setting("", "column of weights; empty: `weight`, else `rating`, else 1.0")
+    test_fraction: float = setting(0.2, "each user's last ceil(fraction * n) interactions: test")
+    shards: int = setting(0, "output shards (user buckets); 0: one per 500k rows, at least 4")
+    overwrite: bool = setting(False, "replace an existing DATA")
+    users: int = setting(10_000, "synthetic source: users")
+    items: int = setting(5_000, "synthetic source: items")
+    interactions: int = setting(500_000, "synthetic source: interactions")
+    full_catalogue: bool = setting(
+        False, "synthetic source: also give every item one interaction (a catalogue of `items`)"
+    )
+    seed: int = setting(0, "synthetic source: seed")
+    address: str = setting("", "Ray cluster address; empty: RAY_ADDRESS, else a local Ray")
+
+
+@dataclasses.dataclass
+class ModelSettings:
+    """The generator's and discriminator's shapes."""
+
+    dim: int = setting(64, "item-embedding dimension (the space G generates into)")
+    hidden: int = setting(256, "hidden width of the user encoder, G and D")
+    history_len: int = setting(50, "recent items a user is encoded from")
+    noise_dim: int = setting(16, "dimension of G's noise z")
+    dropout: float = setting(0.3, "dropout on the user encoder's input")
+
+
+@dataclasses.dataclass
+class GameSettings:
+    """G's side of the adversarial game."""
+
+    adv_weight: float = setting(0.3, "weight of G's adversarial loss; 0 = the ablation")
+    adv_horizon: int = setting(
+        20, "D's real item is one of the user's next N interactions (1 = the next)"
+    )
+    g_steps: int = setting(1, "G-updates per batch")
+
+
+@dataclasses.dataclass
+class DiscriminatorSettings:
+    """D's settings: a run with adv_weight 0 takes no D-step, so they do not change it."""
+
+    d_lr: float = setting(1e-3, "D's Adam learning rate")
+    d_steps: int = setting(1, "D-updates per batch, before the G-updates")
+    d_mismatch: float = setting(
+        1.0, "weight of D's matching-aware term (another user's real item is fake); 0 = plain GAN"
+    )
+
+
+@dataclasses.dataclass
+class OptimSettings:
+    """The schedule and G's optimiser."""
+
+    epochs: int = setting(30, "most search epochs")
+    patience: int = setting(8, "stop the search after this many epochs without a better validation")
+    refit: bool = setting(
+        True, "after the search, retrain on all of train for the best epoch count"
+    )
+    batch_size: int = setting(256, "rows per step and rank")
+    lr: float = setting(2e-3, "G's Adam learning rate")
+    weight_decay: float = setting(0.0, "G's Adam weight decay")
+    ema_decay: float = setting(
+        0.998, "the model is an average of G's weights over steps with this decay (0: off)"
+    )
+    ce_horizon: int = setting(
+        1, "the softmax target is one of the user's next N interactions (1 = the next)"
+    )
+    sampled_negatives: int = setting(
+        -1, "softmax negatives: -1 = full softmax up to 100k items, else 8192; 0 = always full"
+    )
+    max_steps_per_epoch: int = setting(
+        0, "cut every epoch after N steps, the same on every rank (0: whole epochs)"
+    )
+
+
+@dataclasses.dataclass
+class DatasetSettings:
+    """How the train split is carved and fed."""
+
+    val_fraction: float = setting(
+        0.2, "each user's last ceil(fraction * n) train interactions: validation"
+    )
+    shuffle_buffer: int = setting(100_000, "rows in Ray Data's local shuffle buffer")
+    cache_rows: int = setting(
+        5_000_000, "keep the train dataset in the object store up to this many rows"
+    )
+
+
+@dataclasses.dataclass
+class ExecutionSettings:
+    """Where and how the run executes; a run resumes with other values of these."""
+
+    name: str = setting("", "the run's name (default: the basename of `out`)")
+    workers: int = setting(1, "DDP ranks (Ray Train workers)")
+    gpu: bool = setting(False, "one GPU per worker (CUDA, NCCL); CPU otherwise")
+    cpus_per_worker: float = setting(
+        1.0, "CPUs per worker; fractions let workers and Ray Data share a small machine"
+    )
+    max_failures: int = setting(2, "worker-group restarts from the last checkpoint")
+    address: str = setting("", "Ray cluster address; empty: RAY_ADDRESS, else a local Ray")
+    fail_at_epoch: int = setting(-1, "test hook: the last rank exits once at this search epoch")
 
 
 @dataclasses.dataclass
 class TrainConfig:
     """`ganrec train`: the adversarial recommender on Ray Train."""
 
-    data: str = "data/movielens-small"
-    out: str = "runs/movielens-small"
-    name: str = ""  # default: the basename of `out`
-    workers: int = 1
-    gpu: bool = False
-    cpus_per_worker: float = 1.0
-    epochs: int = 30
-    patience: int = 8  # seed 1's curve plateaus for epochs 5-13 with 4-epoch dry spells (README)
-    batch_size: int = 256
-    lr: float = 2e-3
-    weight_decay: float = 0.0
-    dim: int = 64
-    hidden: int = 256
-    history_len: int = 50
-    noise_dim: int = 16
-    dropout: float = 0.3
-    adv_weight: float = 0.3  # 0 = the no-adversarial ablation
-    adv_horizon: int = 20  # D's real item: one of the user's next N interactions (1 = the next)
-    ce_horizon: int = 1  # the softmax target: one of the user's next N interactions (1 = the next)
-    d_steps: int = 1
-    g_steps: int = 1
-    d_lr: float = 1e-3
-    d_mismatch: float = 1.0  # D also labels (user, another user's real item) fake; 0 = plain GAN
-    ema_decay: float = 0.998  # the model is an average of G's weights over steps (0: off)
-    sampled_negatives: int = -1  # -1: full softmax up to 100k items, else 8192; 0: always full
-    shuffle_buffer: int = 100_000  # rows in Ray Data's local shuffle buffer
-    cache_rows: int = 5_000_000  # materialise the train dataset in the object store up to this size
-    val_fraction: float = 0.2
-    refit: bool = True  # after early stopping, refit on all of train for the best epoch count
-    max_steps_per_epoch: int = 0  # 0: whole epochs; N: stop each epoch after N steps (smoke runs)
-    seed: int = 0
-    max_failures: int = 2
-    address: str = ""
-    fail_at_epoch: int = -1  # test hook: rank 1 (or 0) exits once at this epoch
-    index: IndexConfig = dataclasses.field(default_factory=IndexConfig)
+    data: str = setting("data/movielens-small", "the prepared DATA directory")
+    out: str = setting("runs/movielens-small", "the RUN directory (path or s3:// gs://)")
+    seed: int = setting(0, "seeds the models and every epoch's random draws")
+    model: ModelSettings = section(ModelSettings, "model shapes", flat=True)
+    game: GameSettings = section(GameSettings, "the adversarial game, G's side", flat=True)
+    discriminator: DiscriminatorSettings = section(
+        DiscriminatorSettings, "the discriminator", flat=True
+    )
+    optim: OptimSettings = section(OptimSettings, "schedule and optimiser", flat=True)
+    dataset: DatasetSettings = section(DatasetSettings, "validation carve and data feed", flat=True)
+    execution: ExecutionSettings = section(
+        ExecutionSettings, "where it runs (may change on resume)", flat=True
+    )
+    index: IndexConfig = section(IndexConfig, "the retrieval index used for validation")
 
 
 @dataclasses.dataclass
 class EvaluateConfig:
     """`ganrec evaluate`: GAN, its ablation and baselines in one full-ranking table."""
 
-    data: str = "data/movielens-small"
-    run: str = "runs/movielens-small"
-    ks: str = "10,20"
-    ease_lambdas: str = "100,200,400,800"
-    ease_max_items: int = 20_000
-    als_factors: int = 64
-    als_regs: str = "0.01,0.1,1.0"
-    als_iterations: int = 15
-    ablation: bool = True  # train and evaluate the adv_weight=0 model in the same run
-    seed: int = 0
-    address: str = ""
+    data: str = setting("data/movielens-small", "the prepared DATA directory")
+    run: str = setting("runs/movielens-small", "the trained RUN directory")
+    ks: str = setting("10,20", "metric cut-offs, comma-separated")
+    ease_lambdas: str = setting("100,200,400,800", "EASE's L2 weights to choose from on validation")
+    ease_max_items: int = setting(
+        20_000, "skip EASE above this many items (dense item-item matrix)"
+    )
+    als_factors: int = setting(64, "ALS factors")
+    als_regs: str = setting("0.01,0.1,1.0", "ALS regularisations to choose from on validation")
+    als_iterations: int = setting(15, "ALS iterations")
+    ablation: bool = setting(
+        True, "train (or reuse) the adv_weight=0 model and add it to the table"
+    )
+    seed: int = setting(0, "ALS's seed")
+    address: str = setting("", "Ray cluster address; empty: RAY_ADDRESS, else a local Ray")
+
+
+@dataclasses.dataclass
+class IndexCommandConfig:
+    """`ganrec index --run RUN [--kind ...]`: build RUN/index/ from the run's checkpoint."""
+
+    run: str = setting("runs/movielens-small", "the trained RUN directory")
+    kind: str = setting("", "index kind (overrides index.kind): auto | flat | ivf | hnsw | ivfpq")
+    index: IndexConfig = section(IndexConfig, "index parameters")
+
+
+@dataclasses.dataclass
+class ScoreConfig:
+    """`ganrec score`: top-K for every user as a Ray Data job, to Parquet."""
+
+    data: str = setting("data/movielens-small", "the prepared DATA directory")
+    run: str = setting("runs/movielens-small", "the trained RUN directory")
+    out: str = setting("recs.parquet", "output Parquet dataset (path or s3:// gs://)")
+    k: int = setting(10, "recommendations per user (1..10000)")
+    users: str = setting(
+        "", "a file of user ids (one per line, or CSV/Parquet with user_id); default: test users"
+    )
+    include_seen: bool = setting(False, "allow a user's train items in their recommendations")
+    batch_size: int = setting(1024, "users per model call")
+    actors: int = setting(0, "scoring actors; 0: one per CPU of the cluster, at most 8")
+    overwrite: bool = setting(False, "replace an existing output")
+    address: str = setting("", "Ray cluster address; empty: RAY_ADDRESS, else a local Ray")
+
+
+@dataclasses.dataclass
+class ServeConfig:
+    """`ganrec serve --run RUN`: the app on a local Ray, 127.0.0.1:8000, until Ctrl-C."""
+
+    run: str = setting("runs/movielens-small", "the trained RUN directory")
+    host: str = setting("127.0.0.1", "HTTP host")
+    port: int = setting(8000, "HTTP port")
+    max_batch_size: int = setting(32, "requests batched into one model call")
+    address: str = setting("", "Ray cluster address; empty: RAY_ADDRESS, else a local Ray")
+    duration_s: float = setting(0.0, "stop after this many seconds (0: until interrupted)")
 
 
 @dataclasses.dataclass
 class DemoConfig:
-    """`ganrec demo`: the whole pipeline on the embedded data."""
+    """`ganrec demo`: the whole pipeline on the embedded data, on a short training schedule."""
 
-    workdir: str = "demo"
-    users_to_show: int = 3
-    port: int = 8000
-    overwrite: bool = True
-    address: str = ""
+    workdir: str = setting("demo", "where DATA, RUN and recs.parquet go")
+    epochs: int = setting(8, "training epochs (no refit): the demo's short schedule")
+    ablation: bool = setting(False, "also train the adv_weight=0 ablation (as long again)")
+    users_to_show: int = setting(3, "users whose top-10 lists are printed")
+    port: int = setting(8000, "port of the live Serve app on 127.0.0.1")
+    overwrite: bool = setting(True, "replace an earlier demo's files")
+    address: str = setting("", "Ray cluster address; empty: RAY_ADDRESS, else a local Ray")
+
+
+# --- the machinery ------------------------------------------------------------------------------
 
 
 def _is_dataclass_type(tp: Any) -> bool:
@@ -166,9 +303,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return False
         raise UserError(f"config key '{key}': expected true/false, got {value!r}")
     if tp is int:
-        if isinstance(value, bool):
-            raise UserError(f"config key '{key}': expected an integer, got {value!r}")
-        if isinstance(value, int):
+        if isinstance(value, int) and not isinstance(value, bool):
             return value
         if isinstance(value, str):
             try:
@@ -177,9 +312,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 pass
         raise UserError(f"config key '{key}': expected an integer, got {value!r}")
     if tp is float:
-        if isinstance(value, bool):
-            raise UserError(f"config key '{key}': expected a number, got {value!r}")
-        if isinstance(value, (int, float)):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
         if isinstance(value, str):
             try:
@@ -198,18 +331,33 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     raise UserError(f"config key '{key}': unsupported type {tp}")
 
 
+def flat_sections(cls: type) -> dict[str, str]:
+    """``{leaf key: section}`` for the keys of ``cls``'s flat sections (``dim`` -> ``model``)."""
+    hints = typing.get_type_hints(cls)
+    out: dict[str, str] = {}
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("flat"):
+            for sub in dataclasses.fields(hints[f.name]):
+                out[sub.name] = f.name
+    return out
+
+
 def build(cls: type[T], values: dict[str, Any], prefix: str = "") -> T:
     """Build ``cls`` from a mapping, rejecting unknown keys and wrong types.
 
-    Dotted keys (``index.nprobe``) address nested dataclasses.
+    Dotted keys (``index.nprobe``) address nested dataclasses; a key of a flat section may also
+    be given alone (``dim`` for ``model.dim``).
     """
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    aliases = flat_sections(cls)
     nested: dict[str, dict[str, Any]] = {}
     kwargs: dict[str, Any] = {}
     for raw_key, value in values.items():
         key = str(raw_key).replace("-", "_")
         head, _, rest = key.partition(".")
+        if head not in names and head in aliases:
+            head, rest = aliases[head], key
         if head not in names:
             raise UserError(f"unknown config key '{prefix}{head}' for {cls.__name__}")
         if rest:
@@ -241,12 +389,13 @@ def read_yaml(path: str | Path, stage: str, shared_index: bool = False) -> dict[
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a mapping of config keys")
     if any(k in STAGES for k in data):
-        section = data.get(stage) or {}
-        if not isinstance(section, dict):
+        # The `index:` section of a pipeline file is the shared IndexConfig, not a stage's.
+        section_keys = {} if stage == "index" else data.get(stage) or {}
+        if not isinstance(section_keys, dict):
             raise UserError(f"{path}: section '{stage}' must be a mapping")
-        if shared_index and isinstance(data.get("index"), dict) and "index" not in section:
-            section = {**section, "index": data["index"]}
-        return section
+        if shared_index and isinstance(data.get("index"), dict) and "index" not in section_keys:
+            section_keys = {**section_keys, "index": data["index"]}
+        return section_keys
     return data
 
 
@@ -255,16 +404,49 @@ def load(cls: type[T], stage: str, config_file: str | None, overrides: dict[str,
     merged: dict[str, Any] = {}
     if config_file:
         has_index = "index" in {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-        for key, value in read_yaml(config_file, stage, shared_index=has_index).items():
-            if isinstance(value, dict):
-                for sub, v in value.items():
-                    merged[f"{key}.{sub}"] = v
-            else:
-                merged[key] = value
+        merged.update(flatten(read_yaml(config_file, stage, shared_index=has_index)))
     merged.update(overrides)
     return build(cls, merged)
+
+
+def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"model": {"dim": 8}}`` -> ``{"model.dim": 8}`` (mappings all the way down)."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def to_dict(config: Any) -> dict[str, Any]:
     """A plain, YAML-safe dict of a config (for RUN/config.yaml and Ray Train workers)."""
     return dataclasses.asdict(config)
+
+
+def fields(cls: type, prefix: str = "") -> Iterator[tuple[str, dataclasses.Field, Any, str]]:
+    """Every leaf setting of ``cls``: ``(dotted name, field, type, section name or "")``."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if _is_dataclass_type(tp):
+            for name, sub, sub_tp, _ in fields(tp, prefix=f"{prefix}{f.name}."):
+                yield name, sub, sub_tp, prefix + f.name
+        else:
+            yield prefix + f.name, f, tp, prefix.rstrip(".")
+
+
+def replace(config: T, **changes: Any) -> T:
+    """``dataclasses.replace`` that also takes flat-section keys (``adv_weight=0.0``)."""
+    flat = flatten(to_dict(config))
+    aliases = flat_sections(type(config))
+    for key, value in changes.items():
+        flat[f"{aliases[key]}.{key}" if key in aliases else key] = value
+    return build(type(config), flat)
+
+
+def train_config(**values: Any) -> TrainConfig:
+    """A TrainConfig from keyword settings, flat-section keys included:
+    ``train_config(data=..., epochs=3, dim=16)``."""
+    return build(TrainConfig, values)

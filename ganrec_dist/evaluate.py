@@ -1,222 +1,230 @@
 """`ganrec evaluate`: the GAN, its no-adversarial ablation and the baselines, in one
-full-ranking table on the test split (protocol: ../shared/docs/evaluation.md).
+full-ranking table on the test split (protocol: docs/results.md, *Protocol*).
 
 Every model sees the same train split, excludes each user's train items from ranking, and is
 ranked over the whole catalogue. Baseline hyper-parameters are chosen on the validation split
-carved out of train (the same temporal rule), then refitted on all of train; the test split is
-read only to compute the final numbers. The GAN is evaluated through the FAISS retrieval path.
+carved out of train (the rule and fraction the run itself validated with), then refitted on all
+of train; the test split is read only to compute the final numbers. The GAN is evaluated through
+the FAISS retrieval path.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
-import shutil
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
-from ganrec_dist import baselines, storage
-from ganrec_dist.bench.common import print_table
-from ganrec_dist.config import EvaluateConfig, TrainConfig, build
-from ganrec_dist.errors import UserError
-from ganrec_dist.interactions import held_out, load_sequences, validation_limits
+from ganrec_dist.baselines import BASELINES, Baseline
+from ganrec_dist.config import EvaluateConfig, TrainConfig, build, replace
+from ganrec_dist.interactions import held_out, validation_limits
+from ganrec_dist.layout import DataDir, RunDir
+from ganrec_dist.logs import print_table
 from ganrec_dist.metrics import beyond_accuracy, ranking_metrics
-from ganrec_dist.prepare import read_manifest
 from ganrec_dist.recommender import Recommender
+from ganrec_dist.resume import run_changes, stored_config
 
 log = logging.getLogger(__name__)
 
+COLUMNS = [
+    "ndcg@10",
+    "recall@10",
+    "precision@10",
+    "hit@10",
+    "mrr@10",
+    "ndcg@20",
+    "recall@20",
+    "coverage@10",
+    "diversity@10",
+    "novelty@10",
+]
 
-def _floats(text: str) -> list[float]:
-    return [float(x) for x in text.split(",") if x.strip()]
 
-
-def gan_recommend(
-    run: str | Path, n_users: int, users: np.ndarray, k: int
-) -> tuple[np.ndarray, str]:
-    """The GAN's top-k through the retrieval path; each user's train items excluded."""
+def gan_recommend(run: str, n_users: int, users: np.ndarray, k: int) -> tuple[np.ndarray, dict]:
+    """The GAN's top-k through the retrieval path, each user's train items excluded; and its
+    parameters for the table."""
     rec = Recommender(run)
     out = np.full((n_users, k), -1, dtype=np.int64)
     for start in range(0, len(users), 2048):
         u = users[start : start + 2048]
         out[u], _ = rec.recommend_known(u, k)
-    return out, rec.version
+    params = {
+        "version": rec.version,
+        "adv_weight": rec.meta["adv_weight"],
+        "best_epoch": rec.meta["best_epoch"],
+    }
+    return out, params
 
 
-def ablation_run(cfg: EvaluateConfig) -> str:
+def ablation_run(cfg: EvaluateConfig, run: RunDir) -> str:
     """Train (or reuse) the same model with adv_weight = 0 under RUN/ablation."""
-    from ganrec_dist.train import run_changes, train
+    from ganrec_dist.train import train
 
-    run = storage.open_run(cfg.run)
-    target = storage.join(cfg.run, "ablation")
-    train_cfg = build(TrainConfig, yaml.safe_load((run / "config.yaml").read_text()))
+    target = run.ablation()
+    trained = build(TrainConfig, stored_config(run) or {})
     # The same configuration, index settings included, with the adversarial term switched off.
-    ablation = dataclasses.replace(
-        train_cfg,
-        out=target,
-        name=f"{train_cfg.name or storage.basename(cfg.run)}-ablation",
+    ablation = replace(
+        trained,
+        out=target.uri,
+        name=f"{trained.execution.name or run.name}-ablation",
         adv_weight=0.0,
         data=cfg.data,
         address=cfg.address,
         fail_at_epoch=-1,
     )
-    local = storage.open_run(target)
-    if (local / "config.yaml").exists():
+    target = RunDir.open(target.uri)
+    stored = stored_config(target)
+    if stored is not None:
         # Only a run of this configuration is this run's ablation (shared by GANs that differ
         # only in D's settings, which a run without D-steps does not use).
-        changes = run_changes(yaml.safe_load((local / "config.yaml").read_text()) or {}, ablation)
+        changes = run_changes(stored, ablation)
         if changes:
             log.warning(
                 "the ablation in %s was trained with other settings (%s): training it again",
-                target,
+                target.uri,
                 "; ".join(changes),
             )
-            storage.remove_tree(target)
-            shutil.rmtree(local, ignore_errors=True)
-            local = storage.open_run(target)
-    meta_path = local / "checkpoint" / "meta.json"
-    if meta_path.exists() and json.loads(meta_path.read_text()).get("final"):
-        log.info("reusing the ablation in %s", target)
-        return target
-    log.info("training the ablation (adv_weight = 0) in %s", target)
+            target.remove()
+            target = RunDir.open(target.uri)
+    if target.has_checkpoint() and target.meta().get("final"):
+        log.info("reusing the ablation in %s", target.uri)
+        return target.uri
+    log.info("training the ablation (adv_weight = 0) in %s", target.uri)
     train(ablation)
-    return target
+    return target.uri
 
 
-def evaluate(cfg: EvaluateConfig) -> dict:
-    start = time.time()
-    manifest = read_manifest(cfg.data)
-    run = storage.open_run(cfg.run)
-    if not (run / "checkpoint" / "meta.json").exists():
-        raise UserError(f"{run}: no trained checkpoint; run ganrec train --out {run} first")
-    ks = sorted(int(k) for k in cfg.ks.split(","))
-    max_k = max(ks)
-    seq = load_sequences(cfg.data, "train")
-    test = load_sequences(cfg.data, "test")
-    truth = test.matrix()
-    users = np.flatnonzero(test.lengths > 0)
-    train_matrix = seq.matrix()
-    # Validation split for choosing baseline hyper-parameters (never the test split).
-    fit_limits = validation_limits(seq, 0.2)
-    fit_matrix = seq.matrix(fit_limits)
-    val_truth = held_out(seq, fit_limits)
-    val_users = np.flatnonzero(fit_limits < seq.lengths)
+def tune(
+    name: str, baseline: Baseline, cfg: EvaluateConfig, split: dict[str, Any]
+) -> tuple[dict, dict[str, float]]:
+    """The grid point with the best validation NDCG@10; and every point's score."""
+    grid = baseline.grid(cfg)
+    if len(grid) == 1:
+        return grid[0], {}
+    varying = [key for key in grid[0] if len({str(p[key]) for p in grid}) > 1] or list(grid[0])
+    scores = []
+    for params in grid:
+        model = baseline.fit(split["fit"], params, cfg)
+        recs = baseline.recommend(model, split["fit"], split["val_users"], 10)
+        scores.append(ranking_metrics(recs, split["val_truth"], [10])["ndcg@10"])
+        log.info("%s %s: validation NDCG@10 %.4f", name, _label(params, varying), scores[-1])
+    best = max(range(len(grid)), key=lambda i: scores[i])
+    return grid[best], {_label(p, varying): v for p, v in zip(grid, scores)}
 
-    recs: dict[str, np.ndarray] = {}
-    params: dict[str, dict] = {}
-    validation: dict[str, dict] = {}
-    recs["popularity"] = baselines.popularity_recommend(train_matrix, users, max_k)
-    params["popularity"] = {}
 
-    if seq.n_items <= cfg.ease_max_items:
-        scores = {}
-        for lam in _floats(cfg.ease_lambdas):
-            weights = baselines.ease_weights(fit_matrix, lam)
-            r = baselines.ease_recommend(fit_matrix, weights, val_users, 10)
-            scores[lam] = ranking_metrics(r, val_truth, [10])["ndcg@10"]
-            log.info("EASE lambda %g: validation NDCG@10 %.4f", lam, scores[lam])
-        best = max(scores, key=lambda lam: scores[lam])
-        recs["ease"] = baselines.ease_recommend(
-            train_matrix, baselines.ease_weights(train_matrix, best), users, max_k
-        )
-        params["ease"] = {"lambda": best}
-        validation["ease"] = {str(k): v for k, v in scores.items()}
-    else:
-        log.warning("EASE skipped: %d items > ease_max_items %d", seq.n_items, cfg.ease_max_items)
+def _label(params: dict, keys: list[str]) -> str:
+    return ", ".join(f"{key}={params[key]}" for key in keys)
 
-    scores = {}
-    for reg in _floats(cfg.als_regs):
-        uf, itf = baselines.als_factors(
-            fit_matrix, cfg.als_factors, reg, cfg.als_iterations, cfg.seed
-        )
-        scores[reg] = ranking_metrics(
-            baselines.als_recommend(uf, itf, fit_matrix, val_users, 10), val_truth, [10]
-        )["ndcg@10"]
-        log.info("ALS reg %g: validation NDCG@10 %.4f", reg, scores[reg])
-    best = max(scores, key=lambda reg: scores[reg])
-    uf, itf = baselines.als_factors(
-        train_matrix, cfg.als_factors, best, cfg.als_iterations, cfg.seed
-    )
-    recs["als"] = baselines.als_recommend(uf, itf, train_matrix, users, max_k)
-    params["als"] = {
-        "factors": cfg.als_factors,
-        "regularization": best,
-        "alpha": 1.0,
-        "iterations": cfg.als_iterations,
+
+def _splits(data: DataDir, run: RunDir) -> dict[str, Any]:
+    """Train, test and the validation carve of train (the fraction the run validated with)."""
+    seq, test = data.sequences("train"), data.sequences("test")
+    trained = build(TrainConfig, stored_config(run) or {})
+    fit_limits = validation_limits(seq, trained.dataset.val_fraction)
+    return {
+        "seq": seq,
+        "train": seq.matrix(),
+        "truth": test.matrix(),
+        "users": np.flatnonzero(test.lengths > 0),
+        "fit": seq.matrix(fit_limits),
+        "val_truth": held_out(seq, fit_limits),
+        "val_users": np.flatnonzero(fit_limits < seq.lengths),
+        "val_fraction": trained.dataset.val_fraction,
     }
-    validation["als"] = {str(k): v for k, v in scores.items()}
 
-    recs["gan"], version = gan_recommend(run, seq.n_users, users, max_k)
-    gan_meta = json.loads((run / "checkpoint" / "meta.json").read_text())
-    params["gan"] = {
-        "version": version,
-        "adv_weight": gan_meta["adv_weight"],
-        "best_epoch": gan_meta["best_epoch"],
-    }
-    if cfg.ablation:
-        ablation = ablation_run(cfg)
-        recs["gan_ablation"], version = gan_recommend(ablation, seq.n_users, users, max_k)
-        ab_meta = json.loads((storage.open_run(ablation) / "checkpoint" / "meta.json").read_text())
-        params["gan_ablation"] = {
-            "version": version,
-            "adv_weight": 0.0,
-            "best_epoch": ab_meta["best_epoch"],
-        }
 
+def _table(recs: dict[str, np.ndarray], params: dict[str, dict], split: dict, ks: list[int]):
     models: dict[str, Any] = {}
     for name, r in recs.items():
         models[name] = {
-            **ranking_metrics(r, truth, ks),
-            **beyond_accuracy(r[users], train_matrix, ks),
+            **ranking_metrics(r, split["truth"], ks),
+            **beyond_accuracy(r[split["users"]], split["train"], ks),
             "params": params[name],
         }
-    result: dict[str, Any] = {
-        "k": ks,
-        "models": models,
-        "split": {
-            "test": "per user, temporal, last ceil(0.2 n) (see DATA/manifest.json)",
-            "validation": "the same rule applied to train; used for every model's hyper-parameters",
-        },
-        "users_evaluated": int(len(users)),
-        "n_items": int(seq.n_items),
-        "data": str(cfg.data),
-        "source": manifest["source"],
-        "validation_ndcg@10": validation,
-        "seconds": round(time.time() - start, 1),
-    }
-    if "ease" in models:
-        result["gan_vs_ease_ndcg@10"] = models["gan"]["ndcg@10"] / models["ease"]["ndcg@10"]
-    path = run / "eval.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.rename(path)
-    storage.save_run(run, cfg.run, ("eval.json",))
+    return models
+
+
+def evaluate(cfg: EvaluateConfig) -> dict:
+    """`ganrec evaluate`: the table, printed and written to RUN/eval.json."""
+    result = evaluate_models(cfg)
     print_results(result)
     return result
 
 
+def evaluate_models(cfg: EvaluateConfig) -> dict:
+    """Every model of the table on the test split; writes RUN/eval.json and returns it."""
+    start = time.time()
+    data, run = DataDir(cfg.data), RunDir.open(cfg.run)
+    run.meta()  # one line if RUN holds no trained checkpoint
+    ks = sorted(int(k) for k in cfg.ks.split(","))
+    split = _splits(data, run)
+    recs: dict[str, np.ndarray] = {}
+    params: dict[str, dict] = {}
+    validation: dict[str, dict] = {}
+    for name, baseline in BASELINES.items():
+        reason = baseline.skip(cfg, split["seq"].n_items)
+        if reason:
+            log.warning("%s skipped: %s", name, reason)
+            continue
+        params[name], scores = tune(name, baseline, cfg, split)
+        if scores:
+            validation[name] = scores
+        model = baseline.fit(split["train"], params[name], cfg)
+        recs[name] = baseline.recommend(model, split["train"], split["users"], max(ks))
+    n_users = split["seq"].n_users
+    recs["gan"], params["gan"] = gan_recommend(run.uri, n_users, split["users"], max(ks))
+    if cfg.ablation:
+        ablation = ablation_run(cfg, run)
+        recs["gan_ablation"], params["gan_ablation"] = gan_recommend(
+            ablation, n_users, split["users"], max(ks)
+        )
+    result = _result(
+        cfg,
+        data=data,
+        split=split,
+        models=_table(recs, params, split, ks),
+        validation=validation,
+        ks=ks,
+    )
+    result["seconds"] = round(time.time() - start, 1)
+    run.write_eval(result)
+    return result
+
+
+def _result(
+    cfg: EvaluateConfig,
+    *,
+    data: DataDir,
+    split: dict,
+    models: dict,
+    validation: dict,
+    ks: list[int],
+) -> dict[str, Any]:
+    result: dict[str, Any] = {
+        "k": ks,
+        "models": models,
+        "split": {
+            "test": f"per user, temporal, last ceil({data.test_fraction} n) (DATA/manifest.json)",
+            "validation": f"the same rule applied to train, fraction {split['val_fraction']}; "
+            "used for every model's hyper-parameters",
+        },
+        "users_evaluated": int(len(split["users"])),
+        "n_items": int(split["seq"].n_items),
+        "data": str(cfg.data),
+        "source": data.manifest["source"],
+        "validation_ndcg@10": validation,
+    }
+    if "ease" in models:
+        result["gan_vs_ease_ndcg@10"] = models["gan"]["ndcg@10"] / models["ease"]["ndcg@10"]
+    return result
+
+
 def print_results(result: dict) -> None:
-    cols = [
-        "ndcg@10",
-        "recall@10",
-        "precision@10",
-        "hit@10",
-        "mrr@10",
-        "ndcg@20",
-        "recall@20",
-        "coverage@10",
-        "diversity@10",
-        "novelty@10",
-    ]
-    rows = [[name] + [round(m[c], 4) for c in cols] for name, m in result["models"].items()]
+    rows = [[name] + [round(m[c], 4) for c in COLUMNS] for name, m in result["models"].items()]
     print_table(
         f"full-ranking evaluation on {result['source']}: {result['users_evaluated']} users, "
         f"{result['n_items']} items",
-        ["model"] + cols,
+        ["model"] + COLUMNS,
         rows,
     )

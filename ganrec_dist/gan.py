@@ -22,19 +22,11 @@ class Batch:
     history: torch.Tensor  # [b, L] item indices, padded with n_items, most recent last
     users: torch.Tensor  # [b] user indices (n_users = unknown)
     targets: torch.Tensor  # [b] the real next item
-    future: torch.Tensor | None = (
-        None  # [b] a real item from the user's next few (D's "real"); None = targets
-    )
+    future: torch.Tensor | None = None  # [b] a real item of the next few (D's); None = targets
 
 
 def unwrap(module: nn.Module) -> Any:
     return getattr(module, "module", module)
-
-
-def sample_noise(
-    batch: int, dim: int, device: torch.device, generator: torch.Generator | None = None
-) -> torch.Tensor:
-    return torch.randn(batch, dim, device=device, generator=generator)
 
 
 @dataclass
@@ -52,6 +44,7 @@ def g_forward(
     gen: nn.Module,
     batch: Batch,
     z: torch.Tensor,
+    *,
     adv_weight: float,
     negatives: torch.Tensor | None = None,
     fused_softmax: bool = True,
@@ -77,6 +70,7 @@ def d_step(
     disc: nn.Module,
     d_opt: torch.optim.Optimizer,
     batch: Batch,
+    *,
     z: torch.Tensor,
     forward: Forward | None = None,
     mismatch: float = 0.0,
@@ -148,6 +142,7 @@ def g_step(
     disc: nn.Module,
     g_opt: torch.optim.Optimizer,
     batch: Batch,
+    *,
     z: torch.Tensor,
     adv_weight: float,
     negatives: torch.Tensor | None = None,
@@ -164,7 +159,9 @@ def g_step(
             been updated since); None runs it here.
     """
     if forward is None:
-        forward = g_forward(gen, batch, z, adv_weight, negatives, fused_softmax)
+        forward = g_forward(
+            gen, batch, z, adv_weight=adv_weight, negatives=negatives, fused_softmax=fused_softmax
+        )
     state, ce = forward.state, forward.ce
     core = unwrap(disc)
     if adv_weight > 0:
@@ -194,6 +191,7 @@ def train_step(
     disc: nn.Module,
     d_opt: torch.optim.Optimizer,
     g_opt: torch.optim.Optimizer,
+    *,
     batch: Batch,
     z: torch.Tensor,
     adv_weight: float,
@@ -211,9 +209,11 @@ def train_step(
     stats: dict[str, float] = {}
     forward = None
     if adv_weight > 0:
-        forward = g_forward(gen, batch, z, adv_weight, negatives, fused_softmax)
+        forward = g_forward(
+            gen, batch, z, adv_weight=adv_weight, negatives=negatives, fused_softmax=fused_softmax
+        )
         for _ in range(d_steps):
-            stats.update(d_step(gen, disc, d_opt, batch, z, forward, d_mismatch))
+            stats.update(d_step(gen, disc, d_opt, batch, z=z, forward=forward, mismatch=d_mismatch))
     for step in range(g_steps):
         stats.update(
             g_step(
@@ -221,11 +221,11 @@ def train_step(
                 disc,
                 g_opt,
                 batch,
-                z,
-                adv_weight,
-                negatives,
-                fused_softmax,
-                forward if step == 0 else None,
+                z=z,
+                adv_weight=adv_weight,
+                negatives=negatives,
+                fused_softmax=fused_softmax,
+                forward=forward if step == 0 else None,
             )
         )
     return stats

@@ -1,10 +1,10 @@
 """The catalogue index: the one retrieval path that evaluation, scoring and serving share.
 
-Scores are inner products (the model's metric). Kinds: ``flat`` (exact: a blocked matrix product
-with a running top-k, faster than FAISS's IndexFlatIP on many queries), ``ivf`` (FAISS
-IndexIVFFlat), ``hnsw`` (IndexHNSWFlat) and ``ivfpq`` (IndexIVFPQ with exact re-ranking).
-``auto`` is exact up to ``auto_exact_max_items`` and IVF above. All parameters come from
-:class:`~ganrec_dist.config.IndexConfig`.
+Scores are inner products (the model's metric). Kinds (the ``KINDS`` table; a new kind is one
+entry there): ``flat`` (exact: a blocked matrix product with a running top-k, faster than FAISS's
+IndexFlatIP on many queries), ``ivf`` (FAISS IndexIVFFlat), ``hnsw`` (IndexHNSWFlat) and ``ivfpq``
+(IndexIVFPQ with exact re-ranking). ``auto`` is exact up to ``auto_exact_max_items`` and IVF
+above. All parameters come from :class:`~ganrec_dist.config.IndexConfig`.
 
 Exact search excludes a user's seen items inside the search. ANN kinds search deeper than k and
 filter; rows an ANN search leaves short of k are completed by exact search, so exactly k items
@@ -18,9 +18,9 @@ import hashlib
 import json
 import logging
 import math
-import shutil
+import tempfile
 import time
-import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +29,13 @@ import numpy as np
 import torch
 
 from ganrec_dist import storage
-from ganrec_dist.config import IndexConfig
+from ganrec_dist.config import IndexCommandConfig, IndexConfig
 from ganrec_dist.errors import UserError
+from ganrec_dist.layout import RunDir
 
 log = logging.getLogger(__name__)
 
 METRIC = "inner_product"
-KINDS = ("flat", "ivf", "hnsw", "ivfpq")
 
 
 def resolve_kind(cfg: IndexConfig, n_items: int) -> str:
@@ -205,44 +205,99 @@ def default_nlist(cfg: IndexConfig, n: int) -> int:
     return cfg.nlist or int(max(1, min(65_536, 4 * math.sqrt(n))))
 
 
+def _train_sample(embeddings: np.ndarray, cfg: IndexConfig, seed: int) -> np.ndarray:
+    n = len(embeddings)
+    if n <= cfg.train_sample:
+        return embeddings
+    return embeddings[np.random.default_rng(seed).choice(n, cfg.train_sample, replace=False)]
+
+
+def _build_hnsw(embeddings: np.ndarray, cfg: IndexConfig, seed: int) -> Any:
+    index = faiss.IndexHNSWFlat(embeddings.shape[1], cfg.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efConstruction = cfg.ef_construction
+    index.hnsw.efSearch = cfg.ef_search
+    index.add(embeddings)
+    return index
+
+
+def _build_ivf(embeddings: np.ndarray, cfg: IndexConfig, seed: int) -> Any:
+    n, dim = embeddings.shape
+    nlist = min(default_nlist(cfg, n), n)
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+    index.train(_train_sample(embeddings, cfg, seed))
+    index.nprobe = cfg.nprobe
+    index.add(embeddings)
+    return index
+
+
+def _build_ivfpq(embeddings: np.ndarray, cfg: IndexConfig, seed: int) -> Any:
+    n, dim = embeddings.shape
+    if dim % cfg.pq_bytes:
+        raise UserError(f"index.pq_bytes ({cfg.pq_bytes}) must divide the dimension ({dim})")
+    nlist = min(default_nlist(cfg, n), n)
+    quantizer = faiss.IndexFlatIP(dim)
+    index = faiss.IndexIVFPQ(quantizer, dim, nlist, cfg.pq_bytes, 8, faiss.METRIC_INNER_PRODUCT)
+    index.train(_train_sample(embeddings, cfg, seed))
+    index.nprobe = cfg.nprobe
+    # Re-rank k * refine_factor PQ candidates with the exact vectors.
+    refined = faiss.IndexRefineFlat(index)
+    refined.k_factor = cfg.refine_factor
+    refined.add(embeddings)
+    return refined
+
+
+def _read(tune: Callable[[Any, dict], None]) -> Callable[[Path, np.ndarray, dict], Any]:
+    """A restore function for a FAISS kind: read the file, then set the search parameters that
+    FAISS files do not keep."""
+
+    def restore(path: Path, embeddings: np.ndarray, params: dict) -> Any:
+        index = faiss.read_index(str(path))
+        tune(index, params)
+        return index
+
+    return restore
+
+
+def _tune_hnsw(index: Any, params: dict) -> None:
+    index.hnsw.efSearch = params["ef_search"]
+
+
+def _tune_ivf(index: Any, params: dict) -> None:
+    index.nprobe = params["nprobe"]
+
+
+def _tune_ivfpq(index: Any, params: dict) -> None:
+    faiss.extract_index_ivf(index).nprobe = params["nprobe"]
+    index.k_factor = params["refine_factor"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Kind:
+    """One index kind: how to build it from embeddings, and how to restore it from RUN/index
+    (``path`` is the index file, absent for a kind that is not ``saved``: it is rebuilt from the
+    checkpoint's embeddings instead)."""
+
+    build: Callable[[np.ndarray, IndexConfig, int], Any]
+    restore: Callable[[Path, np.ndarray, dict], Any]
+    saved: bool = True
+
+
+KINDS: dict[str, Kind] = {
+    "flat": Kind(
+        build=lambda e, cfg, seed: ExactIndex(e),
+        restore=lambda path, e, params: ExactIndex(e),
+        saved=False,
+    ),
+    "ivf": Kind(build=_build_ivf, restore=_read(_tune_ivf)),
+    "hnsw": Kind(build=_build_hnsw, restore=_read(_tune_hnsw)),
+    "ivfpq": Kind(build=_build_ivfpq, restore=_read(_tune_ivfpq)),
+}
+
+
 def build_index(embeddings: np.ndarray, cfg: IndexConfig, seed: int = 0) -> Any:
     """Build the index of ``cfg.kind`` over ``[n_items, dim]`` embeddings."""
     embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
-    n, dim = embeddings.shape
-    kind = resolve_kind(cfg, n)
-    if kind == "flat":
-        return ExactIndex(embeddings)
-    index: Any
-    if kind == "hnsw":
-        index = faiss.IndexHNSWFlat(dim, cfg.hnsw_m, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = cfg.ef_construction
-        index.hnsw.efSearch = cfg.ef_search
-        index.add(embeddings)
-        return index
-    nlist = min(default_nlist(cfg, n), n)
-    quantizer = faiss.IndexFlatIP(dim)
-    if kind == "ivf":
-        index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
-    else:
-        if dim % cfg.pq_bytes:
-            raise UserError(f"index.pq_bytes ({cfg.pq_bytes}) must divide the dimension ({dim})")
-        index = faiss.IndexIVFPQ(quantizer, dim, nlist, cfg.pq_bytes, 8, faiss.METRIC_INNER_PRODUCT)
-    rng = np.random.default_rng(seed)
-    sample = (
-        embeddings
-        if n <= cfg.train_sample
-        else embeddings[rng.choice(n, cfg.train_sample, replace=False)]
-    )
-    index.train(sample)
-    index.nprobe = cfg.nprobe
-    if kind == "ivfpq":
-        # Re-rank k * refine_factor PQ candidates with the exact vectors.
-        refined = faiss.IndexRefineFlat(index)
-        refined.k_factor = cfg.refine_factor
-        refined.add(embeddings)
-        return refined
-    index.add(embeddings)
-    return index
+    return KINDS[resolve_kind(cfg, len(embeddings))].build(embeddings, cfg, seed)
 
 
 def search_excluding(
@@ -293,8 +348,8 @@ def search_excluding(
 # --- RUN/index/ --------------------------------------------------------------------------------
 
 
-def save_index(index, embeddings: np.ndarray, cfg: IndexConfig, run: Path) -> dict:
-    """Write RUN/index/ (index file + meta.json) atomically."""
+def save_index(index: Any, embeddings: np.ndarray, cfg: IndexConfig, run: RunDir) -> dict:
+    """Write RUN/index/ (index file + meta.json), replacing an older one in one step."""
     kind = resolve_kind(cfg, len(embeddings))
     meta = {
         "kind": kind,
@@ -304,22 +359,20 @@ def save_index(index, embeddings: np.ndarray, cfg: IndexConfig, run: Path) -> di
         "n_items": int(embeddings.shape[0]),
         "checksum": checksum(embeddings),
     }
-    tmp = run / f".index.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
-    if kind != "flat":  # the exact index is rebuilt from the checkpoint's embeddings
-        faiss.write_index(index, str(tmp / "index.faiss"))
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-    target = run / "index"
-    if target.exists():
-        shutil.rmtree(target)
-    tmp.rename(target)
+    run.local.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{RunDir.INDEX}.tmp-", dir=run.local))
+    if KINDS[kind].saved:
+        faiss.write_index(index, str(tmp / RunDir.INDEX_FILE))
+    files = {f.name: storage.file_digest(f) for f in tmp.iterdir()}
+    (tmp / RunDir.META).write_text(json.dumps({**meta, "files": files}, indent=2) + "\n")
+    storage.replace_dir(tmp, run.index)
     return meta
 
 
-def load_index(run: Path, embeddings: np.ndarray):
+def load_index(run: RunDir, embeddings: np.ndarray) -> tuple[Any, dict]:
     """Load RUN/index/, refusing one built from other embeddings. Returns (index, meta)."""
-    meta_path = run / "index" / "meta.json"
-    meta = json.loads(meta_path.read_text())
+    meta = json.loads((run.index / RunDir.META).read_text())
+    meta.pop("files", None)
     problems = []
     if meta["n_items"] != len(embeddings):
         problems.append(f"{meta['n_items']} items vs {len(embeddings)} in the checkpoint")
@@ -329,50 +382,30 @@ def load_index(run: Path, embeddings: np.ndarray):
         problems.append(f"metric {meta['metric']}")
     if not problems and meta["checksum"] != checksum(embeddings):
         problems.append("built from other item embeddings (the run was retrained)")
+    if meta["kind"] not in KINDS:
+        problems.append(f"unknown kind {meta['kind']!r}")
     if problems:
         raise UserError(
-            f"{run / 'index'}: stale or mismatched index ({'; '.join(problems)}); "
-            f"rebuild it with ganrec index --run {run}"
+            f"{run.index}: stale or mismatched index ({'; '.join(problems)}); "
+            f"rebuild it with ganrec index --run {run.uri}"
         )
-    if meta["kind"] == "flat":
-        return ExactIndex(embeddings), meta
-    index: Any = faiss.read_index(str(run / "index" / "index.faiss"))
-    params = meta["params"]
-    if meta["kind"] == "hnsw":
-        index.hnsw.efSearch = params["ef_search"]
-    elif meta["kind"] == "ivf":
-        index.nprobe = params["nprobe"]
-    else:
-        faiss.extract_index_ivf(index).nprobe = params["nprobe"]
-        index.k_factor = params["refine_factor"]
-    return index, meta
-
-
-@dataclasses.dataclass
-class IndexCommandConfig:
-    """`ganrec index --run RUN [--kind ...]`: build RUN/index/ from the run's checkpoint."""
-
-    run: str = "runs/movielens-small"
-    kind: str = ""  # overrides index.kind
-    index: IndexConfig = dataclasses.field(default_factory=IndexConfig)
+    restore = KINDS[meta["kind"]].restore
+    return restore(run.index / RunDir.INDEX_FILE, embeddings, meta["params"]), meta
 
 
 def index_command(cfg: IndexCommandConfig) -> dict:
-    from ganrec_dist.recommender import load_catalogue
-
-    run = storage.open_run(cfg.run)
-    embeddings, _ = load_catalogue(run)
+    run = RunDir.open(cfg.run)
+    embeddings = run.catalogue()
     index_cfg = dataclasses.replace(cfg.index, kind=cfg.kind or cfg.index.kind)
     start = time.time()
-    index = build_index(embeddings, index_cfg)
-    meta = save_index(index, embeddings, index_cfg, run)
-    storage.save_run(run, cfg.run, ("index",))
+    meta = save_index(build_index(embeddings, index_cfg), embeddings, index_cfg, run)
+    run.save(RunDir.INDEX)
     log.info(
         "index: %s over %d x %d items in %.1fs -> %s",
         meta["kind"],
         meta["n_items"],
         meta["dim"],
         time.time() - start,
-        storage.join(cfg.run, "index"),
+        run.remote(RunDir.INDEX),
     )
     return meta

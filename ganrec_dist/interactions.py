@@ -1,15 +1,22 @@
-"""In-memory views of a prepared DATA/ that training, evaluation and scoring share: per-user
-time-ordered item sequences (CSR arrays), sparse user-item matrices, and history windows."""
+"""Per-user, time-ordered interactions that training, evaluation and scoring share: item
+sequences (CSR arrays), sparse user-item matrices, history windows, and the temporal split rule
+that `prepare` applies for test and training applies again for validation."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
+from fractions import Fraction
 
 import numpy as np
 import scipy.sparse as sp
 
-from ganrec_dist.prepare import n_test_rows, read_manifest, read_table
+
+def n_test_rows(counts: np.ndarray, test_fraction: float) -> np.ndarray:
+    """``ceil(test_fraction * n)`` held-out rows per user in exact arithmetic; 0 for ``n == 1``."""
+    frac = Fraction(str(test_fraction))
+    n = counts.astype(np.int64)
+    n_test = -((-n * frac.numerator) // frac.denominator)
+    return np.where(n <= 1, 0, np.minimum(n_test, n - 1 if frac < 1 else n))
 
 
 @dataclass
@@ -58,20 +65,14 @@ class Sequences:
         return m
 
 
-def load_sequences(data: str | Path, split: str = "train") -> Sequences:
-    """Read one split's (user_idx, item_idx, position) columns into CSR sequences."""
-    manifest = read_manifest(data)
-    table = read_table(data, split, ["user_idx", "item_idx", "position"])
-    users = table["user_idx"].to_numpy()
-    order = np.lexsort((table["position"].to_numpy(), users))
-    counts = np.bincount(users, minlength=manifest["users"])
+def from_rows(
+    users: np.ndarray, items: np.ndarray, positions: np.ndarray, *, n_users: int, n_items: int
+) -> Sequences:
+    """CSR sequences from ``(user, item, position)`` rows in any order."""
+    order = np.lexsort((positions, users))
+    counts = np.bincount(users, minlength=n_users)
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    return Sequences(
-        offsets,
-        table["item_idx"].to_numpy()[order].astype(np.int32),
-        manifest["users"],
-        manifest["items"],
-    )
+    return Sequences(offsets, items[order].astype(np.int32), n_users, n_items)
 
 
 def validation_limits(seq: Sequences, val_fraction: float) -> np.ndarray:

@@ -25,18 +25,17 @@ class ModelConfig:
     history_len: int = 50
     noise_dim: int = 16
     dropout: float = 0.3
-    tie_embeddings: bool = True  # the history encoder reads the catalogue embeddings G targets
 
 
 class _CatalogueCrossEntropy(torch.autograd.Function):
     """Mean softmax cross-entropy of ``targets`` over ``vector @ table.T``, lean on memory.
 
     ``F.cross_entropy`` on the logits keeps the ``[b, n_items]`` logits and their log-softmax,
-    then zero-fills and scatters a third buffer in the backward pass; at 9,066 items that memory
-    traffic was a fifth of a training step. Here only the softmax is kept, and the backward pass
-    turns it into the gradient ``(softmax - onehot) / b`` in place. The softmax is ATen's kernel:
-    with a hand-written ``sub_(max).exp_()`` a resumed run differed from an uninterrupted one in
-    the last bits (the integration test caught it); with this kernel it does not.
+    then zero-fills and scatters a third buffer in the backward pass: memory traffic that grows
+    with the catalogue. Here only the softmax is kept, and the backward pass turns it into the
+    gradient ``(softmax - onehot) / b`` in place. The softmax is ATen's own kernel: a hand-written
+    max-shift-exp gave a resumed run other last bits than an uninterrupted one (the resume test
+    compares the two runs' histories exactly).
     """
 
     @staticmethod
@@ -105,7 +104,8 @@ class UserEncoder(nn.Module):
 
 
 class Generator(nn.Module):
-    """G(u, z): a vector in the item-embedding space; also owns the catalogue embeddings."""
+    """G(u, z): a vector in the item-embedding space. The catalogue embeddings are the history
+    encoder's item table: the items G points at are the items users are encoded from."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -116,9 +116,6 @@ class Generator(nn.Module):
             nn.GELU(),
             nn.Linear(cfg.hidden, cfg.dim),
         )
-        if not cfg.tie_embeddings:
-            self.output_items = nn.Embedding(cfg.n_items, cfg.dim)
-            nn.init.normal_(self.output_items.weight, std=0.05)
 
     def generate(self, state: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
         """``[batch, hidden]`` user state and ``[batch, noise_dim]`` noise -> ``[batch, dim]``."""
@@ -150,9 +147,7 @@ class Generator(nn.Module):
 
     def catalogue(self) -> torch.Tensor:
         """``[n_items, dim]``: the embeddings the retrieval index is built from."""
-        if self.cfg.tie_embeddings:
-            return self.encoder.items.weight[: self.cfg.n_items]  # without the padding row
-        return self.output_items.weight
+        return self.encoder.items.weight[: self.cfg.n_items]  # without the padding row
 
     def item_embeddings(self, items: torch.Tensor) -> torch.Tensor:
         """Catalogue embeddings of ``items`` ``[...]`` -> ``[..., dim]``."""

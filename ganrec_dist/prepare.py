@@ -1,5 +1,5 @@
 """`ganrec prepare`: raw interaction logs -> validated, id-mapped, per-user temporally split,
-sharded Parquet (the DATA/ layout of design.md).
+sharded Parquet (the DATA/ layout of the README's *Data formats*).
 
 The work runs as three Ray Data passes over small task lists, so it streams and scales out:
 
@@ -28,7 +28,6 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +41,8 @@ import pyarrow.parquet as pq
 from ganrec_dist import sources, storage
 from ganrec_dist.config import PrepareConfig
 from ganrec_dist.errors import UserError
+from ganrec_dist.interactions import n_test_rows
+from ganrec_dist.layout import DataDir
 
 log = logging.getLogger(__name__)
 
@@ -321,7 +322,7 @@ def ingest_file(task: dict) -> dict:
                     stats["rejected"][reason] += int(count)
                 if rejected_writer is None:
                     rejected_writer = pq.ParquetWriter(
-                        staging / "rejected" / f"part-{file_idx:06d}.parquet", REJECTED_SCHEMA
+                        staging / DataDir.REJECTED / f"part-{file_idx:06d}.parquet", REJECTED_SCHEMA
                     )
                 rejected_writer.write_table(rejected)
             stats["rows_in"] += chunk.num_rows
@@ -340,7 +341,7 @@ def ingest_file(task: dict) -> dict:
                 ],
                 schema=REJECTED_SCHEMA,
             )
-            pq.write_table(table, staging / "rejected" / f"malformed-{file_idx:06d}.parquet")
+            pq.write_table(table, staging / DataDir.REJECTED / f"malformed-{file_idx:06d}.parquet")
             stats["rejected"][REASONS[4]] += len(malformed)
             stats["rows_in"] += len(malformed)
     except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as exc:
@@ -354,14 +355,6 @@ def ingest_file(task: dict) -> dict:
 
 
 # --- pass 2: dedup and split -----------------------------------------------------------------
-
-
-def n_test_rows(counts: np.ndarray, test_fraction: float) -> np.ndarray:
-    """``ceil(test_fraction * n)`` test rows per user in exact arithmetic; 0 for ``n == 1``."""
-    frac = Fraction(str(test_fraction))
-    n = counts.astype(np.int64)
-    n_test = -((-n * frac.numerator) // frac.denominator)
-    return np.where(n <= 1, 0, np.minimum(n_test, n - 1 if frac < 1 else n))
 
 
 def split_sorted(users: np.ndarray, test_fraction: float) -> tuple[np.ndarray, np.ndarray]:
@@ -431,15 +424,18 @@ def map_bucket(task: dict) -> dict:
     """Pass 3 for one bucket: attach user_idx/item_idx and write the train and test shards."""
     staging, out, bucket = Path(task["staging"]), Path(task["out"]), int(task["bucket"])
     table = pq.read_table(staging / "split" / f"b{bucket:05d}.parquet")
-    users = pq.read_table(out / "users.parquet", columns=["user_id"])["user_id"]
-    items = pq.read_table(out / "items.parquet", columns=["item_id"])["item_id"]
+    users = pq.read_table(out / DataDir.USERS, columns=["user_id"])["user_id"]
+    items = pq.read_table(out / DataDir.ITEMS, columns=["item_id"])["item_id"]
     table = table.append_column(
         "user_idx", pc.index_in(table["user_id"], value_set=users).cast(pa.int32())
     )
     table = table.append_column(
         "item_idx", pc.index_in(table["item_id"], value_set=items).cast(pa.int32())
     )
-    for name, mask in (("train", pc.invert(table["is_test"])), ("test", table["is_test"])):
+    for name, mask in (
+        (DataDir.TRAIN, pc.invert(table["is_test"])),
+        (DataDir.TEST, table["is_test"]),
+    ):
         part = table.filter(mask).select(OUTPUT_COLUMNS)
         pq.write_table(part, out / name / f"part-{bucket:05d}.parquet", row_group_size=65_536)
     return {"bucket": bucket}
@@ -495,27 +491,6 @@ def _default_shards(files: list[str], fmt: str) -> int:
     return int(min(256, max(4, math.ceil(rows / ROWS_PER_SHARD))))
 
 
-def _resolve_input(
-    cfg: PrepareConfig, staging: Path, remote_args: dict | None = None
-) -> sources.RawInput:
-    if cfg.source == "movielens-small":
-        return sources.movielens_small(staging / "raw")
-    if cfg.source == "synthetic":
-        return sources.synthetic(
-            staging / "raw",
-            cfg.users,
-            cfg.items,
-            cfg.interactions,
-            cfg.seed,
-            cfg.full_catalogue,
-            remote_args,
-        )
-    files, fmt = sources.resolve_files(cfg.source, cfg.format)
-    return sources.RawInput(
-        files=[os.path.abspath(f) for f in files], format=fmt, description=cfg.source
-    )
-
-
 def _column_map(
     cfg: PrepareConfig, raw: sources.RawInput, files: list[str]
 ) -> tuple[dict[str, str], list[str]]:
@@ -565,16 +540,143 @@ def prepare(cfg: PrepareConfig) -> dict:
             dataclasses.replace(cfg, out=str(local), overwrite=False), pin_to_driver=True
         )
         storage.remove_tree(cfg.out)
-        storage.upload_tree(local, cfg.out, last=("manifest.json",))
+        storage.upload_tree(local, cfg.out, last=(DataDir.MANIFEST,))
     finally:
         shutil.rmtree(local.parent, ignore_errors=True)
     log.info("prepare: uploaded to %s", cfg.out)
     return manifest
 
 
-def _prepare_local(cfg: PrepareConfig, pin_to_driver: bool = False) -> dict:
+def _inputs(
+    cfg: PrepareConfig, staging: Path, pin_to_driver: bool
+) -> tuple[sources.RawInput, dict[str, str], list[str], dict | None]:
+    """The raw input, its column mapping, the ignored columns and the tasks' Ray options.
+
+    Inputs that need no Ray to resolve (the user's files) are checked before Ray starts, so
+    that an unreadable file fails fast.
+    """
     from ganrec_dist.raycluster import ensure_ray
 
+    source = sources.lookup(cfg.source)
+    raw = None
+    if not source.uses_ray:
+        raw = source.resolve(cfg, staging / "raw", None)
+        cols, ignored = _column_map(cfg, raw, raw.files)
+    ensure_ray(cfg.address)
+    # Prepare's staging directory is local to this node: its tasks stay here.
+    remote_args = _driver_node_args() if pin_to_driver else None
+    if raw is None:
+        raw = source.resolve(cfg, staging / "raw", remote_args)
+        cols, ignored = _column_map(cfg, raw, raw.files)
+    if ignored:
+        log.warning("ignoring columns not used by the pipeline: %s", ", ".join(ignored))
+    return raw, cols, ignored, remote_args
+
+
+def _passes(
+    raw: sources.RawInput,
+    *,
+    cols: dict,
+    staging: Path,
+    out: Path,
+    shards: int,
+    cfg: PrepareConfig,
+    remote_args: dict | None,
+) -> tuple[list[dict], list[dict], int, int]:
+    """The three Ray Data passes; returns (ingest stats, split stats, users, items)."""
+    files = [
+        {"path": p, "format": raw.format, "file_idx": i, "cols": cols, "buckets": shards}
+        for i, p in enumerate(raw.files)
+    ]
+    ingest = _run(
+        ingest_file, [{**f, "staging": str(staging)} for f in files], "ingest", remote_args
+    )
+    split = _run(
+        split_bucket,
+        [
+            {"staging": str(staging), "bucket": b, "test_fraction": cfg.test_fraction}
+            for b in range(shards)
+        ],
+        "split",
+        remote_args,
+    )
+    users, items = _write_id_maps(staging, out, raw)
+    (out / DataDir.TRAIN).mkdir()
+    (out / DataDir.TEST).mkdir()
+    _run(
+        map_bucket,
+        [{"staging": str(staging), "out": str(out), "bucket": b} for b in range(shards)],
+        "map ids",
+        remote_args,
+    )
+    return ingest, split, users, items
+
+
+def _write_id_maps(staging: Path, out: Path, raw: sources.RawInput) -> tuple[int, int]:
+    """users.parquet and items.parquet: ids in sorted order (item features joined in)."""
+    users = _sorted_unique(staging / "split", "users-b*.parquet", "user_id")
+    items = _sorted_unique(staging / "split", "items-b*.parquet", "item_id")
+    pq.write_table(
+        pa.table({"user_idx": pa.array(np.arange(len(users), dtype=np.int32)), "user_id": users}),
+        out / DataDir.USERS,
+    )
+    item_table = pa.table(
+        {"item_idx": pa.array(np.arange(len(items), dtype=np.int32)), "item_id": items}
+    )
+    if raw.item_features is not None:
+        item_table = item_table.join(raw.item_features, "item_id", join_type="left outer").sort_by(
+            "item_idx"
+        )
+    pq.write_table(item_table, out / DataDir.ITEMS)
+    return len(users), len(items)
+
+
+def _manifest(
+    cfg: PrepareConfig,
+    raw: sources.RawInput,
+    *,
+    cols: dict,
+    ignored: list[str],
+    counts: tuple[list[dict], list[dict], int, int],
+    shards: int,
+    seconds: float,
+) -> dict:
+    """manifest.json: counts that reconcile, the split rule, the schema version, the source."""
+    ingest, split, users, items = counts
+    rejected_by_reason = {r: sum(s["rejected"][r] for s in ingest) for r in REASONS}
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "source": raw.description,
+        "source_params": raw.params,
+        "files": raw.files if raw.user_files else [],
+        "columns": cols,
+        "ignored_columns": ignored,
+        "rows_in": sum(s["rows_in"] for s in ingest),
+        "rows_kept": sum(s["train_rows"] + s["test_rows"] for s in split),
+        "rows_rejected": sum(rejected_by_reason.values()),
+        "rows_duplicate": sum(s["duplicates"] for s in split),
+        "rejected_by_reason": rejected_by_reason,
+        "users": users,
+        "items": items,
+        "train_rows": sum(s["train_rows"] for s in split),
+        "test_rows": sum(s["test_rows"] for s in split),
+        "shards": shards,
+        "split": {
+            "rule": "per user, ordered by (timestamp, input order): the last ceil(test_fraction * n) "
+            "interactions go to test; a user with one interaction keeps it in train",
+            "test_fraction": cfg.test_fraction,
+        },
+        "seconds": round(seconds, 2),
+    }
+    if (
+        manifest["rows_in"]
+        != manifest["rows_kept"] + manifest["rows_rejected"] + manifest["rows_duplicate"]
+    ):
+        raise RuntimeError(f"row counts do not reconcile: {manifest}")
+    return manifest
+
+
+def _prepare_local(cfg: PrepareConfig, pin_to_driver: bool = False) -> dict:
     out = Path(cfg.out).absolute()
     if out.exists() and not cfg.overwrite:
         raise UserError(f"{out}: already exists; pass --overwrite to replace it")
@@ -585,109 +687,34 @@ def _prepare_local(cfg: PrepareConfig, pin_to_driver: bool = False) -> dict:
     staging = tmp / "_staging"
     start = time.time()
     try:
-        (staging / "rejected").mkdir(parents=True)
-        if cfg.source not in ("movielens-small", "synthetic"):
-            # Fail fast on unreadable inputs, before starting Ray.
-            raw = _resolve_input(cfg, staging)
-            cols, ignored = _column_map(cfg, raw, raw.files)
-        ensure_ray(cfg.address)
-        remote_args = _driver_node_args() if pin_to_driver else None
-        if cfg.source in ("movielens-small", "synthetic"):
-            raw = _resolve_input(cfg, staging, remote_args)
-            cols, ignored = _column_map(cfg, raw, raw.files)
-        if ignored:
-            log.warning("ignoring columns not used by the pipeline: %s", ", ".join(ignored))
+        (staging / DataDir.REJECTED).mkdir(parents=True)
+        raw, cols, ignored, remote_args = _inputs(cfg, staging, pin_to_driver)
         shards = cfg.shards or _default_shards(raw.files, raw.format)
         log.info("prepare: %d file(s) of %s, %d shards", len(raw.files), raw.format, shards)
-
-        ingest = _run(
-            ingest_file,
-            [
-                {
-                    "path": p,
-                    "format": raw.format,
-                    "file_idx": i,
-                    "cols": cols,
-                    "buckets": shards,
-                    "staging": str(staging),
-                }
-                for i, p in enumerate(raw.files)
-            ],
-            "ingest",
-            remote_args,
+        counts = _passes(
+            raw,
+            cols=cols,
+            staging=staging,
+            out=tmp,
+            shards=shards,
+            cfg=cfg,
+            remote_args=remote_args,
         )
-        split = _run(
-            split_bucket,
-            [
-                {"staging": str(staging), "bucket": b, "test_fraction": cfg.test_fraction}
-                for b in range(shards)
-            ],
-            "split",
-            remote_args,
-        )
-        users = _sorted_unique(staging / "split", "users-b*.parquet", "user_id")
-        items = _sorted_unique(staging / "split", "items-b*.parquet", "item_id")
-        pq.write_table(
-            pa.table(
-                {"user_idx": pa.array(np.arange(len(users), dtype=np.int32)), "user_id": users}
-            ),
-            tmp / "users.parquet",
-        )
-        item_table = pa.table(
-            {"item_idx": pa.array(np.arange(len(items), dtype=np.int32)), "item_id": items}
-        )
-        if raw.item_features is not None:
-            item_table = item_table.join(
-                raw.item_features, "item_id", join_type="left outer"
-            ).sort_by("item_idx")
-        pq.write_table(item_table, tmp / "items.parquet")
-        (tmp / "train").mkdir()
-        (tmp / "test").mkdir()
-        _run(
-            map_bucket,
-            [{"staging": str(staging), "out": str(tmp), "bucket": b} for b in range(shards)],
-            "map ids",
-            remote_args,
-        )
-
-        rejected_dir = tmp / "rejected"
-        rejected_dir.mkdir()
-        for f in sorted((staging / "rejected").glob("*.parquet")):
-            f.rename(rejected_dir / f.name)
+        (tmp / DataDir.REJECTED).mkdir()
+        for f in sorted((staging / DataDir.REJECTED).glob("*.parquet")):
+            f.rename(tmp / DataDir.REJECTED / f.name)
         shutil.rmtree(staging)
-
-        rejected_by_reason = {r: sum(s["rejected"][r] for s in ingest) for r in REASONS}
-        manifest = {
-            "schema_version": SCHEMA_VERSION,
-            "source": raw.description,
-            "source_params": raw.params,
-            "files": raw.files if cfg.source not in ("movielens-small", "synthetic") else [],
-            "columns": cols,
-            "ignored_columns": ignored,
-            "rows_in": sum(s["rows_in"] for s in ingest),
-            "rows_kept": sum(s["train_rows"] + s["test_rows"] for s in split),
-            "rows_rejected": sum(rejected_by_reason.values()),
-            "rows_duplicate": sum(s["duplicates"] for s in split),
-            "rejected_by_reason": rejected_by_reason,
-            "users": len(users),
-            "items": len(items),
-            "train_rows": sum(s["train_rows"] for s in split),
-            "test_rows": sum(s["test_rows"] for s in split),
-            "shards": shards,
-            "split": {
-                "rule": "per user, ordered by (timestamp, input order): the last ceil(test_fraction * n) "
-                "interactions go to test; a user with one interaction keeps it in train",
-                "test_fraction": cfg.test_fraction,
-            },
-            "seconds": round(time.time() - start, 2),
-        }
-        if (
-            manifest["rows_in"]
-            != manifest["rows_kept"] + manifest["rows_rejected"] + manifest["rows_duplicate"]
-        ):
-            raise RuntimeError(f"row counts do not reconcile: {manifest}")
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        _replace_dir(tmp, out)
+        manifest = _manifest(
+            cfg,
+            raw,
+            cols=cols,
+            ignored=ignored,
+            counts=counts,
+            shards=shards,
+            seconds=time.time() - start,
+        )
+        (tmp / DataDir.MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        storage.replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -714,49 +741,3 @@ def _sorted_unique(folder: Path, pattern: str, column: str) -> pa.Array:
         return pa.array([], pa.string())
     values = pc.unique(pa.chunked_array([c for p in parts for c in p.chunks], pa.string()))
     return pc.take(values, pc.sort_indices(values))
-
-
-def _replace_dir(tmp: Path, out: Path) -> None:
-    """Move ``tmp`` to ``out`` atomically, replacing an existing ``out`` (only with --overwrite)."""
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-        out.rename(old)
-    tmp.rename(out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-# --- readers for later stages ----------------------------------------------------------------
-
-
-def read_manifest(data: str | Path) -> dict:
-    path = storage.join(data, "manifest.json")
-    if not storage.exists(path):
-        raise UserError(
-            f"{data}: not a prepared data directory (no manifest.json); run ganrec prepare"
-        )
-    return json.loads(storage.read_text(path))
-
-
-def train_dataset(data: str | Path, columns: list[str] | None = None):
-    """A Ray Data dataset over the train shards (default columns: user_idx, item_idx, timestamp),
-    streamed from wherever DATA lives."""
-    import ray
-
-    read_manifest(data)
-    columns = columns or ["user_idx", "item_idx", "timestamp"]
-    fs, path = storage.resolve(storage.join(data, "train"))
-    return ray.data.read_parquet(path, filesystem=fs).select_columns(columns)
-
-
-def read_table(data: str | Path, name: str, columns: list[str] | None = None) -> pa.Table:
-    """One split (``train``/``test``) or file (``users.parquet``...) of DATA, read into memory."""
-    fs, path = storage.resolve(storage.join(data, name))
-    return pq.read_table(path, columns=columns, filesystem=fs)
-
-
-def read_split(data: str | Path, split: str, columns: list[str] | None = None) -> pa.Table:
-    """Read one split into memory (for evaluation and baselines), sorted by user then time."""
-    read_manifest(data)
-    return read_table(data, split, columns)

@@ -2,13 +2,12 @@
 
 Users (indices into the run's id map) stream in blocks; an actor pool loads the generator, the
 index and the train histories once per actor; each batch goes G -> index -> top-K and comes out in
-the long format of design.md (user_id, rank, item_id, score). Memory is flat in the number of
+the long format of the README's *Data formats* (user_id, rank, item_id, score). Memory is flat in the number of
 users: only a block of users and its recommendations are in flight per actor.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 import uuid
@@ -21,23 +20,11 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from ganrec_dist import storage
+from ganrec_dist.config import ScoreConfig
 from ganrec_dist.errors import UserError
+from ganrec_dist.layout import DataDir, RunDir
 
 log = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass
-class ScoreConfig:
-    data: str = "data/movielens-small"
-    run: str = "runs/movielens-small"
-    out: str = "recs.parquet"
-    k: int = 10
-    users: str = ""  # a file of user ids (text, one per line; or CSV/Parquet with a user_id column)
-    include_seen: bool = False
-    batch_size: int = 1024
-    actors: int = 0  # 0: one per CPU of the cluster, at most 8
-    overwrite: bool = False
-    address: str = ""
 
 
 EMPTY_RECS = pa.table(
@@ -100,46 +87,32 @@ def _requested_users(path: str) -> list[str]:
     return [str(u) for u in table["user_id"].to_pylist() if u is not None]
 
 
-def score(cfg: ScoreConfig) -> dict:
+def _users(cfg: ScoreConfig, data: DataDir) -> tuple[np.ndarray, list[tuple[str, str]]]:
+    """The user indices to score, and the requested users skipped with their reasons."""
+    if not cfg.users:
+        test = data.read(DataDir.TEST, ["user_idx"])["user_idx"].to_numpy()
+        return np.unique(test).astype(np.int64), []
+    known = data.user_ids()
+    lengths = data.sequences().lengths
+    wanted, skipped = [], []
+    for u in dict.fromkeys(_requested_users(cfg.users)):
+        if u not in known:
+            skipped.append((u, "unknown user: not in the prepared data"))
+        elif lengths[known[u]] == 0:
+            skipped.append((u, "no train history"))
+        else:
+            wanted.append(known[u])
+    return np.asarray(wanted, dtype=np.int64), skipped
+
+
+def _write_recs(cfg: ScoreConfig, run: RunDir, users: np.ndarray, out: str) -> None:
+    """Score ``users`` with an actor pool; parts are written aside and moved into place at the
+    end (a rename on a filesystem; on an object store, a server-side copy per part)."""
     import ray
 
-    from ganrec_dist.interactions import load_sequences
-    from ganrec_dist.prepare import read_manifest, read_table
-    from ganrec_dist.raycluster import ensure_ray
-    from ganrec_dist.recommender import load_catalogue
-
-    read_manifest(cfg.data)
-    load_catalogue(cfg.run)  # fails fast, before Ray, if the run has no checkpoint
-    if not 1 <= cfg.k <= 10_000:
-        raise UserError("--k must be between 1 and 10000")
-    out = storage.display(cfg.out)
-    if storage.exists(out) and not cfg.overwrite:
-        raise UserError(f"{out}: already exists; pass --overwrite to replace it")
-    skipped_path = storage.with_suffix(out, ".skipped.parquet")
-    user_table = read_table(cfg.data, "users.parquet")
-    known = dict(zip(user_table["user_id"].to_pylist(), user_table["user_idx"].to_pylist()))
-    seq = load_sequences(cfg.data)
-    skipped: list[tuple[str, str]] = []
-    if cfg.users:
-        wanted = []
-        for u in dict.fromkeys(_requested_users(cfg.users)):
-            if u not in known:
-                skipped.append((u, "unknown user: not in the prepared data"))
-            elif seq.lengths[known[u]] == 0:
-                skipped.append((u, "no train history"))
-            else:
-                wanted.append(known[u])
-        users = np.asarray(wanted, dtype=np.int64)
-    else:
-        test = read_table(cfg.data, "test", ["user_idx"])["user_idx"].to_numpy()
-        users = np.unique(test).astype(np.int64)
-    ensure_ray(cfg.address)
     actors = cfg.actors or int(max(1, min(8, ray.cluster_resources().get("CPU", 1))))
-    # Parts are written aside and moved into place at the end (a rename on a filesystem; on an
-    # object store, which has no rename, a server-side copy per part).
     fs, out_path = storage.resolve(out)
     tmp = f"{out_path.rstrip('/')}.tmp-{uuid.uuid4().hex[:8]}"
-    start = time.time()
     try:
         # Blocks of a few batches each, so that every actor of the pool has work (one block of
         # all users would go to a single actor).
@@ -147,7 +120,7 @@ def score(cfg: ScoreConfig) -> dict:
         ds = ray.data.from_numpy(np.array_split(users, blocks)).rename_columns({"data": "user_idx"})
         recs = ds.map_batches(
             Scorer,
-            fn_constructor_args=(storage.display(cfg.run), cfg.k, cfg.include_seen),
+            fn_constructor_args=(run.uri, cfg.k, cfg.include_seen),
             batch_size=cfg.batch_size,
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=actors),  # all actors from the start
@@ -163,16 +136,35 @@ def score(cfg: ScoreConfig) -> dict:
     except BaseException:
         storage.remove_tree_in(fs, tmp)
         raise
-    skipped_fs, skipped_inner = storage.resolve(skipped_path)
-    if skipped:
-        pq.write_table(
-            pa.table({"user_id": [u for u, _ in skipped], "reason": [r for _, r in skipped]}),
-            skipped_inner,
-            filesystem=skipped_fs,
-        )
-        log.warning("%d user(s) skipped, reasons in %s", len(skipped), skipped_path)
-    else:
-        storage.remove_tree(skipped_path)
+
+
+def _write_skipped(path: str, skipped: list[tuple[str, str]]) -> None:
+    if not skipped:
+        storage.remove_tree(path)
+        return
+    fs, inner = storage.resolve(path)
+    table = pa.table({"user_id": [u for u, _ in skipped], "reason": [r for _, r in skipped]})
+    pq.write_table(table, inner, filesystem=fs)
+    log.warning("%d user(s) skipped, reasons in %s", len(skipped), path)
+
+
+def score(cfg: ScoreConfig) -> dict:
+    from ganrec_dist.raycluster import ensure_ray
+
+    data = DataDir(cfg.data)
+    data.manifest  # noqa: B018  (fails fast, before Ray, on a bad DATA)
+    run = RunDir.open(cfg.run)
+    run.meta()  # ... and on a RUN without a checkpoint
+    if not 1 <= cfg.k <= 10_000:
+        raise UserError("--k must be between 1 and 10000")
+    out = storage.display(cfg.out)
+    if storage.exists(out) and not cfg.overwrite:
+        raise UserError(f"{out}: already exists; pass --overwrite to replace it")
+    users, skipped = _users(cfg, data)
+    ensure_ray(cfg.address)
+    start = time.time()
+    _write_recs(cfg, run, users, out)
+    _write_skipped(storage.with_suffix(out, ".skipped.parquet"), skipped)
     seconds = time.time() - start
     summary = {
         "users": int(len(users)),

@@ -1,4 +1,4 @@
-"""Online inference: a Ray Serve application with a FastAPI ingress (the HTTP API of design.md).
+"""Online inference: a Ray Serve application with a FastAPI ingress (the HTTP API in the README).
 
 One deployment holds the generator, the index and the known users' histories, and answers
 ``POST /recommend``. Concurrent requests are batched (``@serve.batch``) so G and the index see
@@ -6,7 +6,6 @@ batches. ``user_config`` carries the run to serve, so a new model version rolls 
 reconfiguring the deployment in place, without dropping requests.
 """
 
-import dataclasses
 import logging
 import threading
 import time
@@ -19,6 +18,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 from ray import serve
 
+from ganrec_dist.config import ServeConfig
 from ganrec_dist.recommender import Recommender
 
 log = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ class Engine:
             sequence = np.concatenate([base, extra]).astype(np.int64)
             if user is None and len(sequence) == 0:
                 items, scores = rec.popular_items(req.k, exclude)
-                out[i] = self._response(req, items, scores, "popularity", ignored)
+                out[i] = self._response(req, items, scores, fallback="popularity", ignored=ignored)
                 continue
             window = sequence[-L:]
             histories.append(np.concatenate([np.full(L - len(window), pad), window]))
@@ -121,11 +121,17 @@ class Engine:
                 kk = requests[i].k
                 valid = items[row, :kk] >= 0
                 out[i] = self._response(
-                    requests[i], items[row, :kk][valid], scores[row, :kk][valid], fallback, ignored
+                    requests[i],
+                    items[row, :kk][valid],
+                    scores[row, :kk][valid],
+                    fallback=fallback,
+                    ignored=ignored,
                 )
         return out  # type: ignore[return-value]
 
-    def _response(self, req: RecommendRequest, items, scores, fallback, ignored) -> dict:
+    def _response(
+        self, req: RecommendRequest, items: Any, scores: Any, *, fallback: str | None, ignored: list
+    ) -> dict:
         return {
             "user_id": req.user_id,
             "items": [
@@ -206,18 +212,6 @@ def app_builder(args: dict) -> serve.Application:
     )
 
 
-@dataclasses.dataclass
-class ServeConfig:
-    """`ganrec serve --run RUN`: the app on a local Ray, 127.0.0.1:8000, until Ctrl-C."""
-
-    run: str = "runs/movielens-small"
-    host: str = "127.0.0.1"
-    port: int = 8000
-    max_batch_size: int = 32
-    address: str = ""
-    duration_s: float = 0.0  # 0: until interrupted
-
-
 def start(cfg: ServeConfig):
     """Deploy on the connected Ray; return the handle (the app keeps running)."""
     from ganrec_dist.raycluster import ensure_ray
@@ -257,8 +251,6 @@ def serve_command(cfg: ServeConfig) -> dict:
         deadline = time.time() + cfg.duration_s if cfg.duration_s > 0 else None
         while deadline is None or time.time() < deadline:
             time.sleep(0.5)
-    except KeyboardInterrupt:
-        pass
     finally:
         serve.shutdown()
     return {}

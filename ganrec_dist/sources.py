@@ -1,6 +1,8 @@
 """Where raw interaction logs come from: files on disk, the embedded MovieLens sample, or a
 seeded synthetic generator. Each source ends up as a list of raw files that `prepare` ingests
 the same way, so the embedded and synthetic data exercise exactly the production path.
+
+A named source is one entry of ``SOURCES``; any other ``--source`` is a path, directory or glob.
 """
 
 from __future__ import annotations
@@ -8,8 +10,10 @@ from __future__ import annotations
 import glob
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -35,6 +39,7 @@ class RawInput:
     weight_col: str = ""
     item_features: pa.Table | None = None  # keyed by item_id (string), joined into items.parquet
     params: dict = field(default_factory=dict)
+    user_files: bool = False  # the user's own files (listed in the manifest), not generated ones
 
 
 def detect_format(path: str, forced: str) -> str:
@@ -74,6 +79,17 @@ def resolve_files(source: str, forced_format: str) -> tuple[list[str], str]:
     if len(formats) > 1:
         raise UserError(f"{source}: mixes formats {sorted(formats)}; pass one format at a time")
     return files, formats.pop()
+
+
+def user_files(cfg: Any, staging: Path, remote_args: dict | None) -> RawInput:
+    """A file, directory or glob of the user's logs (``cfg`` is a PrepareConfig)."""
+    files, fmt = resolve_files(cfg.source, cfg.format)
+    return RawInput(
+        files=[os.path.abspath(f) for f in files],
+        format=fmt,
+        description=cfg.source,
+        user_files=True,
+    )
 
 
 def movielens_small(staging: Path) -> RawInput:
@@ -238,6 +254,7 @@ def write_synthetic_shard(layout: dict, seed: int, shard: int, path: str) -> int
 
 def synthetic(
     staging: Path,
+    *,
     users: int,
     items: int,
     interactions: int,
@@ -273,3 +290,35 @@ def synthetic(
         weight_col="rating",
         params={**layout, "seed": seed},
     )
+
+
+@dataclass(frozen=True)
+class Source:
+    """A named source: ``resolve(cfg, staging, remote_args)`` writes or finds its raw files
+    (``cfg`` is a PrepareConfig); ``uses_ray``: it runs Ray tasks to do so."""
+
+    resolve: Callable[[Any, Path, dict | None], RawInput]
+    uses_ray: bool = False
+
+
+SOURCES: dict[str, Source] = {
+    "movielens-small": Source(resolve=lambda cfg, staging, remote: movielens_small(staging)),
+    "synthetic": Source(
+        resolve=lambda cfg, staging, remote_args: synthetic(
+            staging,
+            users=cfg.users,
+            items=cfg.items,
+            interactions=cfg.interactions,
+            seed=cfg.seed,
+            full_catalogue=cfg.full_catalogue,
+            remote_args=remote_args,
+        ),
+        uses_ray=True,
+    ),
+}
+FILES = Source(resolve=user_files)
+
+
+def lookup(name: str) -> Source:
+    """The named source, else the user's files at that path."""
+    return SOURCES.get(name, FILES)

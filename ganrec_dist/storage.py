@@ -117,20 +117,59 @@ def remove_tree_in(fs: pafs.FileSystem, inner: str) -> None:
             pass
 
 
+def replace_dir(source: Path, target: Path) -> None:
+    """Put the finished local directory ``source`` at ``target``, replacing what was there.
+
+    Where the kernel can swap two paths in one step (Linux ``renameat2(RENAME_EXCHANGE)``) a
+    reader sees the old directory or the new one, never neither; elsewhere there is a moment
+    between two renames. Every command publishes its directories through this one function.
+    """
+    source, target = Path(source), Path(target)
+    if target.exists() and _exchange(source, target):
+        shutil.rmtree(source, ignore_errors=True)  # it now holds the old contents
+        return
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
+        target.rename(old)
+    source.rename(target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically; False where the system cannot (then nothing happened)."""
+    import ctypes
+
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    done = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
+    return done == 0
+
+
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Write a file aside, then rename it into place: readers never see half of it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    if isinstance(data, str):
+        tmp.write_text(data)
+    else:
+        tmp.write_bytes(data)
+    tmp.replace(path)
+
+
 def replace_tree(fs: pafs.FileSystem, source: str, target: str) -> None:
     """Move a finished directory over ``target`` (whose old contents go).
 
-    Local: two renames. Object store: the old objects are deleted and each new one is moved
-    (a server-side copy, then a delete), since a prefix cannot be renamed.
+    Local: :func:`replace_dir`. Object store: the old objects are deleted and each new one is
+    moved (a server-side copy, then a delete), since a prefix cannot be renamed.
     """
     if isinstance(fs, pafs.LocalFileSystem):
-        old = f"{target}.old-{uuid.uuid4().hex[:8]}"
-        exists_before = fs.get_file_info(target).type != pafs.FileType.NotFound
-        if exists_before:
-            fs.move(target, old)
-        fs.move(source, target)
-        if exists_before:
-            remove_tree_in(fs, old)
+        replace_dir(Path(source), Path(target))
         return
     remove_tree_in(fs, target)
     for info in fs.get_file_info(pafs.FileSelector(source, recursive=True)):
@@ -171,65 +210,45 @@ def cache_root() -> Path:
     return Path(os.environ.get("GANREC_CACHE", Path.home() / ".cache" / "ganrec"))
 
 
-def workdir(run: str | Path) -> Path:
-    """The local directory a command works in for RUN: RUN itself, or for a URI its cache copy."""
-    if not is_uri(run):
-        return Path(run).absolute()
-    key = hashlib.sha256(str(run).encode()).hexdigest()[:16]
+def local_copy(uri: str | Path) -> Path:
+    """The local directory a command works in for ``uri``: the path itself, or a cache directory
+    keyed by the URI."""
+    if not is_uri(uri):
+        return Path(uri).absolute()
+    key = hashlib.sha256(str(uri).encode()).hexdigest()[:16]
     return cache_root() / "runs" / key
 
 
-RUN_DIRS = ("checkpoint", "index")  # published with meta.json last
-RUN_FILES = ("config.yaml",)  # the one top-level file a reader needs (evaluate's ablation)
+def fetch_dir(remote: str, local: Path, marker: str, attempts: int = 5) -> None:
+    """Bring the local copy of the directory ``remote`` up to date.
 
-
-def open_run(run: str | Path) -> Path:
-    """The local directory to read RUN from: RUN itself, or for a URI its up-to-date cache copy.
-
-    A part (``checkpoint``, ``index``) is fetched only when its remote ``meta.json`` differs from
-    the cached one, into a temporary directory renamed into place, so that actors sharing a node
-    never see half a copy; a copy whose files do not match the checksums its ``meta.json`` lists
-    (caught mid-publish) is discarded and fetched again.
+    It is fetched only when the remote ``marker`` (uploaded last, with the checksums of the
+    other files) differs from the local one, into a temporary directory that replaces the old
+    copy in one step, so that readers sharing a node never see half a copy; a copy whose files
+    do not match the checksums (caught mid-publish) is discarded and fetched again.
     """
-    local = workdir(run)
-    if not is_uri(run):
-        return local
-    local.mkdir(parents=True, exist_ok=True)
-    for name in RUN_FILES:
-        if exists(join(run, name)):
-            download_file(join(run, name), local / name)
-    for part in RUN_DIRS:
-        _fetch_dir(run, part, local)
-    return local
-
-
-def _fetch_dir(run: str | Path, part: str, local: Path, attempts: int = 5) -> None:
-    remote_marker = join(run, part, "meta.json")
     for _ in range(attempts):
-        if not exists(remote_marker):
+        if not exists(join(remote, marker)):
             return
-        want = read_text(remote_marker)
-        mine = local / part / "meta.json"
+        want = read_text(join(remote, marker))
+        mine = local / marker
         if mine.exists() and mine.read_text() == want:
             return
-        tmp = Path(tempfile.mkdtemp(prefix=f".{part}-", dir=local))
-        download_tree(join(run, part), tmp)
-        if not _complete(tmp):
+        local.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{local.name}-", dir=local.parent))
+        download_tree(remote, tmp)
+        if not _complete(tmp, marker):
             shutil.rmtree(tmp, ignore_errors=True)
             continue
-        old = local / f".{part}.old-{uuid.uuid4().hex[:8]}"
-        if (local / part).exists():
-            (local / part).rename(old)
-        tmp.rename(local / part)
-        shutil.rmtree(old, ignore_errors=True)
+        replace_dir(tmp, local)
         return
-    raise UserError(f"{join(run, part)}: keeps changing while it is fetched; try again")
+    raise UserError(f"{remote}: keeps changing while it is fetched; try again")
 
 
-def _complete(directory: Path) -> bool:
-    """True if every file listed in ``meta.json``'s ``files`` has the listed checksum."""
+def _complete(directory: Path, marker: str) -> bool:
+    """True if every file listed in the marker's ``files`` has the listed checksum."""
     try:
-        listed = json.loads((directory / "meta.json").read_text()).get("files", {})
+        listed = json.loads((directory / marker).read_text()).get("files", {})
     except (OSError, ValueError):
         return False
     return all(
@@ -244,21 +263,6 @@ def file_digest(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()[:32]
-
-
-def save_run(local: Path, run: str | Path, names: tuple[str, ...]) -> None:
-    """Upload ``names`` (files or directories of the local run) to RUN when it is a URI.
-
-    A directory's ``meta.json`` goes last, so readers never take a half-uploaded part.
-    """
-    if not is_uri(run):
-        return
-    for name in names:
-        path = local / name
-        if path.is_dir():
-            upload_tree(path, join(run, name), last=("meta.json",))
-        elif path.exists():
-            upload_file(path, join(run, name))
 
 
 def upload_file(path: Path, target: str) -> None:

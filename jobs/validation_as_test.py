@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from ganrec_dist.interactions import load_sequences, validation_limits
-from ganrec_dist.prepare import read_split
+from ganrec_dist.interactions import validation_limits
+from ganrec_dist.layout import DataDir
 
 
 def main() -> int:
@@ -33,26 +33,26 @@ def main() -> int:
     if out.exists():
         print(f"{out}: already exists", file=sys.stderr)
         return 1
-    seq = load_sequences(src)
-    limits = validation_limits(seq, args.val_fraction)
-    table = read_split(src, "train")  # checks that src is a prepared DATA (its manifest)
+    data = DataDir(src)
+    limits = validation_limits(data.sequences(), args.val_fraction)
+    table = data.read(DataDir.TRAIN)  # checks that src is a prepared DATA (its manifest)
     fitted = table["position"].to_numpy() < limits[table["user_idx"].to_numpy()]
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    (tmp / "train").mkdir(parents=True)
-    (tmp / "test").mkdir()
+    (tmp / DataDir.TRAIN).mkdir(parents=True)
+    (tmp / DataDir.TEST).mkdir()
     train, test = table.filter(fitted), table.filter(~fitted)
-    pq.write_table(train, tmp / "train" / "part-00000.parquet")
-    pq.write_table(test, tmp / "test" / "part-00000.parquet")
-    for name in ("items.parquet", "users.parquet"):
+    pq.write_table(train, tmp / DataDir.TRAIN / "part-00000.parquet")
+    pq.write_table(test, tmp / DataDir.TEST / "part-00000.parquet")
+    for name in (DataDir.ITEMS, DataDir.USERS):
         shutil.copy(src / name, tmp / name)
-    manifest = json.loads((src / "manifest.json").read_text())
+    manifest = dict(data.manifest)
     manifest.update(
         train_rows=train.num_rows,
         test_rows=test.num_rows,
         shards=1,
         source=f"{manifest['source']} [validation carve of {src} as test]",
     )
-    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    (tmp / DataDir.MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     tmp.rename(out)
     print(f"{out}: train {train.num_rows:,} rows, test (= validation) {test.num_rows:,} rows")
     return 0

@@ -1,6 +1,6 @@
 import pytest
 
-from ganrec_dist.config import IndexConfig, PrepareConfig, TrainConfig, load
+from ganrec_dist.config import IndexConfig, PrepareConfig, TrainConfig, fields, load, replace
 from ganrec_dist.errors import UserError
 
 
@@ -8,9 +8,9 @@ def test_defaults_yaml_cli_precedence(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("train:\n  epochs: 7\n  lr: 0.5\nindex:\n  nprobe: 3\nprepare:\n  shards: 9\n")
     cfg = load(TrainConfig, "train", str(path), {"lr": "0.25"})
-    assert cfg.epochs == 7  # from YAML
-    assert cfg.lr == 0.25  # the command line wins
-    assert cfg.batch_size == TrainConfig().batch_size  # default
+    assert cfg.optim.epochs == 7  # from YAML
+    assert cfg.optim.lr == 0.25  # the command line wins
+    assert cfg.optim.batch_size == TrainConfig().optim.batch_size  # default
     assert cfg.index.nprobe == 3  # shared section
     assert load(PrepareConfig, "prepare", str(path), {}).shards == 9
 
@@ -19,7 +19,12 @@ def test_flat_yaml_and_dotted_override(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("epochs: 3\nindex:\n  kind: hnsw\n")
     cfg = load(TrainConfig, "train", str(path), {"index.ef_search": "64", "gpu": "true"})
-    assert (cfg.epochs, cfg.index.kind, cfg.index.ef_search, cfg.gpu) == (3, "hnsw", 64, True)
+    assert (cfg.optim.epochs, cfg.index.kind, cfg.index.ef_search, cfg.execution.gpu) == (
+        3,
+        "hnsw",
+        64,
+        True,
+    )
     assert isinstance(cfg.index, IndexConfig)
 
 
@@ -27,11 +32,12 @@ def test_flat_yaml_and_dotted_override(tmp_path):
     "overrides, message",
     [
         ({"epochz": "3"}, "unknown config key 'epochz'"),
-        ({"epochs": "three"}, "'epochs': expected an integer"),
-        ({"lr": "fast"}, "'lr': expected a number"),
-        ({"gpu": "maybe"}, "'gpu': expected true/false"),
+        ({"epochs": "three"}, "'optim.epochs': expected an integer"),
+        ({"lr": "fast"}, "'optim.lr': expected a number"),
+        ({"gpu": "maybe"}, "'execution.gpu': expected true/false"),
         ({"index.nprob": "1"}, "unknown config key 'index.nprob'"),
-        ({"epochs.x": "1"}, "'epochs' has no sub-keys"),
+        ({"epochs.x": "1"}, "'optim.epochs' has no sub-keys"),
+        ({"model.lr": "1"}, "unknown config key 'model.lr'"),  # a flat key, in another section
     ],
 )
 def test_bad_keys_and_types_are_one_line_errors(overrides, message):
@@ -48,5 +54,31 @@ def test_bad_yaml_file(tmp_path):
     with pytest.raises(UserError, match="cannot read config file"):
         load(TrainConfig, "train", str(tmp_path / "missing.yaml"), {})
     path.write_text("train:\n  epochs: [1, 2]\n")
-    with pytest.raises(UserError, match="'epochs': expected an integer"):
+    with pytest.raises(UserError, match="'optim.epochs': expected an integer"):
         load(TrainConfig, "train", str(path), {})
+
+
+def test_nested_and_flat_keys_are_the_same_setting(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  model:\n    dim: 8\n  optim: {epochs: 4}\n  workers: 2\n")
+    cfg = load(TrainConfig, "train", str(path), {"model.hidden": "12", "noise_dim": "3"})
+    assert (cfg.model.dim, cfg.model.hidden, cfg.model.noise_dim) == (8, 12, 3)
+    assert (cfg.optim.epochs, cfg.execution.workers) == (4, 2)
+    assert replace(cfg, adv_weight=0.0, out="elsewhere").game.adv_weight == 0.0
+
+
+def test_every_setting_has_help_and_the_cli_shows_it_with_its_default(capsys):
+    from ganrec_dist.cli import BENCHES, COMMANDS, _resolve, main
+
+    classes = [cls for cls, _, _ in COMMANDS.values()]
+    classes += [_resolve(spec) for spec, _, _ in BENCHES.values()]
+    for cls in classes:
+        for name, field, _, _ in fields(cls):
+            assert field.metadata.get("help"), f"{cls.__name__}.{name} has no help"
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "model settings" in text and "execution settings" in text  # grouped by section
+    assert "--patience" in text and "without a better validation (default: 8)" in text
+    assert "--dim INT, --model.dim INT" in text  # flat and dotted names
+    assert main(["train", "--cpus-per-worker=x"]) == 2  # either spelling, a one-line error

@@ -15,6 +15,7 @@ from ganrec_dist.index import (
     save_index,
     search_excluding,
 )
+from ganrec_dist.layout import RunDir
 
 
 def clustered(n=20_000, dim=32, clusters=64, seed=0):
@@ -123,16 +124,17 @@ def test_seen_items_are_excluded_with_ann_and_exactly_k_come_back():
 def test_meta_mismatch_is_refused(tmp_path):
     items, _ = clustered(n=2_000)
     cfg = IndexConfig(kind="hnsw", hnsw_m=8)
-    meta = save_index(build_index(items, cfg), items, cfg, tmp_path)
+    run = RunDir(tmp_path)
+    meta = save_index(build_index(items, cfg), items, cfg, run)
     assert (
         meta["checksum"] == checksum(items) and meta["kind"] == "hnsw" and meta["n_items"] == 2_000
     )
-    index, loaded = load_index(tmp_path, items)
+    index, loaded = load_index(run, items)
     assert loaded == meta and index.ntotal == 2_000
     with pytest.raises(UserError, match="retrained"):
-        load_index(tmp_path, items + 0.01)
+        load_index(run, items + 0.01)
     with pytest.raises(UserError, match="items"):
-        load_index(tmp_path, items[:100])
+        load_index(run, items[:100])
     cfg2 = dataclasses.replace(cfg, kind="flat")
-    save_index(build_index(items, cfg2), items, cfg2, tmp_path)
-    assert isinstance(load_index(tmp_path, items)[0], ExactIndex)
+    save_index(build_index(items, cfg2), items, cfg2, run)
+    assert isinstance(load_index(run, items)[0], ExactIndex)

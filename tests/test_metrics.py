@@ -97,3 +97,18 @@ def test_faiss_search_excluding_matches_numpy_and_returns_k():
     assert (got == want).all()
     assert (got[:5] >= 0).all()  # 10 items left even after excluding 40
     assert (got[5, :5] >= 0).all() and (got[5, 5:] == -1).all()  # only 5 remain
+
+
+def test_als_is_built_and_fitted_inside_the_blas_thread_limit():
+    """`implicit` warns when OpenBLAS may use several threads as ALS starts; we limit them."""
+    import warnings
+
+    import implicit.utils
+
+    implicit.utils._checked_blas_config = False  # it checks once per process
+    train = sp.random(60, 40, density=0.1, format="csr", random_state=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        users, items = baselines.als_factors(train, factors=4, reg=0.1, iterations=2, seed=0)
+    assert users.shape == (60, 4) and items.shape == (40, 4)
+    assert not [w for w in caught if "OpenBLAS" in str(w.message)]

@@ -1,15 +1,16 @@
 """Models and the adversarial steps in one process: no Ray."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from ganrec_dist import gan
-from ganrec_dist.config import TrainConfig, to_dict
-from ganrec_dist.interactions import Sequences
+from ganrec_dist.config import TrainConfig
 from ganrec_dist.models import Discriminator, Generator, ModelConfig, catalogue_cross_entropy
-from ganrec_dist.train import D_ONLY_KEYS, config_changes, run_changes
+from ganrec_dist.worker import optimisers
 
 CFG = ModelConfig(n_items=40, n_users=10, dim=8, hidden=16, history_len=5, noise_dim=4, dropout=0.0)
 
@@ -65,10 +66,10 @@ def test_gradients_reach_both_models():
     )
     batch = _batch()
     z = torch.randn(12, CFG.noise_dim)
-    gan.d_step(gen, disc, d_opt, batch, z)
+    gan.d_step(gen, disc, d_opt, batch, z=z)
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in disc.parameters())
     assert all(p.grad is None for p in gen.parameters())  # the D-step leaves G alone
-    gan.g_step(gen, disc, g_opt, batch, z, adv_weight=1.0)
+    gan.g_step(gen, disc, g_opt, batch, z=z, adv_weight=1.0)
     assert gen.head[0].weight.grad.abs().sum() > 0
     # The catalogue rows (history encoder and softmax targets) learn; the padding row does not.
     assert gen.encoder.items.weight.grad[: CFG.n_items].abs().sum() > 0
@@ -83,7 +84,7 @@ def test_adversarial_gradient_is_zero_in_the_ablation():
     grads = {}
     for w in (0.0, 1.0):
         gen.zero_grad()
-        gan.g_step(gen, disc, torch.optim.SGD(gen.parameters(), lr=0.0), batch, z, adv_weight=w)
+        gan.g_step(gen, disc, torch.optim.SGD(gen.parameters(), lr=0.0), batch, z=z, adv_weight=w)
         grads[w] = gen.head[2].weight.grad.clone()
     assert not torch.allclose(grads[0.0], grads[1.0])
 
@@ -124,7 +125,7 @@ def test_g_step_raises_d_of_fake():
     batch, z = _batch(b=64), torch.randn(64, CFG.noise_dim)
     d_opt = torch.optim.Adam(disc.parameters(), lr=1e-2)
     for _ in range(30):  # a D that has learned to reject G's current output
-        gan.d_step(gen, disc, d_opt, batch, z)
+        gan.d_step(gen, disc, d_opt, batch, z=z)
 
     def d_fake():
         with torch.no_grad():
@@ -134,16 +135,8 @@ def test_g_step_raises_d_of_fake():
     before = d_fake()
     g_opt = torch.optim.Adam(gen.parameters(), lr=1e-2)
     for _ in range(20):
-        gan.g_step(gen, disc, g_opt, batch, z, adv_weight=1.0)
+        gan.g_step(gen, disc, g_opt, batch, z=z, adv_weight=1.0)
     assert d_fake() > before + 0.05
-
-
-def test_history_windows():
-    seq = Sequences(np.array([0, 3, 3, 5]), np.array([7, 8, 9, 1, 2], dtype=np.int32), 3, 10)
-    w = seq.window(np.array([0, 0, 1, 2]), np.array([3, 1, 0, 2]), 2)
-    assert w.tolist() == [[8, 9], [10, 7], [10, 10], [1, 2]]
-    m = seq.matrix(np.array([1, 0, 2]))
-    assert m.toarray()[0].nonzero()[0].tolist() == [7] and m[1].nnz == 0
 
 
 @pytest.mark.parametrize("adv", [0.0, 0.5])
@@ -155,7 +148,7 @@ def test_sampled_softmax_step_runs(adv):
         disc,
         torch.optim.Adam(gen.parameters()),
         _batch(),
-        torch.randn(12, CFG.noise_dim),
+        z=torch.randn(12, CFG.noise_dim),
         adv_weight=adv,
         negatives=torch.randint(0, CFG.n_items, (16,)),
     )
@@ -221,9 +214,6 @@ def _assert_same_updates(reference, ours, rel, **close):
 
 
 def test_fused_g_step_and_adam_update_like_the_reference():
-    from ganrec_dist.config import TrainConfig
-    from ganrec_dist.train import optimisers
-
     batch, z = _batch(), torch.randn(12, CFG.noise_dim, generator=torch.Generator().manual_seed(3))
     after = []
     for fused in (False, True):
@@ -231,8 +221,8 @@ def test_fused_g_step_and_adam_update_like_the_reference():
         gen, disc = Generator(CFG), Discriminator(CFG)
         g_opt, d_opt = optimisers(gen, disc, TrainConfig(), fused=fused)
         for _ in range(3):
-            gan.d_step(gen, disc, d_opt, batch, z)
-            stats = gan.g_step(gen, disc, g_opt, batch, z, 0.3, fused_softmax=fused)
+            gan.d_step(gen, disc, d_opt, batch, z=z)
+            stats = gan.g_step(gen, disc, g_opt, batch, z=z, adv_weight=0.3, fused_softmax=fused)
         after.append((stats, gen.state_dict(), disc.state_dict()))
     _assert_same_updates(*after, rel=1e-4, rtol=1e-4, atol=1e-6)
 
@@ -248,58 +238,19 @@ def test_train_step_shares_g_forward_without_changing_the_updates():
         d_opt = torch.optim.Adam(disc.parameters(), lr=1e-2)
         for _ in range(3):
             if shared:
-                stats = gan.train_step(gen, disc, d_opt, g_opt, batch, z, 0.3, d_steps=2)
+                stats = gan.train_step(
+                    gen, disc, d_opt, g_opt, batch=batch, z=z, adv_weight=0.3, d_steps=2
+                )
             else:
                 stats = {}
                 for _ in range(2):
-                    stats.update(gan.d_step(gen, disc, d_opt, batch, z))
-                stats.update(gan.g_step(gen, disc, g_opt, batch, z, 0.3))
+                    stats.update(gan.d_step(gen, disc, d_opt, batch, z=z))
+                stats.update(gan.g_step(gen, disc, g_opt, batch, z=z, adv_weight=0.3))
         after.append((stats, gen.state_dict(), disc.state_dict()))
     assert set(after[1][0]) == {"d_loss", "d_real", "d_fake", "g_loss", "ce_loss", "g_d_fake"}
     _assert_same_updates(*after, rel=1e-5)
     # The ablation runs no D-step at all.
-    assert "d_loss" not in gan.train_step(gen, disc, d_opt, g_opt, batch, z, 0.0)
-
-
-def test_batch_targets_and_future_come_from_the_fitted_window():
-    from ganrec_dist.train import make_batch
-
-    # One user with items 0..29 in order; positions 0..29; only the first 20 are fitted.
-    seq = Sequences(np.array([0, 30]), np.arange(30, dtype=np.int32), 1, 30)
-    limits = np.array([20])
-    users = np.zeros(200, dtype=np.int64)
-    positions = np.random.default_rng(0).integers(0, 20, 200)
-    items = seq.items[positions]
-    rng = np.random.default_rng(1)
-    next_only = make_batch(seq, users, items, positions, 5, torch.device("cpu"), limits, 1, rng)
-    assert (next_only.targets.numpy() == items).all() and next_only.future is None
-    batch = make_batch(seq, users, items, positions, 5, torch.device("cpu"), limits, 4, rng, 8)
-    targets, future = batch.targets.numpy(), batch.future.numpy()
-    # Items equal positions here: each draw lies in [position, position + N) and before the limit.
-    assert ((targets >= positions) & (targets < positions + 8) & (targets < 20)).all()
-    assert ((future >= positions) & (future < positions + 4) & (future < 20)).all()
-    assert (targets != items).any()  # the window is really sampled, not just the next item
-
-
-def test_the_averaged_generator_is_an_exponential_moving_average():
-    from ganrec_dist.train import averaged
-
-    assert averaged(Generator(CFG), 0.0) is None  # off
-    torch.manual_seed(0)
-    gen = Generator(CFG)
-    average = averaged(gen, 0.9)
-    weight = lambda: gen.head[0].weight.detach().clone()  # noqa: E731
-    expected = weight()
-    average.update_parameters(gen)  # the first update copies
-    for n in range(1, 120):  # reaches the cap at n = 80
-        with torch.no_grad():
-            gen.head[0].weight.add_(1.0)
-        average.update_parameters(gen)
-        decay = min(0.9, (1 + n) / (10 + n))  # warms up, then stays at 0.9
-        expected = decay * expected + (1 - decay) * weight()
-        assert torch.allclose(average.module.head[0].weight, expected, atol=1e-5)
-    # It is a Generator with G's keys: checkpoints and readers load it like G itself.
-    assert average.module.state_dict().keys() == gen.state_dict().keys()
+    assert "d_loss" not in gan.train_step(gen, disc, d_opt, g_opt, batch=batch, z=z, adv_weight=0.0)
 
 
 @pytest.mark.parametrize("mismatch", [0.0, 1.0])
@@ -317,7 +268,7 @@ def test_mismatch_term_makes_d_judge_the_user(mismatch):
     batch = gan.Batch(torch.full((200, 2), cfg.n_items), users, users)
     z = torch.randn(200, cfg.noise_dim)
     for _ in range(400):
-        stats = gan.d_step(gen, disc, opt, batch, z, mismatch=mismatch)
+        stats = gan.d_step(gen, disc, opt, batch, z=z, mismatch=mismatch)
     assert ("d_other" in stats) == (mismatch > 0)
     with torch.no_grad():
         state = gen.encoder(batch.history, users)
@@ -331,8 +282,8 @@ def test_mismatch_term_makes_d_judge_the_user(mismatch):
 
 
 def test_the_ablation_takes_no_d_step_whatever_d_settings():
-    """evaluate shares one ablation among GANs that differ only in D's settings
-    (train.D_ONLY_KEYS): with adv_weight 0 they must not change G's updates."""
+    """evaluate shares one ablation among GANs that differ only in D's settings (the
+    `discriminator` section of TrainConfig): with adv_weight 0 they must not change G's updates."""
     results = []
     for d_steps, d_mismatch, d_lr in ((1, 0.0, 1e-3), (3, 1.0, 5e-2)):
         torch.manual_seed(0)
@@ -343,33 +294,18 @@ def test_the_ablation_takes_no_d_step_whatever_d_settings():
         for seed in range(3):
             batch, z = _batch(seed=seed), torch.randn(12, CFG.noise_dim)
             gan.train_step(
-                gen, disc, d_opt, g_opt, batch, z, 0.0, d_steps=d_steps, d_mismatch=d_mismatch
+                gen,
+                disc,
+                d_opt,
+                g_opt,
+                batch=batch,
+                z=z,
+                adv_weight=0.0,
+                d_steps=d_steps,
+                d_mismatch=d_mismatch,
             )
         assert all(torch.equal(a, b) for a, b in zip(d_before, disc.parameters()))
         results.append([p.detach().clone() for p in gen.parameters()])
     assert all(torch.equal(a, b) for a, b in zip(*results))
-    assert D_ONLY_KEYS == {"d_lr", "d_steps", "d_mismatch"}  # the settings varied above
-
-
-def test_config_changes_name_what_differs_and_know_older_runs():
-    old = {"lr": 0.002, "epochs": 30, "workers": 1, "index": {"kind": "auto"}}
-    assert config_changes(old, {**old, "workers": 4}) == []  # where it runs may change
-    assert config_changes(old, {**old, "lr": 0.004, "index": {"kind": "flat"}}) == [
-        "index: {'kind': 'auto'} -> {'kind': 'flat'}",
-        "lr: 0.002 -> 0.004",
-    ]
-    # A run from before the mismatch term trained without it: it resumes only as such.
-    assert config_changes(old, {**old, "d_mismatch": 0.0}) == []
-    assert config_changes(old, {**old, "d_mismatch": 1.0}) == ["d_mismatch: 0.0 -> 1.0"]
-    assert config_changes(old, {**old, "ce_horizon": 1}) == ["ce_horizon: '(not recorded)' -> 1"]
-
-
-def test_run_changes_ignore_d_settings_only_for_a_run_without_d_steps():
-    gan_cfg, ablation_cfg = TrainConfig(), TrainConfig(adv_weight=0.0)
-    stored = {**to_dict(ablation_cfg), "d_lr": 0.5, "d_mismatch": 0.0, "workers": 8}
-    assert run_changes(stored, ablation_cfg) == []  # the ablation: the same run
-    assert run_changes({**stored, "adv_weight": 0.3}, gan_cfg) == [
-        f"d_lr: 0.5 -> {gan_cfg.d_lr!r}",
-        f"d_mismatch: 0.0 -> {gan_cfg.d_mismatch!r}",
-    ]
-    assert run_changes({**stored, "lr": 0.1}, ablation_cfg) == [f"lr: 0.1 -> {ablation_cfg.lr!r}"]
+    varied = {"d_lr", "d_steps", "d_mismatch"}  # the settings varied above
+    assert {f.name for f in dataclasses.fields(TrainConfig().discriminator)} == varied

@@ -15,7 +15,8 @@ import pytest
 from ganrec_dist.cli import main
 from ganrec_dist.config import PrepareConfig
 from ganrec_dist.errors import UserError
-from ganrec_dist.prepare import prepare, train_dataset
+from ganrec_dist.layout import DataDir
+from ganrec_dist.prepare import prepare
 
 pytestmark = pytest.mark.integration
 
@@ -72,7 +73,7 @@ def test_movielens_small_counts_and_layout(movielens_data):
 
 def test_train_reader_is_a_ray_dataset(movielens_data):
     out, m = movielens_data
-    ds = train_dataset(out)
+    ds = DataDir(out).train_dataset(["user_idx", "item_idx", "timestamp"])
     assert ds.count() == m["train_rows"]
     batch = next(iter(ds.iter_batches(batch_size=8)))
     assert set(batch) == {"user_idx", "item_idx", "timestamp"}
@@ -243,18 +244,17 @@ def test_validation_carve_as_test_split(movielens_data, tmp_path):
 
     import numpy as np
 
-    from ganrec_dist.interactions import load_sequences, validation_limits
-    from ganrec_dist.prepare import read_split
+    from ganrec_dist.interactions import validation_limits
 
     data, manifest = movielens_data
     out = tmp_path / "nested"
     script = Path(__file__).parents[1] / "jobs" / "validation_as_test.py"
     subprocess.run([sys.executable, str(script), str(data), str(out)], check=True)
-    train, test = read_split(out, "train"), read_split(out, "test")
-    limits = validation_limits(load_sequences(data), 0.2)
+    train, test = DataDir(out).read("train"), DataDir(out).read("test")
+    limits = validation_limits(DataDir(data).sequences(), 0.2)
     assert train.num_rows + test.num_rows == manifest["train_rows"]  # nothing lost
     assert (train["position"].to_numpy() < limits[train["user_idx"].to_numpy()]).all()
     assert (test["position"].to_numpy() >= limits[test["user_idx"].to_numpy()]).all()
-    assert np.array_equal(load_sequences(out).lengths, limits)  # the fitted part, per user
+    assert np.array_equal(DataDir(out).sequences().lengths, limits)  # the fitted part, per user
     again = subprocess.run([sys.executable, str(script), str(data), str(out)], capture_output=True)
     assert again.returncode == 1 and b"already exists" in again.stderr

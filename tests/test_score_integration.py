@@ -9,12 +9,17 @@ import pyarrow.parquet as pq
 import pytest
 
 from ganrec_dist.cli import main
-from ganrec_dist.config import PrepareConfig, TrainConfig
-from ganrec_dist.index import IndexCommandConfig, index_command
-from ganrec_dist.interactions import load_sequences
+from ganrec_dist.config import (
+    IndexCommandConfig,
+    PrepareConfig,
+    ScoreConfig,
+    train_config,
+)
+from ganrec_dist.index import index_command
+from ganrec_dist.layout import DataDir
 from ganrec_dist.prepare import prepare
 from ganrec_dist.recommender import Recommender
-from ganrec_dist.score import ScoreConfig, score
+from ganrec_dist.score import score
 from ganrec_dist.train import train
 
 pytestmark = pytest.mark.integration
@@ -30,7 +35,7 @@ def trained(ray_local, tmp_path_factory):
         )
     )
     train(
-        TrainConfig(
+        train_config(
             data=str(data),
             out=str(run),
             epochs=2,
@@ -48,7 +53,7 @@ def trained(ray_local, tmp_path_factory):
 def _direct(data, run, users, k, include_seen=False):
     """The same top-K computed in this process, no Ray."""
     rec = Recommender(run)
-    seq = load_sequences(data)
+    seq = DataDir(data).sequences()
     seen = [
         np.zeros(0, np.int64) if include_seen else seq.items[seq.offsets[u] : seq.offsets[u + 1]]
         for u in users
@@ -116,6 +121,7 @@ def test_index_command_writes_meta_and_is_used(trained, capsys):
     data, run = trained
     meta = index_command(IndexCommandConfig(run=str(run), kind="hnsw"))
     on_disk = json.loads((run / "index" / "meta.json").read_text())
+    assert set(on_disk.pop("files")) == {"index.faiss"}  # checksums: a reader tells a whole copy
     assert on_disk == meta and meta["kind"] == "hnsw" and meta["metric"] == "inner_product"
     rec = Recommender(run)
     assert rec.index_meta["kind"] == "hnsw"

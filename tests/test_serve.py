@@ -14,10 +14,10 @@ import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ganrec_dist.config import PrepareConfig, TrainConfig
+from ganrec_dist.config import PrepareConfig, ScoreConfig, ServeConfig, train_config
 from ganrec_dist.prepare import prepare
-from ganrec_dist.score import ScoreConfig, score
-from ganrec_dist.serve import ServeConfig, start, wait_healthy
+from ganrec_dist.score import score
+from ganrec_dist.serve import start, wait_healthy
 from ganrec_dist.train import train
 
 pytestmark = pytest.mark.integration
@@ -41,8 +41,8 @@ def service(ray_local, tmp_path_factory):
         )
     )
     small = dict(refit=False, dim=16, hidden=32, history_len=10, noise_dim=4, cpus_per_worker=1)
-    train(TrainConfig(data=str(data), out=str(run), epochs=2, **small))
-    train(TrainConfig(data=str(data), out=str(run2), epochs=1, seed=1, **small))
+    train(train_config(data=str(data), out=str(run), epochs=2, **small))
+    train(train_config(data=str(data), out=str(run2), epochs=1, seed=1, **small))
     port = _free_port()
     start(ServeConfig(run=str(run), port=port))
     url = f"http://127.0.0.1:{port}"

@@ -20,12 +20,18 @@ import pyarrow.parquet as pq
 import pytest
 
 from ganrec_dist import storage
-from ganrec_dist.config import PrepareConfig, TrainConfig
+from ganrec_dist.config import (
+    IndexCommandConfig,
+    PrepareConfig,
+    ScoreConfig,
+    train_config,
+)
 from ganrec_dist.errors import UserError
-from ganrec_dist.index import IndexCommandConfig, index_command
-from ganrec_dist.prepare import prepare, read_manifest, train_dataset
+from ganrec_dist.index import index_command
+from ganrec_dist.layout import DataDir, RunDir
+from ganrec_dist.prepare import prepare
 from ganrec_dist.recommender import Recommender
-from ganrec_dist.score import ScoreConfig, score
+from ganrec_dist.score import score
 from ganrec_dist.train import train
 
 BUCKET = "ganrec-test"
@@ -46,9 +52,9 @@ def test_a_copy_caught_mid_upload_is_not_taken(tmp_path):
     (tmp_path / "meta.json").write_text(
         json.dumps({"files": {"model.pt": storage.file_digest(tmp_path / "model.pt")}})
     )
-    assert storage._complete(tmp_path)
+    assert storage._complete(tmp_path, "meta.json")
     (tmp_path / "model.pt").write_bytes(b"old weights")  # meta of one epoch, model of another
-    assert not storage._complete(tmp_path)
+    assert not storage._complete(tmp_path, "meta.json")
 
 
 def _bucket(scheme: str, endpoint_env: str, command: list[str]):
@@ -93,22 +99,22 @@ def test_data_and_a_run_part_in_gcs(gcs, tmp_path):
     manifest = prepare(
         PrepareConfig(source="synthetic", out=data, users=100, items=80, interactions=3_000, seed=1)
     )
-    assert read_manifest(data)["train_rows"] == manifest["train_rows"] > 0
-    assert train_dataset(data, ["user_idx"]).count() == manifest["train_rows"]  # Ray Data, in place
+    assert DataDir(data).manifest["train_rows"] == manifest["train_rows"] > 0
+    assert DataDir(data).train_dataset(["user_idx"]).count() == manifest["train_rows"]  # in place
 
     local = tmp_path / "run"
     (local / "index").mkdir(parents=True)
     (local / "index" / "index.faiss").write_bytes(b"x" * 1000)
     digest = storage.file_digest(local / "index" / "index.faiss")
     (local / "index" / "meta.json").write_text(json.dumps({"files": {"index.faiss": digest}}))
-    storage.save_run(local, f"{gcs}/run", ("index",))
-    fetched = storage.open_run(f"{gcs}/run")
-    assert fetched != local and (fetched / "index" / "index.faiss").read_bytes() == b"x" * 1000
+    storage.upload_tree(local / "index", f"{gcs}/run/index", last=("meta.json",))
+    fetched = RunDir.open(f"{gcs}/run")
+    assert fetched.local != local and (fetched.index / "index.faiss").read_bytes() == b"x" * 1000
 
     storage.remove_tree(data)
     assert not storage.exists(f"{data}/manifest.json")
     with pytest.raises(UserError, match="manifest"):
-        read_manifest(data)
+        DataDir(data).manifest  # noqa: B018
 
 
 def _keys(uri: str) -> list[str]:
@@ -129,12 +135,12 @@ def test_pipeline_with_data_and_run_in_s3(s3, tmp_path):
     )
     keys = _keys(data)
     assert "manifest.json" in keys and any(k.startswith("train/part-") for k in keys)
-    assert read_manifest(data)["train_rows"] == manifest["train_rows"] > 0
+    assert DataDir(data).manifest["train_rows"] == manifest["train_rows"] > 0
     with pytest.raises(UserError, match="already exists"):
         prepare(PrepareConfig(source="synthetic", out=data, users=10, items=10, interactions=50))
 
     meta = train(
-        TrainConfig(
+        train_config(
             data=data,
             out=run,
             epochs=2,
@@ -183,7 +189,7 @@ def test_pipeline_with_data_and_run_in_s3(s3, tmp_path):
     # A DATA prefix whose upload never finished (no manifest) is refused, not half-read.
     storage.remove_tree(f"{data}/manifest.json")
     with pytest.raises(UserError, match="manifest"):
-        read_manifest(data)
+        DataDir(data).manifest  # noqa: B018
 
 
 def test_unreachable_store_is_one_clear_error(monkeypatch):

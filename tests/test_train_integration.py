@@ -11,12 +11,12 @@ import time
 
 import psutil
 import pytest
-import torch
 import yaml
 
-from ganrec_dist.config import EvaluateConfig, PrepareConfig, TrainConfig
+from ganrec_dist.config import EvaluateConfig, PrepareConfig, train_config
 from ganrec_dist.errors import UserError
 from ganrec_dist.evaluate import evaluate
+from ganrec_dist.layout import RunDir
 from ganrec_dist.prepare import prepare
 from ganrec_dist.train import train
 
@@ -52,14 +52,13 @@ def synthetic_data(ray_local, tmp_path_factory):
 
 
 def _history(run):
-    payload = torch.load(run / "checkpoint" / "model.pt", map_location="cpu", weights_only=False)
-    return payload["state"]["history"]
+    return RunDir(run).payload()["state"]["history"]
 
 
 def test_two_workers_learn_and_beat_popularity(synthetic_data, tmp_path):
     run = tmp_path / "run"
     meta = train(
-        TrainConfig(
+        train_config(
             data=str(synthetic_data),
             out=str(run),
             workers=2,
@@ -99,7 +98,7 @@ def test_two_workers_learn_and_beat_popularity(synthetic_data, tmp_path):
 def test_a_dead_worker_resumes_from_the_last_checkpoint(synthetic_data, tmp_path):
     run = tmp_path / "run"
     meta = train(
-        TrainConfig(
+        train_config(
             data=str(synthetic_data),
             out=str(run),
             workers=2,
@@ -166,11 +165,11 @@ def test_a_killed_driver_resumes_when_rerun(synthetic_data, tmp_path):
     assert not json.loads(meta_path.read_text())["final"]
     # Other settings would carry on from these weights as if they had made them: refused, and
     # the run is left as it was. Where it runs (workers, test hooks) may change.
-    with pytest.raises(UserError, match=r"lr: 0\.005 -> 0\.004"):
-        train(TrainConfig(**{**args, "lr": 4e-3}))
+    with pytest.raises(UserError, match=r"optim\.lr: 0\.005 -> 0\.004"):
+        train(train_config(**{**args, "lr": 4e-3}))
     assert "lr: 0.005" in (run / "config.yaml").read_text()
     assert _history(run) == before
-    meta = train(TrainConfig(**{**args, "max_failures": 3}))
+    meta = train(train_config(**{**args, "max_failures": 3}))
     after = _history(run)
     assert meta["final"] and [h["epoch"] for h in after] == [1, 2, 3, 4, 5]
     # The epochs done before the kill were kept, not recomputed.
@@ -179,7 +178,7 @@ def test_a_killed_driver_resumes_when_rerun(synthetic_data, tmp_path):
     )
     # And the resumed run is the run that was never interrupted: G, D, their optimisers, the
     # averaged G and every epoch's random draws all came back from the checkpoint.
-    train(TrainConfig(**{**args, "out": str(tmp_path / "uninterrupted"), "name": "whole"}))
+    train(train_config(**{**args, "out": str(tmp_path / "uninterrupted"), "name": "whole"}))
     whole = _history(tmp_path / "uninterrupted")
     keys = ("ce_loss", "d_loss", "g_loss", "val_ndcg@10")
     assert [[h[k] for k in keys] for h in after] == [[h[k] for k in keys] for h in whole]
@@ -190,7 +189,7 @@ def test_the_same_seed_gives_the_same_run(synthetic_data, tmp_path):
     histories = []
     for name in ("a", "b"):
         train(
-            TrainConfig(
+            train_config(
                 data=str(synthetic_data),
                 out=str(tmp_path / name),
                 epochs=2,
@@ -207,21 +206,23 @@ def test_the_same_seed_gives_the_same_run(synthetic_data, tmp_path):
 def test_evaluate_reuses_only_an_ablation_of_the_same_settings(synthetic_data, tmp_path):
     run = tmp_path / "run"
     args = dict(data=str(synthetic_data), out=str(run), epochs=2, refit=False, **TINY)
-    train(TrainConfig(**args))
+    train(train_config(**args))
     quick = dict(data=str(synthetic_data), run=str(run), ease_lambdas="50", als_regs="0.1")
     evaluate(EvaluateConfig(**quick, als_iterations=2))
     model = run / "ablation" / "checkpoint" / "model.pt"
     trained = model.stat().st_mtime_ns
     assert "adv_weight: 0.0" in (run / "ablation" / "config.yaml").read_text()
 
-    def rewrite(**changes):  # RUN/config.yaml as if the GAN had been trained with `changes`
+    def rewrite(section, **changes):  # RUN/config.yaml as if the GAN had been trained so
         cfg = yaml.safe_load((run / "config.yaml").read_text())
-        (run / "config.yaml").write_text(yaml.safe_dump({**cfg, **changes}, sort_keys=False))
+        cfg[section] = {**cfg[section], **changes}
+        (run / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
 
-    rewrite(d_mismatch=0.0, d_lr=5e-3)  # D's settings: a run without D-steps is the same run
+    # D's settings: a run without D-steps is the same run
+    rewrite("discriminator", d_mismatch=0.0, d_lr=5e-3)
     evaluate(EvaluateConfig(**quick, als_iterations=2))
     assert model.stat().st_mtime_ns == trained
-    rewrite(epochs=1)  # G's schedule: the old ablation is not this GAN's
+    rewrite("optim", epochs=1)  # G's schedule: the old ablation is not this GAN's
     result = evaluate(EvaluateConfig(**quick, als_iterations=2))
     assert model.stat().st_mtime_ns != trained
     assert [h["epoch"] for h in _history(run / "ablation")] == [1]

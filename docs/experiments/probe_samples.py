@@ -18,32 +18,33 @@ import torch
 from scipy.stats import rankdata
 
 from ganrec_dist.config import IndexConfig
-from ganrec_dist.interactions import held_out, load_sequences, validation_limits
+from ganrec_dist.interactions import held_out, validation_limits
+from ganrec_dist.layout import DataDir, RunDir
 from ganrec_dist.metrics import ranking_metrics
-from ganrec_dist.models import Discriminator, Generator, ModelConfig
-from ganrec_dist.train import validation_recommendations, validation_users
+from ganrec_dist.models import Discriminator, ModelConfig
+from ganrec_dist.validation import validation_recommendations, validation_users
 
 
 def main(data: str, run: str) -> None:
     torch.set_num_threads(2)
-    payload = torch.load(f"{run}/checkpoint/model.pt", map_location="cpu", weights_only=False)
-    if payload["train_config"].get("refit", True):
+    payload = RunDir(run).payload()
+    if payload["train_config"]["optim"]["refit"]:
         sys.exit(f"{run}: trained with a refit on the validation split; use --refit false")
     mcfg = ModelConfig(**payload["model_config"])
-    gen, disc = Generator(mcfg), Discriminator(mcfg)
-    gen.load_state_dict(payload["generator"])
+    gen, disc = RunDir(run).generator(payload), Discriminator(mcfg)
     disc.load_state_dict(payload["discriminator"])
-    gen.eval()
     disc.eval()
-    seq = load_sequences(data)
-    limits = validation_limits(seq, payload["train_config"]["val_fraction"])
+    seq = DataDir(data).sequences()
+    limits = validation_limits(seq, payload["train_config"]["dataset"]["val_fraction"])
     truth = held_out(seq, limits)
     users = validation_users(seq, limits)
     catalogue = gen.catalogue().detach()
     exact = IndexConfig(kind="flat")
 
     def top(vectors: torch.Tensor, k: int = 10) -> np.ndarray:
-        return validation_recommendations(vectors.numpy(), catalogue.numpy(), seq, limits, exact, k)
+        return validation_recommendations(
+            vectors.numpy(), catalogue.numpy(), seq, limits=limits, index_cfg=exact, k=k
+        )
 
     def ndcg(recs: np.ndarray) -> float:
         return ranking_metrics(recs[:, :10], truth, [10])["ndcg@10"]

@@ -2,9 +2,10 @@
 
     python docs/experiments/step_time.py mismatch   # D with and without the mismatch term
 
+    # the vector game against the item game: at the commit the patch applies to
+    git worktree add ../variants 9f98ef4 && cd ../variants
     git apply docs/experiments/adversarial-variants.patch
-    python docs/experiments/step_time.py items      # the vector game against the item game
-    git apply -R docs/experiments/adversarial-variants.patch
+    python docs/experiments/step_time.py items
 
 Batch 256, 9,066 items, 2 threads, the default config: ``gan.train_step`` plus the weight
 average, alternating 5 rounds of 30 steps per variant; prints the median round's ms per step.
@@ -18,7 +19,7 @@ import torch
 from ganrec_dist import gan
 from ganrec_dist.config import TrainConfig
 from ganrec_dist.models import Discriminator, Generator
-from ganrec_dist.train import averaged, model_config, optimisers
+from ganrec_dist.worker import averaged, model_config, optimisers
 
 N_ITEMS, N_USERS, BATCH = 9066, 671, 256
 
@@ -31,7 +32,7 @@ def variant(samples: int = 0, d_mismatch: float = 0.0):
     mcfg = model_config(cfg, N_USERS, N_ITEMS)
     gen, disc = Generator(mcfg), Discriminator(mcfg)
     g_opt, d_opt = optimisers(gen, disc, cfg)
-    average = averaged(gen, cfg.ema_decay)
+    average = averaged(gen, cfg.optim.ema_decay)
     rng = torch.Generator().manual_seed(1)
 
     def step() -> None:
@@ -44,7 +45,15 @@ def variant(samples: int = 0, d_mismatch: float = 0.0):
         z = torch.randn(BATCH, mcfg.noise_dim, generator=rng)
         extra = {"policy_k": samples, "sampler": rng} if samples else {}
         gan.train_step(
-            gen, disc, d_opt, g_opt, batch, z, cfg.adv_weight, d_mismatch=d_mismatch, **extra
+            gen,
+            disc,
+            d_opt,
+            g_opt,
+            batch=batch,
+            z=z,
+            adv_weight=cfg.game.adv_weight,
+            d_mismatch=d_mismatch,
+            **extra,
         )
         average.update_parameters(gen)
 

@@ -1,4 +1,4 @@
-"""Shared benchmark helpers: memory sampling of a process tree, tables, JSON output."""
+"""Shared benchmark helpers: memory sampling of a process tree, JSON output."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import json
 import logging
 import os
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -61,26 +60,6 @@ class PeakMemory:
         return self.peak / 2**30
 
 
-def print_table(title: str, header: list[str], rows: list[list[Any]]) -> None:
-    """Print a plain fixed-width table to stdout."""
-    cells = [[_fmt(c) for c in row] for row in rows]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(header)]
-    print(f"\n{title}")
-    print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
-    print("  ".join("-" * w for w in widths))
-    for row in cells:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths)))
-    print()
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:,.3f}" if abs(value) < 100 else f"{value:,.0f}"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return str(value)
-
-
 def write_json(path: str | Path, payload: dict) -> None:
     """Write benchmark results atomically."""
     path = Path(path)
@@ -89,12 +68,3 @@ def write_json(path: str | Path, payload: dict) -> None:
     tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
     tmp.rename(path)
     log.info("wrote %s", path)
-
-
-class Timer:
-    def __enter__(self) -> Timer:
-        self.start = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.seconds = time.perf_counter() - self.start

@@ -15,33 +15,36 @@ import time
 import faiss
 import numpy as np
 
-from ganrec_dist.bench.common import print_table, write_json
-from ganrec_dist.config import IndexConfig
+from ganrec_dist.bench.common import write_json
+from ganrec_dist.config import IndexConfig, setting
 from ganrec_dist.index import ExactIndex, build_index
+from ganrec_dist.logs import print_table
 
 log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
 class BenchIndexConfig:
-    items: int = 1_000_000
-    dim: int = 64
-    queries: int = 1_000
-    k: int = 10
-    clusters: int = 1024
-    run: str = ""  # fit the mixture to this run's item embeddings
-    nlist: int = 4096
-    datasets: str = "clustered,isotropic"
-    out: str = "bench/index.json"
-    seed: int = 0
+    """`ganrec bench index`: ANN kinds against exact search."""
+
+    items: int = setting(1_000_000, "catalogue size")
+    dim: int = setting(64, "embedding dimension")
+    queries: int = setting(1_000, "queries")
+    k: int = setting(10, "neighbours per query")
+    clusters: int = setting(1024, "mixture components of the clustered catalogue")
+    run: str = setting("", "fit the mixture to this run's item embeddings")
+    nlist: int = setting(4096, "IVF lists (the sweep also tries half and twice as many)")
+    datasets: str = setting("clustered,isotropic", "catalogues to measure, comma-separated")
+    out: str = setting("bench/index.json", "results JSON (and a PNG beside it)")
+    seed: int = setting(0, "seed of the catalogue and queries")
 
 
 def mixture(cfg: BenchIndexConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """(items ``[n, d]``, queries ``[q, d]``) from a clustered mixture."""
     if cfg.run:
-        from ganrec_dist.recommender import load_catalogue
+        from ganrec_dist.layout import RunDir
 
-        learned, _ = load_catalogue(cfg.run)  # noqa: F841
+        learned = RunDir.open(cfg.run).catalogue()
         km = faiss.Kmeans(
             learned.shape[1], min(cfg.clusters, len(learned) // 8), niter=20, seed=cfg.seed
         )

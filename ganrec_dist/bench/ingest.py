@@ -4,7 +4,6 @@ read -> validate -> dedup/split -> write of the same files, measured in the same
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import multiprocessing as mp
 import os
@@ -18,20 +17,25 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ganrec_dist import sources
-from ganrec_dist.bench.common import PeakMemory, print_table, write_json
+from ganrec_dist.bench.common import PeakMemory, write_json
+from ganrec_dist.config import setting
+from ganrec_dist.layout import DataDir
+from ganrec_dist.logs import print_table
 
 log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
 class BenchIngestConfig:
-    rows: int = 10_000_000
-    users: int = 0  # 0: rows / 50
-    items: int = 0  # 0: rows / 100, at most 1M
-    seed: int = 0
-    out: str = "bench/ingest.json"
-    workdir: str = ""  # default: a temporary directory
-    memory_limit_gib: float = 4.0
+    """`ganrec bench ingest`: prepare against a one-process pyarrow script."""
+
+    rows: int = setting(10_000_000, "synthetic interactions")
+    users: int = setting(0, "synthetic users (0: rows / 50)")
+    items: int = setting(0, "synthetic items (0: rows / 100, at most 1M)")
+    seed: int = setting(0, "seed of the synthetic log")
+    out: str = setting("bench/ingest.json", "results JSON")
+    workdir: str = setting("", "where the files go (default: a temporary directory)")
+    memory_limit_gib: float = setting(4.0, "the peak memory prepare is checked against")
 
 
 def baseline(files: list[str], out: str, test_fraction: float = 0.2) -> dict:
@@ -128,7 +132,9 @@ def run(cfg: BenchIngestConfig) -> dict:
     try:
         ensure_ray()
         log.info("generating %d synthetic rows (%d users, %d items)", cfg.rows, users, items)
-        files = sources.synthetic(raw, users, items, cfg.rows, cfg.seed).files
+        files = sources.synthetic(
+            raw, users=users, items=items, interactions=cfg.rows, seed=cfg.seed
+        ).files
         import ray
 
         ray.shutdown()  # each side starts from nothing in its own process
@@ -136,7 +142,7 @@ def run(cfg: BenchIngestConfig) -> dict:
         base = _measure("baseline", (files, str(work / "baseline")))
         log.info("measuring ganrec prepare")
         ours = _measure("prepare", (str(raw), str(work / "prepared")))
-        manifest = json.loads((work / "prepared" / "manifest.json").read_text())
+        manifest = DataDir(work / "prepared").manifest
     finally:
         if not cfg.workdir:
             shutil.rmtree(work, ignore_errors=True)

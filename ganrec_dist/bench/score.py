@@ -12,21 +12,35 @@ from pathlib import Path
 
 import numpy as np
 
-from ganrec_dist.bench.common import PeakMemory, print_table, write_json
-from ganrec_dist.config import IndexConfig, PrepareConfig, TrainConfig
+from ganrec_dist.bench.common import PeakMemory, write_json
+from ganrec_dist.config import (
+    IndexCommandConfig,
+    IndexConfig,
+    PrepareConfig,
+    ScoreConfig,
+    TrainConfig,
+    build,
+    setting,
+)
+from ganrec_dist.layout import DataDir, RunDir
+from ganrec_dist.logs import print_table
 
 log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
 class BenchScoreConfig:
-    users: int = 100_000
-    items: int = 1_000_000
-    k: int = 10
-    ann_kind: str = "ivf"
-    memory_steps: str = "0.25,0.5,1.0"  # fractions of the users for the memory-growth check
-    workdir: str = ""
-    out: str = "bench/score.json"
+    """`ganrec bench score`: users/s and memory of `ganrec score` against one process."""
+
+    users: int = setting(100_000, "synthetic users")
+    items: int = setting(1_000_000, "catalogue size")
+    k: int = setting(10, "recommendations per user")
+    ann_kind: str = setting("ivf", "the ANN kind measured next to exact search")
+    memory_steps: str = setting(
+        "0.25,0.5,1.0", "fractions of the users for the memory-growth check"
+    )
+    workdir: str = setting("", "where data and the run go (default: a temporary directory)")
+    out: str = setting("bench/score.json", "results JSON")
 
 
 def single_process(run: Path, users: np.ndarray, k: int, batch: int = 4096) -> float:
@@ -40,93 +54,89 @@ def single_process(run: Path, users: np.ndarray, k: int, batch: int = 4096) -> f
     return len(users) / (time.perf_counter() - start)
 
 
-def run(cfg: BenchScoreConfig) -> dict:
-    import pyarrow.parquet as pq
-
-    from ganrec_dist.index import IndexCommandConfig, index_command
+def _model(cfg: BenchScoreConfig, data: Path, run: Path) -> None:
+    """A real, barely trained model over a large catalogue: exact search speed does not depend
+    on quality (the embeddings stay close to their random initialisation)."""
     from ganrec_dist.prepare import prepare
-    from ganrec_dist.raycluster import ensure_ray
-    from ganrec_dist.score import ScoreConfig, score
     from ganrec_dist.train import train
 
-    work = Path(cfg.workdir or tempfile.mkdtemp(prefix="ganrec-bench-score-"))
-    data, run_dir = work / "data", work / "run"
-    ensure_ray()
-    try:
-        if not (run_dir / "checkpoint" / "meta.json").exists():
-            # A real, barely trained model over a large catalogue: exact search speed does not depend
-            # on quality (the embeddings stay close to their random initialisation).
-            prepare(
-                PrepareConfig(
-                    source="synthetic",
-                    out=str(data),
-                    users=cfg.users,
-                    items=cfg.items,
-                    interactions=cfg.users * 12,
-                    full_catalogue=True,  # the catalogue really has `items` items
-                    seed=0,
+    if RunDir(run).has_checkpoint():
+        return
+    prepare(
+        PrepareConfig(
+            source="synthetic",
+            out=str(data),
+            users=cfg.users,
+            items=cfg.items,
+            interactions=cfg.users * 12,
+            full_catalogue=True,  # the catalogue really has `items` items
+            seed=0,
+            overwrite=True,
+        )
+    )
+    schedule = {"epochs": 1, "max_steps_per_epoch": 20, "refit": False, "batch_size": 2048}
+    model = {"sampled_negatives": 4096, "history_len": 20}
+    train(build(TrainConfig, {"data": str(data), "out": str(run), **schedule, **model}))
+
+
+def _memory_by_users(
+    cfg: BenchScoreConfig, *, work: Path, data: DataDir, run: Path, users: np.ndarray
+) -> list[dict]:
+    """`ganrec score` on growing fractions of the users: users/s and the peak memory of all."""
+    from ganrec_dist.score import score
+
+    ids = data.read(DataDir.USERS)["user_id"].to_numpy(zero_copy_only=False)
+    memory = []
+    for frac in [float(f) for f in cfg.memory_steps.split(",")]:
+        subset = users[: max(1, int(len(users) * frac))]
+        users_file = work / "users.txt"
+        users_file.write_text("\n".join(ids[subset]) + "\n")
+        with PeakMemory() as mem:
+            summary = score(
+                ScoreConfig(
+                    data=data.root,
+                    run=str(run),
+                    out=str(work / "recs.parquet"),
+                    k=cfg.k,
+                    users=str(users_file),
                     overwrite=True,
                 )
             )
-            train(
-                TrainConfig(
-                    data=str(data),
-                    out=str(run_dir),
-                    epochs=1,
-                    max_steps_per_epoch=20,  # a 1M-item softmax step takes seconds on 2 CPUs
-                    refit=False,
-                    batch_size=2048,
-                    sampled_negatives=4096,
-                    history_len=20,
-                )
-            )
-        test_users = np.unique(
-            pq.read_table(data / "test", columns=["user_idx"])["user_idx"].to_numpy()
+        memory.append(
+            {
+                "users": int(len(subset)),
+                "users_per_s": summary["users_per_s"],
+                "peak_memory_gib": round(mem.peak_gib, 3),
+            }
         )
-        rows: list = []
-        n_items = pq.read_metadata(data / "items.parquet").num_rows
+    return memory
+
+
+def run(cfg: BenchScoreConfig) -> dict:
+    from ganrec_dist.index import index_command
+    from ganrec_dist.raycluster import ensure_ray
+
+    work = Path(cfg.workdir or tempfile.mkdtemp(prefix="ganrec-bench-score-"))
+    data_dir, run_dir = work / "data", work / "run"
+    ensure_ray()
+    try:
+        _model(cfg, data_dir, run_dir)
+        data = DataDir(data_dir)
+        test_users = np.unique(data.read(DataDir.TEST, ["user_idx"])["user_idx"].to_numpy())
         results: dict = {
             "users": int(len(test_users)),
-            "items": n_items,
+            "items": data.manifest["items"],
             "k": cfg.k,
             "modes": {},
         }
+        rows: list = []
         for mode in ("exact", cfg.ann_kind):
-            shutil.rmtree(run_dir / "index", ignore_errors=True)
+            kind = "flat" if mode == "exact" else mode
             index_command(
-                IndexCommandConfig(
-                    run=str(run_dir),
-                    kind="flat" if mode == "exact" else mode,
-                    index=IndexConfig(nprobe=16),
-                )
+                IndexCommandConfig(run=str(run_dir), kind=kind, index=IndexConfig(nprobe=16))
             )
             base = single_process(run_dir, test_users, cfg.k)
-            memory = []
-            for frac in [float(f) for f in cfg.memory_steps.split(",")]:
-                subset = test_users[: max(1, int(len(test_users) * frac))]
-                users_file = work / "users.txt"
-                ids = pq.read_table(data / "users.parquet")["user_id"].to_numpy(
-                    zero_copy_only=False
-                )
-                users_file.write_text("\n".join(ids[subset]) + "\n")
-                with PeakMemory() as mem:
-                    summary = score(
-                        ScoreConfig(
-                            data=str(data),
-                            run=str(run_dir),
-                            out=str(work / "recs.parquet"),
-                            k=cfg.k,
-                            users=str(users_file),
-                            overwrite=True,
-                        )
-                    )
-                memory.append(
-                    {
-                        "users": int(len(subset)),
-                        "users_per_s": summary["users_per_s"],
-                        "peak_memory_gib": round(mem.peak_gib, 3),
-                    }
-                )
+            memory = _memory_by_users(cfg, work=work, data=data, run=run_dir, users=test_users)
             full = memory[-1]
             results["modes"][mode] = {
                 "score_users_per_s": full["users_per_s"],
@@ -134,15 +144,8 @@ def run(cfg: BenchScoreConfig) -> dict:
                 "ratio": full["users_per_s"] / base,
                 "memory_by_users": memory,
             }
-            rows.append(
-                [
-                    mode,
-                    full["users_per_s"],
-                    base,
-                    full["users_per_s"] / base,
-                    " / ".join(f"{m['peak_memory_gib']:.2f}" for m in memory),
-                ]
-            )
+            peaks = " / ".join(f"{m['peak_memory_gib']:.2f}" for m in memory)
+            rows.append([mode, full["users_per_s"], base, full["users_per_s"] / base, peaks])
     finally:
         if not cfg.workdir:
             shutil.rmtree(work, ignore_errors=True)

@@ -18,9 +18,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 
-from ganrec_dist.bench.common import print_table, write_json
+from ganrec_dist.bench.common import write_json
+from ganrec_dist.config import ServeConfig, setting
+from ganrec_dist.layout import DataDir
+from ganrec_dist.logs import print_table
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +45,14 @@ end
 
 @dataclasses.dataclass
 class BenchServeConfig:
-    run: str = "demo/run"
-    data: str = "demo/data"
-    concurrency: str = "1,8,32,64"
-    seconds: int = 10
-    cooldown_s: int = 40  # keep tracing replicas after the load to show them scale down
-    out: str = "bench/serve.json"
+    """`ganrec bench serve`: closed-loop HTTP load on Ray Serve against a bare uvicorn app."""
+
+    run: str = setting("demo/run", "the trained RUN to serve")
+    data: str = setting("demo/data", "its DATA (for user ids)")
+    concurrency: str = setting("1,8,32,64", "load levels (open connections), comma-separated")
+    seconds: int = setting(10, "seconds per level")
+    cooldown_s: int = setting(40, "keep tracing replicas after the load, to see them scale down")
+    out: str = setting("bench/serve.json", "results JSON (and a PNG beside it)")
 
 
 def _port() -> int:
@@ -100,54 +104,42 @@ def _replicas() -> int:
     )
 
 
-def run(cfg: BenchServeConfig) -> dict:
-    from ray import serve
+def _compute_ms(run: str, user: str, n: int = 200) -> float:
+    """In-process cost of one request's model + index work (the floor under any HTTP stack)."""
+    from ganrec_dist.serve import Engine, RecommendRequest
 
-    from ganrec_dist.serve import Engine, RecommendRequest, ServeConfig, start, wait_healthy
-
-    users = pq.read_table(Path(cfg.data) / "users.parquet")["user_id"].to_pylist()[:200]
-    work = Path(tempfile.mkdtemp(prefix="ganrec-bench-serve-"))
-    script = work / "load.lua"
-    script.write_text(LUA.replace("{USERS}", "{" + ",".join(json.dumps(u) for u in users) + "}"))
-    levels = [int(c) for c in cfg.concurrency.split(",")]
-    # In-process cost of one request's model + index work (the floor under any HTTP stack).
-    engine = Engine(cfg.run)
-    req = RecommendRequest(user_id=users[0], k=10, history=None, exclude=None)
-    start_t = time.perf_counter()
-    for _ in range(200):
+    engine = Engine(run)
+    req = RecommendRequest(user_id=user, k=10, history=None, exclude=None)
+    start = time.perf_counter()
+    for _ in range(n):
         engine.answer([req])
-    compute_ms = (time.perf_counter() - start_t) / 200 * 1e3
-    results: dict = {
-        "run": cfg.run,
-        "seconds_per_level": cfg.seconds,
-        "compute_ms": compute_ms,
-        "bare": [],
-        "serve": [],
-    }
+    return (time.perf_counter() - start) / n * 1e3
+
+
+def _bare(cfg: BenchServeConfig, script: Path, levels: list[int]) -> list[dict]:
+    """The baseline: the same logic in one uvicorn process, no Ray."""
+    from ganrec_dist.serve import wait_healthy
 
     port = _port()
+    app = "ganrec_dist.bench.bare_app:app"
     bare = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "ganrec_dist.bench.bare_app:app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-        ],
+        [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port)]
+        + ["--log-level", "warning"],
         env={**os.environ, "GANREC_RUN": cfg.run},
     )
     try:
         wait_healthy(f"http://127.0.0.1:{port}")
-        for c in levels:
-            results["bare"].append(wrk(f"http://127.0.0.1:{port}", script, c, cfg.seconds))
+        return [wrk(f"http://127.0.0.1:{port}", script, c, cfg.seconds) for c in levels]
     finally:
         bare.terminate()
         bare.wait(timeout=30)
+
+
+def _served(cfg: BenchServeConfig, script: Path, levels: list[int]) -> tuple[list[dict], list]:
+    """The Ray Serve app under the same load; and its replica count every 0.5 s."""
+    from ray import serve
+
+    from ganrec_dist.serve import start, wait_healthy
 
     port = _port()
     start(ServeConfig(run=cfg.run, port=port))
@@ -157,72 +149,78 @@ def run(cfg: BenchServeConfig) -> dict:
     phase = {"concurrency": 0}
     t0 = time.time()
 
-    def tracer():
+    def tracer() -> None:
         while not stop.is_set():
             trace.append((time.time() - t0, _replicas(), phase["concurrency"]))
             stop.wait(0.5)
 
     thread = threading.Thread(target=tracer, daemon=True)
+    results = []
     try:
         wait_healthy(url)
         thread.start()
         for c in levels:
             phase["concurrency"] = c
-            results["serve"].append(wrk(url, script, c, cfg.seconds))
+            results.append(wrk(url, script, c, cfg.seconds))
         phase["concurrency"] = 0
         time.sleep(cfg.cooldown_s)
     finally:
         stop.set()
         thread.join()
         serve.shutdown()
-        shutil.rmtree(work, ignore_errors=True)
-    results["autoscaling_trace"] = [{"t": t, "replicas": r, "concurrency": c} for t, r, c in trace]
-    results["max_replicas_seen"] = max((r for _, r, _ in trace), default=0)
-    results["replicas_at_end"] = trace[-1][1] if trace else 0
+    return results, trace
+
+
+def _report(cfg: BenchServeConfig, results: dict) -> None:
     rows = []
     for b, s in zip(results["bare"], results["serve"]):
-        ratio = s["rps"] / b["rps"]
-        s["ratio_vs_bare"] = ratio
+        s["ratio_vs_bare"] = s["rps"] / b["rps"]
         rows.append(
-            [
-                b["concurrency"],
-                b["rps"],
-                b["p50_ms"],
-                b["p99_ms"],
-                s["rps"],
-                s["p50_ms"],
-                s["p95_ms"],
-                s["p99_ms"],
-                s["errors"],
-                ratio,
-            ]
+            [b["concurrency"], b["rps"], b["p50_ms"], b["p99_ms"], s["rps"], s["p50_ms"]]
+            + [s["p95_ms"], s["p99_ms"], s["errors"], s["ratio_vs_bare"]]
         )
-    c1b, c1s = results["bare"][0], results["serve"][0]
-    results["breakdown_ms_at_concurrency_1"] = {
-        "model_and_index": compute_ms,
-        "http_and_fastapi": max(0.0, c1b["p50_ms"] - compute_ms),
-        "serve_proxy_routing_batching": max(0.0, c1s["p50_ms"] - c1b["p50_ms"]),
-    }
+    header = ["conc.", "bare req/s", "bare p50", "bare p99", "serve req/s", "serve p50"]
+    header += ["serve p95", "serve p99", "errors", "serve/bare"]
     print_table(
-        f"serve: closed-loop wrk on 127.0.0.1, {cfg.seconds}s per level (model+index {compute_ms:.2f} ms/request)",
-        [
-            "conc.",
-            "bare req/s",
-            "bare p50",
-            "bare p99",
-            "serve req/s",
-            "serve p50",
-            "serve p95",
-            "serve p99",
-            "errors",
-            "serve/bare",
-        ],
+        f"serve: closed-loop wrk on 127.0.0.1, {cfg.seconds}s per level "
+        f"(model+index {results['compute_ms']:.2f} ms/request)",
+        header,
         rows,
     )
     print(
         "breakdown at concurrency 1 (ms):",
         json.dumps({k: round(v, 2) for k, v in results["breakdown_ms_at_concurrency_1"].items()}),
     )
+
+
+def run(cfg: BenchServeConfig) -> dict:
+    users = DataDir(cfg.data).read(DataDir.USERS)["user_id"].to_pylist()[:200]
+    work = Path(tempfile.mkdtemp(prefix="ganrec-bench-serve-"))
+    script = work / "load.lua"
+    script.write_text(LUA.replace("{USERS}", "{" + ",".join(json.dumps(u) for u in users) + "}"))
+    levels = [int(c) for c in cfg.concurrency.split(",")]
+    compute_ms = _compute_ms(cfg.run, users[0])
+    try:
+        bare = _bare(cfg, script, levels)
+        served, trace = _served(cfg, script, levels)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    results: dict = {
+        "run": cfg.run,
+        "seconds_per_level": cfg.seconds,
+        "compute_ms": compute_ms,
+        "bare": bare,
+        "serve": served,
+        "autoscaling_trace": [{"t": t, "replicas": r, "concurrency": c} for t, r, c in trace],
+        "max_replicas_seen": max((r for _, r, _ in trace), default=0),
+        "replicas_at_end": trace[-1][1] if trace else 0,
+        "breakdown_ms_at_concurrency_1": {
+            "model_and_index": compute_ms,
+            "http_and_fastapi": max(0.0, bare[0]["p50_ms"] - compute_ms),
+            "serve_proxy_routing_batching": max(0.0, served[0]["p50_ms"] - bare[0]["p50_ms"]),
+        },
+    }
+    _report(cfg, results)
     _plot(results, cfg.out.replace(".json", ".png"))
     write_json(cfg.out, results)
     return results

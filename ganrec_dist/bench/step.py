@@ -14,34 +14,37 @@ import torch
 from tqdm import tqdm
 
 from ganrec_dist import gan
-from ganrec_dist.bench.common import print_table, write_json
-from ganrec_dist.config import TrainConfig
+from ganrec_dist.bench.common import write_json
+from ganrec_dist.config import TrainConfig, build, setting
+from ganrec_dist.logs import print_table
 from ganrec_dist.models import Discriminator, Generator
-from ganrec_dist.train import averaged, model_config, optimisers
+from ganrec_dist.worker import averaged, model_config, optimisers
 
 log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
 class BenchStepConfig:
-    items: str = (
-        "9066,100000"  # catalogue sizes (9,066 = the embedded sample; 100k = full-softmax limit)
+    """`ganrec bench step`: the fused training step against its reference."""
+
+    items: str = setting(
+        "9066,100000", "catalogue sizes (9,066: the embedded sample; 100k: the full-softmax limit)"
     )
-    users: int = 671
-    batch_size: int = 256
-    threads: int = 2
-    steps: int = 40  # timed steps per round
-    rounds: int = 5  # rounds alternate reference and fused; the median round is reported
-    out: str = "bench/step.json"
+    users: int = setting(671, "users of the model")
+    batch_size: int = setting(256, "rows per step")
+    threads: int = setting(2, "torch threads")
+    steps: int = setting(40, "timed steps per round")
+    rounds: int = setting(5, "rounds alternate reference and fused; the median round is reported")
+    out: str = setting("bench/step.json", "results JSON")
 
 
 def _variant(n_items: int, cfg: BenchStepConfig, fused: bool):
-    train_cfg = TrainConfig(batch_size=cfg.batch_size)
+    train_cfg = build(TrainConfig, {"batch_size": cfg.batch_size})
     torch.manual_seed(0)
     mcfg = model_config(train_cfg, cfg.users, n_items)
     gen, disc = Generator(mcfg), Discriminator(mcfg)
     g_opt, d_opt = optimisers(gen, disc, train_cfg, fused=fused)
-    average = averaged(gen, train_cfg.ema_decay)
+    average = averaged(gen, train_cfg.optim.ema_decay)
     noise = torch.Generator().manual_seed(1)
     b, length = cfg.batch_size, mcfg.history_len
 
@@ -53,11 +56,12 @@ def _variant(n_items: int, cfg: BenchStepConfig, fused: bool):
             future=torch.randint(0, n_items, (b,), generator=noise),
         )
         z = torch.randn(b, mcfg.noise_dim, generator=noise)
+        adv_weight = train_cfg.game.adv_weight
         if fused:  # G's pass shared by the D-step and the G-step
-            gan.train_step(gen, disc, d_opt, g_opt, batch, z, train_cfg.adv_weight)
+            gan.train_step(gen, disc, d_opt, g_opt, batch=batch, z=z, adv_weight=adv_weight)
         else:
-            gan.d_step(gen, disc, d_opt, batch, z)
-            gan.g_step(gen, disc, g_opt, batch, z, train_cfg.adv_weight, fused_softmax=False)
+            gan.d_step(gen, disc, d_opt, batch, z=z)
+            gan.g_step(gen, disc, g_opt, batch, z=z, adv_weight=adv_weight, fused_softmax=False)
         assert average is not None
         average.update_parameters(gen)
 

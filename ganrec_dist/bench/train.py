@@ -14,31 +14,35 @@ import numpy as np
 import torch
 
 from ganrec_dist import gan
-from ganrec_dist.bench.common import PeakMemory, print_table, write_json
-from ganrec_dist.config import PrepareConfig, TrainConfig
-from ganrec_dist.interactions import load_sequences
+from ganrec_dist.batches import make_batch
+from ganrec_dist.bench.common import PeakMemory, write_json
+from ganrec_dist.config import PrepareConfig, TrainConfig, build, setting
+from ganrec_dist.layout import DataDir, RunDir
+from ganrec_dist.logs import print_table
 from ganrec_dist.models import Discriminator, Generator
-from ganrec_dist.train import make_batch, model_config, optimisers
+from ganrec_dist.worker import model_config, optimisers
 
 log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
 class BenchTrainConfig:
-    rows: int = 200_000  # synthetic interactions
-    users: int = 5_000
-    items: int = 5_000
-    epochs: int = 2  # the last epoch is measured (the first warms up)
-    workers: str = "1,2"
-    batch_size: int = 256
-    out: str = "bench/train.json"
-    workdir: str = ""
+    """`ganrec bench train`: Ray Data -> Ray Train against an in-memory loop."""
+
+    rows: int = setting(200_000, "synthetic interactions")
+    users: int = setting(5_000, "synthetic users")
+    items: int = setting(5_000, "synthetic items")
+    epochs: int = setting(2, "epochs; the last is measured (the first warms up)")
+    workers: str = setting("1,2", "worker counts to measure, comma-separated")
+    batch_size: int = setting(256, "rows per step")
+    out: str = setting("bench/train.json", "results JSON")
+    workdir: str = setting("", "where data and runs go (default: a temporary directory)")
 
 
 def in_memory_loop(data: Path, cfg: TrainConfig, epochs: int, threads: int) -> dict:
     """The same D-step/G-step loop, batches from numpy arrays in this process: the baseline."""
     torch.set_num_threads(threads)
-    seq = load_sequences(data)
+    seq = DataDir(data).sequences()
     users = np.repeat(np.arange(seq.n_users), seq.lengths)
     positions = np.arange(len(seq.items)) - np.repeat(seq.offsets[:-1], seq.lengths)
     torch.manual_seed(cfg.seed)
@@ -51,13 +55,20 @@ def in_memory_loop(data: Path, cfg: TrainConfig, epochs: int, threads: int) -> d
     for _ in range(epochs):
         order = rng.permutation(len(users))
         start = time.perf_counter()
-        for s in range(0, len(order), cfg.batch_size):
-            idx = order[s : s + cfg.batch_size]
+        for s in range(0, len(order), cfg.optim.batch_size):
+            idx = order[s : s + cfg.optim.batch_size]
             batch = make_batch(
-                seq, users[idx], seq.items[idx], positions[idx], cfg.history_len, device
+                seq,
+                users=users[idx],
+                items=seq.items[idx],
+                positions=positions[idx],
+                history_len=cfg.model.history_len,
+                device=device,
             )
-            z = torch.randn(len(idx), cfg.noise_dim)
-            gan.train_step(gen, disc, d_opt, g_opt, batch, z, cfg.adv_weight)
+            z = torch.randn(len(idx), cfg.model.noise_dim)
+            gan.train_step(
+                gen, disc, d_opt, g_opt, batch=batch, z=z, adv_weight=cfg.game.adv_weight
+            )
         seconds = time.perf_counter() - start
         result = {
             "rows": len(order),
@@ -68,22 +79,64 @@ def in_memory_loop(data: Path, cfg: TrainConfig, epochs: int, threads: int) -> d
     return result
 
 
-def run(cfg: BenchTrainConfig) -> dict:
-    from ganrec_dist.prepare import prepare
-    from ganrec_dist.raycluster import ensure_ray
+def _measure(cfg: BenchTrainConfig, work: Path, workers: int, cpus: int) -> dict:
+    """``ganrec train`` with ``workers`` workers and the in-memory loop, on the same data."""
     from ganrec_dist.train import train
 
-    work = Path(cfg.workdir or tempfile.mkdtemp(prefix="ganrec-bench-train-"))
-    data = work / "data"
-    ensure_ray()
+    # Leave one CPU to Ray Data: workers share the rest.
+    per_worker = max(0.25, (cpus - 1) / workers) if cpus > 1 else 0.5
+    threads = max(1, cpus // workers)
+    run = work / f"run{workers}"
+    schedule = {"epochs": cfg.epochs, "patience": cfg.epochs, "refit": False}
+    tcfg = build(
+        TrainConfig,
+        {
+            "data": str(work / "data"),
+            "out": str(run),
+            "workers": workers,
+            "cpus_per_worker": per_worker,
+            "batch_size": cfg.batch_size,
+            "adv_weight": 0.1,
+            **schedule,
+        },
+    )
+    log.info("in-memory baseline, %d torch thread(s)", threads)
+    base = in_memory_loop(work / "data", tcfg, cfg.epochs, threads)
+    with PeakMemory() as mem:
+        train(tcfg)
+    last = RunDir(run).payload()["state"]["history"][-1]
+    ours = {
+        "rows": last["rows"],
+        "seconds": last["seconds"],
+        "rows_per_s": last["rows"] / last["seconds"],
+        "data_wait_fraction": last["data_wait_fraction"],
+        "peak_memory_gib": round(mem.peak_gib, 3),
+    }
+    return {
+        "ray_data": ours,
+        "in_memory": base,
+        "ratio": ours["rows_per_s"] / base["rows_per_s"],
+        "cpus_per_worker": per_worker,
+        "threads_per_worker": threads,
+    }
+
+
+def run(cfg: BenchTrainConfig) -> dict:
     import ray
 
+    from ganrec_dist.prepare import prepare
+    from ganrec_dist.raycluster import ensure_ray
+
+    work = Path(cfg.workdir or tempfile.mkdtemp(prefix="ganrec-bench-train-"))
+    ensure_ray()
     cpus = int(ray.cluster_resources().get("CPU", 1))
+    results: dict = {"rows": cfg.rows, "cpus": cpus, "ray": {}}
+    rows = []
     try:
         prepare(
             PrepareConfig(
                 source="synthetic",
-                out=str(data),
+                out=str(work / "data"),
                 users=cfg.users,
                 items=cfg.items,
                 interactions=cfg.rows,
@@ -91,67 +144,22 @@ def run(cfg: BenchTrainConfig) -> dict:
                 overwrite=True,
             )
         )
-        rows = []
-        results: dict = {"rows": cfg.rows, "cpus": cpus, "ray": {}}
         for workers in [int(w) for w in cfg.workers.split(",")]:
-            # Leave one CPU to Ray Data: workers share the rest.
-            per_worker = max(0.25, (cpus - 1) / workers) if cpus > 1 else 0.5
-            threads = max(1, cpus // workers)
-            tcfg = TrainConfig(
-                data=str(data),
-                out=str(work / f"run{workers}"),
-                workers=workers,
-                cpus_per_worker=per_worker,
-                epochs=cfg.epochs,
-                patience=cfg.epochs,
-                refit=False,
-                batch_size=cfg.batch_size,
-                adv_weight=0.1,
-            )
-            log.info("in-memory baseline, %d torch thread(s)", threads)
-            base = in_memory_loop(data, tcfg, cfg.epochs, threads)
-            with PeakMemory() as mem:
-                train(tcfg)
-            import torch as _t
-
-            payload = _t.load(
-                work / f"run{workers}" / "checkpoint" / "model.pt",
-                map_location="cpu",
-                weights_only=False,
-            )
-            last = payload["state"]["history"][-1]
-            ours = {
-                "rows": last["rows"],
-                "seconds": last["seconds"],
-                "rows_per_s": last["rows"] / last["seconds"],
-                "data_wait_fraction": last["data_wait_fraction"],
-                "peak_memory_gib": round(mem.peak_gib, 3),
-            }
-            ratio = ours["rows_per_s"] / base["rows_per_s"]
-            results["ray"][str(workers)] = {
-                "ray_data": ours,
-                "in_memory": base,
-                "ratio": ratio,
-                "cpus_per_worker": per_worker,
-                "threads_per_worker": threads,
-            }
-            rows.append(
-                [f"{workers} worker(s), in-memory loop (baseline)", base["rows_per_s"], 0.0, ""]
-            )
-            rows.append(
-                [
-                    f"{workers} worker(s), Ray Data -> Ray Train",
-                    ours["rows_per_s"],
-                    ours["data_wait_fraction"],
-                    ours["peak_memory_gib"],
-                ]
-            )
-            rows.append([f"{workers} worker(s), ratio", ratio, "", ""])
+            m = results["ray"][str(workers)] = _measure(cfg, work, workers, cpus)
+            ours = m["ray_data"]
+            rows += [
+                [f"{workers} worker(s), in-memory loop (baseline)", m["in_memory"]["rows_per_s"]]
+                + [0.0, ""],
+                [f"{workers} worker(s), Ray Data -> Ray Train", ours["rows_per_s"]]
+                + [ours["data_wait_fraction"], ours["peak_memory_gib"]],
+                [f"{workers} worker(s), ratio", m["ratio"], "", ""],
+            ]
     finally:
         if not cfg.workdir:
             shutil.rmtree(work, ignore_errors=True)
     print_table(
-        f"train: adversarial loop on {cfg.rows:,} synthetic interactions, {cpus} CPUs (last of {cfg.epochs} epochs)",
+        f"train: adversarial loop on {cfg.rows:,} synthetic interactions, {cpus} CPUs "
+        f"(last of {cfg.epochs} epochs)",
         ["feed", "interactions/s", "data wait", "peak memory GiB"],
         rows,
     )

@@ -1,0 +1,49 @@
+"""Training rows -> model batches: the history before each interaction, and the targets."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ganrec_dist.gan import Batch
+from ganrec_dist.interactions import Sequences
+
+
+def make_batch(
+    seq: Sequences,
+    *,
+    users: np.ndarray,
+    items: np.ndarray,
+    positions: np.ndarray,
+    history_len: int,
+    device: torch.device,
+    limits: np.ndarray | None = None,
+    horizon: int = 1,
+    rng: np.random.Generator | None = None,
+    ce_horizon: int = 1,
+) -> Batch:
+    """Rows (user, next item, its position) -> a batch whose history is the items before it.
+
+    With ``horizon > 1`` the batch also carries, for D, a real item drawn from the user's next
+    ``horizon`` interactions (within ``limits``), the window a recommendation is judged on. With
+    ``ce_horizon > 1`` the softmax target is drawn the same way from the next ``ce_horizon``.
+    """
+    history = seq.window(users, positions, history_len)
+
+    def ahead_item(window: int) -> np.ndarray:
+        assert rng is not None and limits is not None
+        ahead = np.minimum(positions + rng.integers(0, window, len(users)), limits[users] - 1)
+        ahead = np.maximum(ahead, positions)
+        return seq.items[seq.offsets[users] + ahead].astype(np.int64)
+
+    sampling = rng is not None and limits is not None
+    future = (
+        torch.as_tensor(ahead_item(horizon), device=device) if horizon > 1 and sampling else None
+    )
+    targets = ahead_item(ce_horizon) if ce_horizon > 1 and sampling else items.astype(np.int64)
+    return Batch(
+        history=torch.as_tensor(history, device=device),
+        users=torch.as_tensor(users.astype(np.int64), device=device),
+        targets=torch.as_tensor(targets, device=device),
+        future=future,
+    )

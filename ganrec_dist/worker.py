@@ -1,0 +1,452 @@
+"""The Ray Train worker: one rank of the adversarial loop.
+
+Phases: **search** trains on the fitted part of train (each user's last ``val_fraction`` of train
+held out as validation, the same temporal rule as the test split), evaluates validation NDCG@10
+every epoch and stops early; **refit** (default on) retrains from scratch on all of train for
+the best epoch count, so the final model also learns from each user's most recent interactions.
+The test split is never read here.
+
+Ray touchpoints: the dataset shard, ``prepare_model``, ``report`` and the collectives that keep
+the ranks in step. Everything else is the plain D-step / G-step of :mod:`ganrec_dist.gan`.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from ganrec_dist import checkpoint, gan
+from ganrec_dist.batches import make_batch
+from ganrec_dist.checkpoint import LoopState
+from ganrec_dist.config import TrainConfig, build, to_dict
+from ganrec_dist.interactions import Sequences, held_out, validation_limits
+from ganrec_dist.layout import DataDir, RunDir, write_checkpoint
+from ganrec_dist.models import Discriminator, Generator, ModelConfig
+from ganrec_dist.validation import validation_metrics
+
+log = logging.getLogger(__name__)
+
+SAMPLED_SOFTMAX_ABOVE = 100_000  # full softmax up to this many items, then sampled negatives
+SAMPLED_NEGATIVES = 8192
+
+
+def model_config(cfg: TrainConfig, n_users: int, n_items: int) -> ModelConfig:
+    return ModelConfig(n_items=n_items, n_users=n_users, **dataclasses.asdict(cfg.model))
+
+
+def optimisers(
+    gen: torch.nn.Module, disc: torch.nn.Module, cfg: TrainConfig, fused: bool = True
+) -> tuple[torch.optim.Adam, torch.optim.Adam]:
+    """G's and D's Adam. Fused: one kernel per step instead of a dozen elementwise passes per
+    parameter; False is the reference ``bench step`` times."""
+    g_opt = torch.optim.Adam(
+        gen.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, fused=fused or None
+    )
+    d_opt = torch.optim.Adam(
+        disc.parameters(), lr=cfg.discriminator.d_lr, betas=(0.5, 0.999), fused=fused or None
+    )
+    return g_opt, d_opt
+
+
+def averaged(gen: Generator, decay: float) -> torch.optim.swa_utils.AveragedModel | None:
+    """An exponential moving average of G's weights (None when ``decay`` is 0).
+
+    The adversarial game keeps G's weights moving from step to step, so the validation metric of
+    the last step's weights jumps from epoch to epoch; their average is the model that is
+    validated, kept and served. The decay warms up as ``(1 + n) / (10 + n)`` after ``n`` updates
+    up to ``decay``, so that a short run is not dominated by its first, untrained weights.
+    """
+    if decay <= 0:
+        return None
+    from torch.optim.swa_utils import AveragedModel
+
+    def update(averages: Any, currents: Any, updates: torch.Tensor | int) -> None:
+        n = float(updates)
+        weight = 1.0 - min(decay, (1.0 + n) / (10.0 + n))
+        torch._foreach_lerp_(averages, currents, weight)  # one call, not one per tensor
+
+    return AveragedModel(gen, multi_avg_fn=update, use_buffers=True)
+
+
+@dataclasses.dataclass
+class Models:
+    """G, D, their optimisers and G's weight average, as one rank trains them."""
+
+    gen: Any  # Generator, DDP-wrapped with several ranks
+    disc: Any
+    g_opt: torch.optim.Adam
+    d_opt: torch.optim.Adam
+    average: torch.optim.swa_utils.AveragedModel | None
+
+    @property
+    def model(self) -> Generator:
+        """The model: the average of G's weights when averaging is on, else G itself."""
+        model = gan.unwrap(self.gen) if self.average is None else self.average.module
+        return model  # type: ignore[return-value]
+
+
+@dataclasses.dataclass
+class Rank:
+    """Everything one rank holds while it trains."""
+
+    cfg: TrainConfig
+    rank: int
+    world: int
+    device: torch.device
+    data: DataDir
+    run: RunDir
+    seq: Sequences
+    fit_limits: np.ndarray  # per user, how many leading train items the search phase fits
+    val_truth: sp.csr_matrix | None  # rank 0: the validation rows
+    mcfg: ModelConfig
+    models: Models
+    state: LoopState
+    best_generator: dict | None
+    negatives: int  # shared sampled negatives per step; 0 = full softmax
+    noise: torch.Generator
+
+
+def fresh_models(cfg: TrainConfig, mcfg: ModelConfig) -> tuple[Generator, Discriminator]:
+    """G and D as initialised for ``cfg.seed`` (the start of the search, and of the refit)."""
+    torch.manual_seed(cfg.seed)
+    return Generator(mcfg), Discriminator(mcfg)
+
+
+# --- collectives (no-ops on one rank) ----------------------------------------------------------
+
+
+def _distributed() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
+
+
+def _all_mean(values: dict[str, float], device: torch.device) -> dict[str, float]:
+    """Average scalar metrics over ranks (every rank must call this)."""
+    import torch.distributed as dist
+
+    if not values or not _distributed():
+        return values
+    keys = sorted(values)
+    t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    t /= dist.get_world_size()
+    return dict(zip(keys, t.tolist()))
+
+
+def _broadcast(value: float, device: torch.device) -> float:
+    import torch.distributed as dist
+
+    if not _distributed():
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.broadcast(t, src=0)
+    return float(t.item())
+
+
+def _gather_nodes(world: int) -> list[str]:
+    """The Ray node id of every rank (where the worker group actually ran)."""
+    import ray
+    import torch.distributed as dist
+
+    node = ray.get_runtime_context().get_node_id()
+    if world == 1 or not _distributed():
+        return [node]
+    nodes: list = [None] * world
+    dist.all_gather_object(nodes, node)
+    return nodes
+
+
+# --- the steps of the loop ------------------------------------------------------------------------
+
+
+def setup(config: dict) -> Rank:
+    """This rank's data and models: fresh, or restored from the latest checkpoint."""
+    import ray.train
+    import ray.train.torch
+
+    cfg = build(TrainConfig, config["train"])
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its CPU-feature probing is noise
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.set_num_threads(max(1, int(config.get("threads", 1))))
+    log.debug("rank %d: %d torch threads, device %s", rank, torch.get_num_threads(), device)
+    data, run = DataDir(config["data"]), RunDir(config["run"])
+    seq = data.sequences()
+    fit_limits = validation_limits(seq, cfg.dataset.val_fraction)
+    mcfg = model_config(cfg, seq.n_users, seq.n_items)
+    payload = checkpoint.latest_payload(ray.train.get_checkpoint(), run)
+    models, state, best = restore(cfg, mcfg, payload)
+    state.nodes = _gather_nodes(world)
+    if payload is not None and rank == 0:
+        log.info("resumed from checkpoint: phase %s, epoch %d", state.phase, state.epoch)
+    negatives = cfg.optim.sampled_negatives
+    if negatives < 0:
+        negatives = 0 if seq.n_items <= SAMPLED_SOFTMAX_ABOVE else SAMPLED_NEGATIVES
+    return Rank(
+        cfg=cfg,
+        rank=rank,
+        world=world,
+        device=device,
+        data=data,
+        run=run,
+        seq=seq,
+        fit_limits=fit_limits,
+        val_truth=held_out(seq, fit_limits) if rank == 0 else None,
+        mcfg=mcfg,
+        models=models,
+        state=state,
+        best_generator=best,
+        negatives=negatives,
+        noise=torch.Generator(device=device),
+    )
+
+
+def restore(
+    cfg: TrainConfig, mcfg: ModelConfig, payload: dict | None
+) -> tuple[Models, LoopState, dict | None]:
+    """Fresh models, then the payload's weights, optimiser states and loop state, if any.
+    Returns (models, loop state, the best generator so far)."""
+    import ray.train.torch
+
+    gen, disc = fresh_models(cfg, mcfg)
+    state, best = LoopState(), None
+    if payload is not None:
+        gen.load_state_dict(payload["generator"])
+        disc.load_state_dict(payload["discriminator"])
+        state, best = LoopState(**payload["state"]), payload["best_generator"]
+    gen_ddp = ray.train.torch.prepare_model(gen)  # DDP-wrapped with several ranks
+    disc_ddp = ray.train.torch.prepare_model(disc)
+    average = averaged(gan.unwrap(gen_ddp), cfg.optim.ema_decay)
+    if average is not None and payload is not None and payload.get("averaged_generator"):
+        average.load_state_dict(payload["averaged_generator"])
+    g_opt, d_opt = optimisers(gen_ddp, disc_ddp, cfg)
+    if payload is not None:
+        g_opt.load_state_dict(payload["g_optimizer"])
+        d_opt.load_state_dict(payload["d_optimizer"])
+    models = Models(gen=gen_ddp, disc=disc_ddp, g_opt=g_opt, d_opt=d_opt, average=average)
+    return models, state, best
+
+
+def inject_fault(rank: Rank, epoch: int) -> None:
+    """Test hook: the last rank exits once at ``fail_at_epoch`` of the search."""
+    cfg = rank.cfg.execution
+    if cfg.fail_at_epoch != epoch or rank.state.phase != "search" or rank.rank != rank.world - 1:
+        return
+    marker = rank.run.local / RunDir.FAULT_MARKER
+    if not marker.exists():
+        marker.write_text(f"rank {rank.rank} exited at epoch {epoch}\n")
+        log.warning("test hook: rank %d exits at epoch %d", rank.rank, epoch)
+        os._exit(1)
+
+
+def seed_epoch(rank: Rank, epoch: int) -> np.random.Generator:
+    """Seed every random draw of an epoch (noise, dropout, look-ahead targets) from (seed, phase,
+    epoch, rank), so that a resumed run is the run that was not interrupted."""
+    seed, refit = rank.cfg.seed, rank.state.phase == "refit"
+    epoch_seed = seed * 7919 + epoch * 31 + rank.rank + (100_003 if refit else 0)
+    rank.noise.manual_seed(epoch_seed)
+    torch.manual_seed(epoch_seed + 1)  # dropout
+    return np.random.default_rng([seed, epoch, rank.rank, refit])
+
+
+def step(
+    rank: Rank, raw: dict, limits: np.ndarray, horizon_rng: np.random.Generator
+) -> tuple[dict, int]:
+    """One D-step(s) + G-step(s) on a batch of rows; returns (losses, rows used)."""
+    cfg = rank.cfg
+    users, items, positions = raw["user_idx"], raw["item_idx"], raw["position"]
+    keep = positions < limits[users]  # validation rows stay out of the fit
+    users, items, positions = users[keep], items[keep], positions[keep]
+    if len(users) == 0:
+        # Every rank must step (DDP): use the user's first interaction, which is always
+        # fitted, rather than the held-out row itself.
+        users, positions = raw["user_idx"][:1], raw["position"][:1] * 0
+        items = rank.seq.items[rank.seq.offsets[users]]
+    batch = make_batch(
+        rank.seq,
+        users=users,
+        items=items,
+        positions=positions,
+        history_len=cfg.model.history_len,
+        device=rank.device,
+        limits=limits,
+        horizon=cfg.game.adv_horizon,
+        rng=horizon_rng,
+        ce_horizon=cfg.optim.ce_horizon,
+    )
+    z = torch.randn(len(users), cfg.model.noise_dim, device=rank.device, generator=rank.noise)
+    negatives = (
+        torch.randint(
+            0, rank.seq.n_items, (rank.negatives,), device=rank.device, generator=rank.noise
+        )
+        if rank.negatives
+        else None
+    )
+    m = rank.models
+    stats = gan.train_step(
+        m.gen,
+        m.disc,
+        m.d_opt,
+        m.g_opt,
+        batch=batch,
+        z=z,
+        adv_weight=cfg.game.adv_weight,
+        d_steps=cfg.discriminator.d_steps,
+        g_steps=cfg.game.g_steps,
+        negatives=negatives,
+        d_mismatch=cfg.discriminator.d_mismatch,
+    )
+    if m.average is not None:
+        m.average.update_parameters(gan.unwrap(m.gen))
+    return stats, len(users)
+
+
+def run_epoch(rank: Rank, shard: Any, epoch: int) -> dict[str, Any]:
+    """One pass over this rank's shard; the ranks' mean losses, rows and times."""
+    cfg = rank.cfg
+    limits = rank.fit_limits if rank.state.phase == "search" else rank.seq.lengths
+    horizon_rng = seed_epoch(rank, epoch)
+    sums: dict[str, float] = {}
+    steps = rows = 0
+    wait = compute = 0.0
+    tick = time.perf_counter()
+    for raw in shard.iter_batches(
+        batch_size=cfg.optim.batch_size,
+        batch_format="numpy",
+        local_shuffle_buffer_size=cfg.dataset.shuffle_buffer,
+        local_shuffle_seed=cfg.seed * 1000 + epoch,
+    ):
+        started = time.perf_counter()
+        wait += started - tick
+        stats, used = step(rank, raw, limits, horizon_rng)
+        for key, value in stats.items():
+            sums[key] = sums.get(key, 0.0) + value
+        steps += 1
+        rows += used
+        tick = time.perf_counter()
+        compute += tick - started
+        if cfg.optim.max_steps_per_epoch and steps >= cfg.optim.max_steps_per_epoch:
+            break  # every rank stops at the same step: shards are split equally
+    metrics: dict[str, Any] = _all_mean(
+        {k: v / max(steps, 1) for k, v in sums.items()}, rank.device
+    )
+    metrics.update(
+        phase=rank.state.phase,
+        epoch=epoch,
+        rows=rows * rank.world,
+        seconds=wait + compute,
+        data_wait_fraction=wait / max(wait + compute, 1e-9),
+    )
+    return metrics
+
+
+def validate(rank: Rank, metrics: dict[str, Any], epoch: int) -> None:
+    """Search phase: validation metrics (rank 0), the same decision on every rank."""
+    value = -1.0
+    if rank.rank == 0:
+        assert rank.val_truth is not None
+        val = validation_metrics(
+            rank.models.model,
+            rank.seq,
+            limits=rank.fit_limits,
+            truth=rank.val_truth,
+            index_cfg=rank.cfg.index,
+            device=rank.device,
+        )
+        metrics.update({f"val_{k}": v for k, v in val.items()})
+        value = val["ndcg@10"]
+    value = _broadcast(value, rank.device)
+    metrics["val_ndcg@10"] = value
+    state = rank.state
+    if value > state.best_metric:
+        state.best_metric, state.best_epoch, state.bad_epochs = value, epoch, 0
+        rank.best_generator = (
+            copy.deepcopy(rank.models.model.state_dict()) if rank.rank == 0 else None
+        )
+    else:
+        state.bad_epochs += 1
+
+
+def advance_phase(rank: Rank, epoch: int) -> None:
+    """Move to the refit or finish, decided identically on every rank."""
+    cfg, state, m = rank.cfg, rank.state, rank.models
+    searched = state.bad_epochs >= cfg.optim.patience or epoch >= cfg.optim.epochs
+    if state.phase == "search" and searched:
+        if cfg.optim.refit and state.best_epoch > 0:
+            state.phase, state.epoch = "refit", 0
+            fresh_gen, fresh_disc = fresh_models(cfg, rank.mcfg)
+            gan.unwrap(m.gen).load_state_dict(fresh_gen.state_dict())
+            gan.unwrap(m.disc).load_state_dict(fresh_disc.state_dict())
+            m.average = averaged(gan.unwrap(m.gen), cfg.optim.ema_decay)
+            m.g_opt, m.d_opt = optimisers(m.gen, m.disc, cfg)
+        else:
+            state.phase = "done"
+            if rank.best_generator is not None:
+                gan.unwrap(m.gen).load_state_dict(rank.best_generator)
+    elif state.phase == "refit" and epoch >= state.best_epoch:
+        state.phase = "done"
+        if m.average is not None:
+            gan.unwrap(m.gen).load_state_dict(m.average.module.state_dict())
+
+
+def save_and_report(rank: Rank, metrics: dict[str, Any]) -> None:
+    """Rank 0 writes and publishes the checkpoint; every rank reports (a barrier)."""
+    import ray.train
+
+    report = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+    report["done"] = float(rank.state.phase == "done")
+    if rank.rank != 0:
+        ray.train.report(report)
+        return
+    state, m = rank.state, rank.models
+    mcfg = dataclasses.asdict(rank.mcfg)
+    done = state.phase == "done"
+    with tempfile.TemporaryDirectory() as tmp:
+        write_checkpoint(
+            Path(tmp),
+            payload=checkpoint.payload(
+                models=dataclasses.replace(m, average=None if done else m.average),
+                state=state,
+                model_config=mcfg,
+                train_config=to_dict(rank.cfg),
+                data=rank.data.root,
+                best_generator=rank.best_generator if state.phase == "search" else None,
+            ),
+            data=rank.data,
+            seq=rank.seq,
+            meta=checkpoint.meta(state, mcfg, rank.cfg.game.adv_weight),
+        )
+        rank.run.publish_checkpoint(Path(tmp))
+        ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+def train_loop(config: dict) -> None:
+    """The Ray Train worker function (one per rank)."""
+    import ray.train
+
+    rank = setup(config)
+    shard = ray.train.get_dataset_shard("train")
+    while rank.state.phase != "done":
+        epoch = rank.state.epoch + 1
+        inject_fault(rank, epoch)
+        metrics = run_epoch(rank, shard, epoch)
+        if rank.state.phase == "search":
+            validate(rank, metrics, epoch)
+        rank.state.epoch = epoch
+        rank.state.history.append(metrics)
+        if rank.rank == 0:
+            log.debug("%s epoch %d: %s", rank.state.phase, epoch, metrics)
+        advance_phase(rank, epoch)
+        save_and_report(rank, metrics)

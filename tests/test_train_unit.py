@@ -1,0 +1,86 @@
+"""The training loop's pieces without Ray: batches, the weight average, the split windows, and
+the rule for which settings make another run."""
+
+import numpy as np
+import torch
+
+from ganrec_dist.batches import make_batch
+from ganrec_dist.config import TrainConfig, to_dict, train_config
+from ganrec_dist.interactions import Sequences
+from ganrec_dist.models import Generator, ModelConfig
+from ganrec_dist.resume import config_changes, run_changes
+from ganrec_dist.worker import averaged
+
+CFG = ModelConfig(n_items=40, n_users=10, dim=8, hidden=16, history_len=5, noise_dim=4, dropout=0.0)
+
+
+def test_history_windows():
+    seq = Sequences(np.array([0, 3, 3, 5]), np.array([7, 8, 9, 1, 2], dtype=np.int32), 3, 10)
+    w = seq.window(np.array([0, 0, 1, 2]), np.array([3, 1, 0, 2]), 2)
+    assert w.tolist() == [[8, 9], [10, 7], [10, 10], [1, 2]]
+    m = seq.matrix(np.array([1, 0, 2]))
+    assert m.toarray()[0].nonzero()[0].tolist() == [7] and m[1].nnz == 0
+
+
+def test_batch_targets_and_future_come_from_the_fitted_window():
+    # One user with items 0..29 in order; positions 0..29; only the first 20 are fitted.
+    seq = Sequences(np.array([0, 30]), np.arange(30, dtype=np.int32), 1, 30)
+    limits = np.array([20])
+    users = np.zeros(200, dtype=np.int64)
+    positions = np.random.default_rng(0).integers(0, 20, 200)
+    items = seq.items[positions]
+    rng = np.random.default_rng(1)
+    rows = dict(users=users, items=items, positions=positions, history_len=5, limits=limits)
+    next_only = make_batch(seq, **rows, device=torch.device("cpu"), horizon=1, rng=rng)
+    assert (next_only.targets.numpy() == items).all() and next_only.future is None
+    batch = make_batch(seq, **rows, device=torch.device("cpu"), horizon=4, rng=rng, ce_horizon=8)
+    targets, future = batch.targets.numpy(), batch.future.numpy()
+    # Items equal positions here: each draw lies in [position, position + N) and before the limit.
+    assert ((targets >= positions) & (targets < positions + 8) & (targets < 20)).all()
+    assert ((future >= positions) & (future < positions + 4) & (future < 20)).all()
+    assert (targets != items).any()  # the window is really sampled, not just the next item
+
+
+def test_the_averaged_generator_is_an_exponential_moving_average():
+    assert averaged(Generator(CFG), 0.0) is None  # off
+    torch.manual_seed(0)
+    gen = Generator(CFG)
+    average = averaged(gen, 0.9)
+    weight = lambda: gen.head[0].weight.detach().clone()  # noqa: E731
+    expected = weight()
+    average.update_parameters(gen)  # the first update copies
+    for n in range(1, 120):  # reaches the cap at n = 80
+        with torch.no_grad():
+            gen.head[0].weight.add_(1.0)
+        average.update_parameters(gen)
+        decay = min(0.9, (1 + n) / (10 + n))  # warms up, then stays at 0.9
+        expected = decay * expected + (1 - decay) * weight()
+        assert torch.allclose(average.module.head[0].weight, expected, atol=1e-5)
+    # It is a Generator with G's keys: checkpoints and readers load it like G itself.
+    assert average.module.state_dict().keys() == gen.state_dict().keys()
+
+
+def test_config_changes_name_what_differs():
+    old = to_dict(TrainConfig())
+    with_workers = to_dict(train_config(workers=4, name="elsewhere"))
+    assert config_changes(old, with_workers) == []  # where it runs may change
+    other = to_dict(train_config(lr=0.004, index={"kind": "flat"}))
+    assert config_changes(old, other) == [
+        "index.kind: 'auto' -> 'flat'",
+        f"optim.lr: {TrainConfig().optim.lr!r} -> 0.004",
+    ]
+    fewer = {**old, "optim": {k: v for k, v in old["optim"].items() if k != "ce_horizon"}}
+    assert config_changes(fewer, old) == ["optim.ce_horizon: '(not recorded)' -> 1"]
+
+
+def test_run_changes_ignore_d_settings_only_for_a_run_without_d_steps():
+    gan_cfg, ablation_cfg = TrainConfig(), train_config(adv_weight=0.0)
+    stored = to_dict(train_config(adv_weight=0.0, d_lr=0.5, d_mismatch=0.0, workers=8))
+    assert run_changes(stored, ablation_cfg) == []  # the ablation: the same run
+    stored_gan = to_dict(train_config(d_lr=0.5, d_mismatch=0.0, workers=8))
+    assert run_changes(stored_gan, gan_cfg) == [
+        f"discriminator.d_lr: 0.5 -> {gan_cfg.discriminator.d_lr!r}",
+        f"discriminator.d_mismatch: 0.0 -> {gan_cfg.discriminator.d_mismatch!r}",
+    ]
+    stored_lr = to_dict(train_config(adv_weight=0.0, lr=0.1))
+    assert run_changes(stored_lr, ablation_cfg) == [f"optim.lr: 0.1 -> {ablation_cfg.optim.lr!r}"]
