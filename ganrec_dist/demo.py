@@ -126,7 +126,7 @@ def demo(cfg: DemoConfig) -> dict:
         f"{scored['users']} users scored to {recs}; NDCG@10 GAN {models['gan']['ndcg@10']:.4f} "
         f"after {cfg.epochs} epochs, EASE {models['ease']['ndcg@10']:.4f}; artifacts in {work}/\n"
         "The full protocol (early stopping, refit, the ablation; about 10 minutes per model on 2 "
-        f"CPUs): ganrec train --data {data} --out RUNS/run, then ganrec evaluate --data {data} "
-        "--run RUNS/run"
+        f"CPUs): ganrec train --data {data} --out runs/ml, then ganrec evaluate --data {data} "
+        "--run runs/ml"
     )
     return {"manifest": manifest, "eval": result, "recommendations": shown, "live": live}

@@ -62,6 +62,10 @@ def use_haproxy_ingress() -> bool:
         "RAY_SERVE_ENABLE_DIRECT_INGRESS", os.environ["RAY_SERVE_ENABLE_HA_PROXY"]
     )
     os.environ.setdefault("RAY_SERVE_HAPROXY_RETRY_ON", "conn-failure empty-response")
+    # A stopping replica stays reachable this long so that outside load balancers can deregister
+    # it (Ray's default: 30 s, which every `serve.shutdown` and Ctrl-C then waits out). Locally
+    # the only balancer is the HAProxy that Serve itself reconfigures, and it replays requests.
+    os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "5")
     return os.environ["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
 
 

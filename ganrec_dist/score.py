@@ -114,9 +114,9 @@ def _write_recs(cfg: ScoreConfig, run: RunDir, users: np.ndarray, out: str) -> N
     fs, out_path = storage.resolve(out)
     tmp = f"{out_path.rstrip('/')}.tmp-{uuid.uuid4().hex[:8]}"
     try:
-        # Blocks of a few batches each, so that every actor of the pool has work (one block of
-        # all users would go to a single actor).
-        blocks = max(1, -(-len(users) // (4 * cfg.batch_size)))
+        # Blocks of a few batches each, and at least one per actor, so that every actor of the
+        # pool has work (one block of all users would go to a single actor).
+        blocks = max(1, min(len(users), max(actors, -(-len(users) // (4 * cfg.batch_size)))))
         ds = ray.data.from_numpy(np.array_split(users, blocks)).rename_columns({"data": "user_idx"})
         recs = ds.map_batches(
             Scorer,

@@ -218,6 +218,7 @@ def start(cfg: ServeConfig):
 
     Recommender(cfg.run)  # fail fast on a bad run directory, before Ray
     ensure_ray(cfg.address)
+    _quiet_serve_logger()
     serve.start(http_options={"host": cfg.host, "port": cfg.port})
     handle = serve.run(
         app_builder({"run": cfg.run, "max_batch_size": cfg.max_batch_size}),
@@ -225,6 +226,14 @@ def start(cfg: ServeConfig):
         route_prefix="/",
     )
     return handle
+
+
+def _quiet_serve_logger() -> None:
+    """Serve sets its driver-side logger to INFO when it is imported: its start-up notices are
+    Ray's, not this command's."""
+    from ganrec_dist.logs import verbose
+
+    logging.getLogger("ray.serve").setLevel(logging.DEBUG if verbose() else logging.WARNING)
 
 
 def wait_healthy(url: str, timeout: float = 90) -> None:
