@@ -57,7 +57,8 @@ def _plot(history: list[dict], run: RunDir) -> None:
             ax.axvline(refit[0] - 0.5, color="grey", linestyle=":", label="refit starts")
         ax.set_title(title)
         ax.set_xlabel("epoch (search, then refit)")
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:  # a panel can be empty (no D in the ablation)
+            ax.legend()
     fig.tight_layout()
     tmp = run.local / f".{RunDir.HISTORY_PNG}.tmp.png"
     fig.savefig(tmp, dpi=100)

@@ -475,12 +475,12 @@ def _run(
 
 
 def _driver_node_args() -> dict:
-    """Ray options that keep prepare's tasks on this node (its staging dir is local to it)."""
+    """Ray Data options that keep prepare's tasks on this node (its staging dir is local to it):
+    a label selector on the node's id, as Ray Train pins its controller."""
     import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     node = ray.get_runtime_context().get_node_id()
-    return {"scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=False)}
+    return {"label_selector": {ray._raylet.RAY_NODE_ID_KEY: node}}
 
 
 def _default_shards(files: list[str], fmt: str) -> int:
