@@ -76,6 +76,11 @@ BENCHES: dict[str, tuple[str, str, str]] = {
         "ganrec_dist.bench.step:run",
         "the training step against its unfused reference",
     ),
+    "scale": (
+        "ganrec_dist.bench.scale:BenchScaleConfig",
+        "ganrec_dist.bench.scale:run",
+        "training cost against catalogue size, dense and sparse tables",
+    ),
     "serve": (
         "ganrec_dist.bench.serve:BenchServeConfig",
         "ganrec_dist.bench.serve:run",

@@ -40,6 +40,7 @@ STAGES = (
     "bench_index",
     "bench_score",
     "bench_step",
+    "bench_scale",
     "bench_serve",
 )
 
@@ -155,6 +156,11 @@ class OptimSettings:
     )
     max_steps_per_epoch: int = setting(
         0, "cut every epoch after N steps, the same on every rank (0: whole epochs)"
+    )
+    sparse_tables: bool = setting(
+        True,
+        "with a sampled softmax, update the item and user tables only at the rows a step read "
+        "(lazy Adam and weight average); false: dense Adam over the whole tables",
     )
 
 

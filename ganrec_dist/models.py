@@ -25,6 +25,9 @@ class ModelConfig:
     history_len: int = 50
     noise_dim: int = 16
     dropout: float = 0.3
+    # The item and user tables give row-sparse gradients (lookups through sparse embeddings), so
+    # that a step updates only the rows it read. The full-catalogue softmax reads every row.
+    sparse: bool = False
 
 
 class _CatalogueCrossEntropy(torch.autograd.Function):
@@ -76,8 +79,12 @@ class UserEncoder(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.items = nn.Embedding(cfg.n_items + 1, cfg.dim, padding_idx=cfg.n_items)
-        self.users = nn.Embedding(cfg.n_users + 1, cfg.dim, padding_idx=cfg.n_users)
+        self.items = nn.Embedding(
+            cfg.n_items + 1, cfg.dim, padding_idx=cfg.n_items, sparse=cfg.sparse
+        )
+        self.users = nn.Embedding(
+            cfg.n_users + 1, cfg.dim, padding_idx=cfg.n_users, sparse=cfg.sparse
+        )
         self.recency = nn.Parameter(torch.linspace(-1.0, 0.0, cfg.history_len))
         self.mlp = nn.Sequential(
             nn.Dropout(cfg.dropout),
@@ -140,6 +147,10 @@ class Generator(nn.Module):
         """
         state = self.encoder(history, users)
         vector = self.generate(state, z)
+        if self.cfg.sparse and candidates is None:
+            raise ValueError(
+                "a model with sparse tables scores candidates, not the whole catalogue"
+            )
         if targets is not None and candidates is None:
             return state, vector, catalogue_cross_entropy(vector, self.catalogue(), targets)
         table = self.catalogue() if candidates is None else self.item_embeddings(candidates)
@@ -151,6 +162,8 @@ class Generator(nn.Module):
 
     def item_embeddings(self, items: torch.Tensor) -> torch.Tensor:
         """Catalogue embeddings of ``items`` ``[...]`` -> ``[..., dim]``."""
+        if self.cfg.sparse:
+            return F.embedding(items, self.encoder.items.weight, sparse=True)
         return self.catalogue()[items]
 
 

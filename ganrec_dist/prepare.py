@@ -480,7 +480,7 @@ def _driver_node_args() -> dict:
     import ray
 
     node = ray.get_runtime_context().get_node_id()
-    return {"label_selector": {ray._raylet.RAY_NODE_ID_KEY: node}}
+    return {"label_selector": {ray._raylet.RAY_NODE_ID_KEY: node}}  # type: ignore[attr-defined]
 
 
 def _default_shards(files: list[str], fmt: str) -> int:

@@ -32,6 +32,7 @@ from ganrec_dist.config import TrainConfig, build, to_dict
 from ganrec_dist.interactions import Sequences, held_out, validation_limits
 from ganrec_dist.layout import DataDir, RunDir, write_checkpoint
 from ganrec_dist.models import Discriminator, Generator, ModelConfig
+from ganrec_dist.tables import GeneratorOptimizer, LazyAverage, keep_out_of_ddp
 from ganrec_dist.validation import validation_metrics
 
 log = logging.getLogger(__name__)
@@ -40,25 +41,46 @@ SAMPLED_SOFTMAX_ABOVE = 100_000  # full softmax up to this many items, then samp
 SAMPLED_NEGATIVES = 8192
 
 
+def negatives_for(cfg: TrainConfig, n_items: int) -> int:
+    """Shared sampled negatives per step: the setting, or by default none (the full softmax) up
+    to ``SAMPLED_SOFTMAX_ABOVE`` items and ``SAMPLED_NEGATIVES`` above."""
+    negatives = cfg.optim.sampled_negatives
+    if negatives < 0:
+        return 0 if n_items <= SAMPLED_SOFTMAX_ABOVE else SAMPLED_NEGATIVES
+    return negatives
+
+
 def model_config(cfg: TrainConfig, n_users: int, n_items: int) -> ModelConfig:
-    return ModelConfig(n_items=n_items, n_users=n_users, **dataclasses.asdict(cfg.model))
+    """G's and D's shapes; the tables are sparse when the softmax is sampled (a full softmax
+    reads every item row anyway) and ``sparse_tables`` is on."""
+    sparse = cfg.optim.sparse_tables and negatives_for(cfg, n_items) > 0
+    return ModelConfig(
+        n_items=n_items, n_users=n_users, sparse=sparse, **dataclasses.asdict(cfg.model)
+    )
 
 
 def optimisers(
     gen: torch.nn.Module, disc: torch.nn.Module, cfg: TrainConfig, fused: bool = True
-) -> tuple[torch.optim.Adam, torch.optim.Adam]:
+) -> tuple[Any, torch.optim.Adam]:
     """G's and D's Adam. Fused: one kernel per step instead of a dozen elementwise passes per
-    parameter; False is the reference ``bench step`` times."""
-    g_opt = torch.optim.Adam(
-        gen.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, fused=fused or None
-    )
+    parameter; False is the reference ``bench step`` times. A G with sparse tables gets lazy
+    Adam on them (:class:`~ganrec_dist.tables.GeneratorOptimizer`)."""
+    lr, weight_decay = cfg.optim.lr, cfg.optim.weight_decay
+    if gan.unwrap(gen).cfg.sparse:
+        g_opt: Any = GeneratorOptimizer(
+            gan.unwrap(gen), lr=lr, weight_decay=weight_decay, fused=fused
+        )
+    else:
+        g_opt = torch.optim.Adam(
+            gen.parameters(), lr=lr, weight_decay=weight_decay, fused=fused or None
+        )
     d_opt = torch.optim.Adam(
         disc.parameters(), lr=cfg.discriminator.d_lr, betas=(0.5, 0.999), fused=fused or None
     )
     return g_opt, d_opt
 
 
-def averaged(gen: Generator, decay: float) -> torch.optim.swa_utils.AveragedModel | None:
+def averaged(gen: Generator, decay: float) -> Any:
     """An exponential moving average of G's weights (None when ``decay`` is 0).
 
     The adversarial game keeps G's weights moving from step to step, so the validation metric of
@@ -68,6 +90,8 @@ def averaged(gen: Generator, decay: float) -> torch.optim.swa_utils.AveragedMode
     """
     if decay <= 0:
         return None
+    if gen.cfg.sparse:
+        return LazyAverage(gen, decay)
     from torch.optim.swa_utils import AveragedModel
 
     def update(averages: Any, currents: Any, updates: torch.Tensor | int) -> None:
@@ -78,15 +102,23 @@ def averaged(gen: Generator, decay: float) -> torch.optim.swa_utils.AveragedMode
     return AveragedModel(gen, multi_avg_fn=update, use_buffers=True)
 
 
+def update_average(models: Models) -> None:
+    """One update of G's weight average after a step (none when averaging is off)."""
+    if isinstance(models.average, LazyAverage):
+        models.average.update_parameters(gan.unwrap(models.gen), models.g_opt.touched)
+    elif models.average is not None:
+        models.average.update_parameters(gan.unwrap(models.gen))
+
+
 @dataclasses.dataclass
 class Models:
     """G, D, their optimisers and G's weight average, as one rank trains them."""
 
     gen: Any  # Generator, DDP-wrapped with several ranks
     disc: Any
-    g_opt: torch.optim.Adam
+    g_opt: Any  # Adam, or GeneratorOptimizer for sparse tables
     d_opt: torch.optim.Adam
-    average: torch.optim.swa_utils.AveragedModel | None
+    average: Any  # AveragedModel, LazyAverage for sparse tables, or None
 
     @property
     def model(self) -> Generator:
@@ -191,9 +223,7 @@ def setup(config: dict) -> Rank:
     state.nodes = _gather_nodes(world)
     if payload is not None and rank == 0:
         log.info("resumed from checkpoint: phase %s, epoch %d", state.phase, state.epoch)
-    negatives = cfg.optim.sampled_negatives
-    if negatives < 0:
-        negatives = 0 if seq.n_items <= SAMPLED_SOFTMAX_ABOVE else SAMPLED_NEGATIVES
+    negatives = negatives_for(cfg, seq.n_items)
     return Rank(
         cfg=cfg,
         rank=rank,
@@ -226,6 +256,8 @@ def restore(
         gen.load_state_dict(payload["generator"])
         disc.load_state_dict(payload["discriminator"])
         state, best = LoopState(**payload["state"]), payload["best_generator"]
+    if mcfg.sparse:
+        keep_out_of_ddp(gen)
     gen_ddp = ray.train.torch.prepare_model(gen)  # DDP-wrapped with several ranks
     disc_ddp = ray.train.torch.prepare_model(disc)
     average = averaged(gan.unwrap(gen_ddp), cfg.optim.ema_decay)
@@ -308,8 +340,7 @@ def step(
         negatives=negatives,
         d_mismatch=cfg.discriminator.d_mismatch,
     )
-    if m.average is not None:
-        m.average.update_parameters(gan.unwrap(m.gen))
+    update_average(m)
     return stats, len(users)
 
 
@@ -349,6 +380,8 @@ def run_epoch(rank: Rank, shard: Any, epoch: int) -> dict[str, Any]:
         seconds=wait + compute,
         data_wait_fraction=wait / max(wait + compute, 1e-9),
     )
+    if isinstance(rank.models.average, LazyAverage):  # it is read from here on (every rank)
+        rank.models.average.materialize(gan.unwrap(rank.models.gen))
     return metrics
 
 

@@ -227,3 +227,19 @@ def test_evaluate_reuses_only_an_ablation_of_the_same_settings(synthetic_data, t
     assert model.stat().st_mtime_ns != trained
     assert [h["epoch"] for h in _history(run / "ablation")] == [1]
     assert "gan_ablation" in result["models"]
+
+
+def test_sparse_tables_resume_into_the_uninterrupted_run(synthetic_data, tmp_path):
+    """With a sampled softmax the tables are sparse (lazy Adam, lazy weight average): their
+    optimiser state and the average's schedule come back from the checkpoint exactly."""
+    args = dict(data=str(synthetic_data), epochs=3, patience=5, refit=False, **TINY)
+    args["sampled_negatives"] = 64
+    broken, whole = tmp_path / "broken", tmp_path / "whole"
+    train(train_config(**args, out=str(broken), fail_at_epoch=2, max_failures=1))
+    assert (broken / ".fault-injected").exists()  # the worker really died at epoch 2
+    train(train_config(**args, out=str(whole)))
+    assert RunDir(whole).payload()["model_config"]["sparse"]
+    keys = ("ce_loss", "d_loss", "g_loss", "val_ndcg@10")
+    assert [[h[k] for k in keys] for h in _history(broken)] == [
+        [h[k] for k in keys] for h in _history(whole)
+    ]

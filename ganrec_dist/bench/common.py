@@ -21,30 +21,40 @@ class PeakMemory:
     map them, so summing it over a process tree does not double count.
     """
 
-    def __init__(self, pid: int | None = None, interval: float = 0.25) -> None:
+    def __init__(
+        self, pid: int | None = None, interval: float = 0.25, each: str | None = None
+    ) -> None:
+        """``each``: also track the largest single process whose command line contains it (a
+        Ray worker's is its actor class, e.g. ``RayTrainWorker``), in ``peak_each``."""
         self.pid = pid or os.getpid()
         self.interval = interval
+        self.each = each
         self.peak = 0
+        self.peak_each = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
-    def _sample(self) -> int:
+    def _sample(self) -> tuple[int, int]:
         try:
             root = psutil.Process(self.pid)
             procs = [root] + root.children(recursive=True)
         except psutil.Error:
-            return 0
-        total = 0
+            return 0, 0
+        total = largest = 0
         for proc in procs:
             try:
-                total += proc.memory_full_info().pss
+                pss = proc.memory_full_info().pss
+                total += pss
+                if self.each and self.each in " ".join(proc.cmdline()):
+                    largest = max(largest, pss)
             except psutil.Error:
                 continue
-        return total
+        return total, largest
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, self._sample())
+            total, largest = self._sample()
+            self.peak, self.peak_each = max(self.peak, total), max(self.peak_each, largest)
             self._stop.wait(self.interval)
 
     def __enter__(self) -> PeakMemory:

@@ -1,0 +1,251 @@
+"""`ganrec bench scale`: what a training step costs as the catalogue grows, dense tables against
+sparse ones in the same run; then `ganrec train` itself at the smallest and the largest size.
+
+Step: the project's G and D, ``gan.train_step`` with a sampled softmax of the same shared
+negatives at every size (so an ideal step costs the same at every size), the weight average,
+random batches, users = items / 2; the dense path (Adam, weight decay and the average over whole
+tables, as before sparse tables) and the sparse one (:mod:`ganrec_dist.tables`) alternate.
+
+Train: ``ganrec train`` with its defaults on synthetic logs (``--full_catalogue``, so the
+catalogue really has that many items), one epoch cut at ``steps`` steps: rows/s of the loop, the
+share of step time spent waiting for Ray Data, peak memory of a worker and of the process tree;
+at the largest size also with ``--sparse_tables false`` (the dense path) and with 2 workers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ganrec_dist import gan
+from ganrec_dist.bench.common import PeakMemory, write_json
+from ganrec_dist.config import PrepareConfig, TrainConfig, build, setting
+from ganrec_dist.layout import RunDir
+from ganrec_dist.logs import print_table
+from ganrec_dist.models import Discriminator, Generator
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class BenchScaleConfig:
+    """`ganrec bench scale`: training cost against catalogue size, dense and sparse tables."""
+
+    items: str = setting("10000,100000,1000000", "catalogue sizes, comma-separated")
+    batch_size: int = setting(256, "rows per step")
+    negatives: int = setting(8192, "shared sampled negatives per step, at every size")
+    threads: int = setting(2, "torch threads of the step benchmark")
+    steps: int = setting(12, "timed steps per variant and size (median reported)")
+    train: bool = setting(True, "also run `ganrec train` at the smallest and largest size")
+    train_rows: int = setting(3_000_000, "synthetic interactions of the train runs")
+    train_users: int = setting(20_000, "synthetic users of the train runs")
+    train_steps: int = setting(150, "steps of the train runs' one epoch")
+    workdir: str = setting("", "where data and runs go (default: a temporary directory)")
+    out: str = setting("bench/scale.json", "results JSON (and a PNG beside it)")
+
+
+def _step_fn(n_items: int, cfg: BenchScaleConfig, sparse: bool):
+    from ganrec_dist.worker import Models, averaged, model_config, optimisers, update_average
+
+    train_cfg = build(
+        TrainConfig,
+        {"batch_size": cfg.batch_size, "sampled_negatives": cfg.negatives, "sparse_tables": sparse},
+    )
+    n_users = n_items // 2
+    torch.manual_seed(0)
+    mcfg = model_config(train_cfg, n_users, n_items)
+    gen, disc = Generator(mcfg), Discriminator(mcfg)
+    g_opt, d_opt = optimisers(gen, disc, train_cfg)
+    average = averaged(gen, train_cfg.optim.ema_decay)
+    noise = torch.Generator().manual_seed(1)
+    b, length = cfg.batch_size, mcfg.history_len
+    models = Models(gen=gen, disc=disc, g_opt=g_opt, d_opt=d_opt, average=average)
+
+    def step() -> None:
+        batch = gan.Batch(
+            history=torch.randint(0, n_items + 1, (b, length), generator=noise),
+            users=torch.randint(0, n_users, (b,), generator=noise),
+            targets=torch.randint(0, n_items, (b,), generator=noise),
+            future=torch.randint(0, n_items, (b,), generator=noise),
+        )
+        z = torch.randn(b, mcfg.noise_dim, generator=noise)
+        negatives = torch.randint(0, n_items, (cfg.negatives,), generator=noise)
+        gan.train_step(
+            gen,
+            disc,
+            d_opt,
+            g_opt,
+            batch=batch,
+            z=z,
+            adv_weight=train_cfg.game.adv_weight,
+            negatives=negatives,
+            d_mismatch=train_cfg.discriminator.d_mismatch,
+        )
+        update_average(models)
+
+    return step
+
+
+def step_costs(cfg: BenchScaleConfig) -> list[dict]:
+    """ms/step and rows/s of the dense and the sparse step at each size, alternating."""
+    torch.set_num_threads(cfg.threads)
+    results = []
+    for n_items in [int(n) for n in cfg.items.split(",")]:
+        log.info("step at %d items", n_items)
+        steps = {"dense": _step_fn(n_items, cfg, False), "sparse": _step_fn(n_items, cfg, True)}
+        for step in steps.values():
+            for _ in range(3):  # warm-up: allocator, thread pool, first-touch pages
+                step()
+        times: dict[str, list[float]] = {name: [] for name in steps}
+        for _ in range(cfg.steps):
+            for name, step in steps.items():
+                start = time.perf_counter()
+                step()
+                times[name].append((time.perf_counter() - start) * 1000)
+        row: dict[str, Any] = {"items": n_items, "users": n_items // 2}
+        for name, values in times.items():
+            ms = statistics.median(values)
+            row[name] = {"ms_per_step": ms, "rows_per_s": cfg.batch_size / ms * 1000}
+        results.append(row)
+        del steps
+    return results
+
+
+def _train_run(
+    cfg: BenchScaleConfig, data: Path, out: Path, *, workers: int = 1, sparse: bool = True
+) -> dict:
+    from ganrec_dist.train import train
+
+    settings = {
+        "data": str(data),
+        "out": str(out),
+        "epochs": 1,
+        "refit": False,
+        "max_steps_per_epoch": cfg.train_steps,
+        "sparse_tables": sparse,
+        "workers": workers,
+    }
+    if workers > 1:
+        settings["cpus_per_worker"] = 0.5  # two workers and Ray Data share two CPUs
+    with PeakMemory(each="RayTrainWorker") as mem:
+        train(build(TrainConfig, settings))
+    payload = RunDir(out).payload()
+    last = payload["state"]["history"][-1]
+    return {
+        "workers": workers,
+        "sparse_tables": payload["model_config"]["sparse"],  # only with a sampled softmax
+        "softmax": "sampled" if payload["model_config"]["sparse"] or not sparse else "full",
+        "rows": last["rows"],
+        "seconds": last["seconds"],
+        "rows_per_s": last["rows"] / last["seconds"],
+        "data_wait_fraction": last["data_wait_fraction"],
+        "peak_worker_gib": round(mem.peak_each / 2**30, 3),
+        "peak_tree_gib": round(mem.peak / 2**30, 3),
+    }
+
+
+def train_costs(cfg: BenchScaleConfig, work: Path) -> list[dict]:
+    """`ganrec train` at the smallest and the largest size (and the dense path, 2 workers)."""
+    from ganrec_dist.prepare import prepare
+
+    sizes = [int(n) for n in cfg.items.split(",")]
+    runs = []
+    for n_items in (min(sizes), max(sizes)):
+        data = work / f"data-{n_items}"
+        prepare(
+            PrepareConfig(
+                source="synthetic",
+                out=str(data),
+                users=cfg.train_users,
+                items=n_items,
+                interactions=cfg.train_rows,
+                full_catalogue=True,
+                seed=0,
+                overwrite=True,
+            )
+        )
+        variants: list[dict[str, Any]] = [{}]
+        if n_items == max(sizes):
+            variants += [{"sparse": False}, {"workers": 2}]
+        for variant in variants:
+            name = "-".join(f"{k}{v}" for k, v in variant.items()) or "default"
+            result = _train_run(cfg, data, work / f"run-{n_items}-{name}", **variant)
+            runs.append({"items": n_items, **result})
+            shutil.rmtree(work / f"run-{n_items}-{name}", ignore_errors=True)
+        shutil.rmtree(data, ignore_errors=True)
+    return runs
+
+
+def run(cfg: BenchScaleConfig) -> dict:
+    from ganrec_dist.raycluster import ensure_ray
+
+    results: dict = {"config": dataclasses.asdict(cfg), "step": step_costs(cfg)}
+    _print_steps(cfg, results["step"])
+    if cfg.train:
+        work = Path(cfg.workdir or tempfile.mkdtemp(prefix="ganrec-bench-scale-"))
+        ensure_ray()
+        try:
+            results["train"] = train_costs(cfg, work)
+        finally:
+            if not cfg.workdir:
+                shutil.rmtree(work, ignore_errors=True)
+        _print_train(results["train"])
+    _plot(results, cfg.out.replace(".json", ".png"))
+    write_json(cfg.out, results)
+    return results
+
+
+def _print_steps(cfg: BenchScaleConfig, rows: list[dict]) -> None:
+    print_table(
+        f"step: batch {cfg.batch_size}, {cfg.negatives} shared negatives, users = items / 2, "
+        f"{cfg.threads} torch threads (median of {cfg.steps} alternating steps)",
+        ["items", "dense ms/step", "sparse ms/step", "dense rows/s", "sparse rows/s", "speed-up"],
+        [
+            [r["items"], r["dense"]["ms_per_step"], r["sparse"]["ms_per_step"]]
+            + [r["dense"]["rows_per_s"], r["sparse"]["rows_per_s"]]
+            + [r["dense"]["ms_per_step"] / r["sparse"]["ms_per_step"]]
+            for r in rows
+        ],
+    )
+
+
+def _print_train(runs: list[dict]) -> None:
+    print_table(
+        "ganrec train: one epoch cut at the steps above, synthetic log",
+        ["items", "workers", "tables", "rows/s", "data wait", "peak worker GiB", "peak tree GiB"],
+        [
+            [r["items"], r["workers"], "sparse" if r["sparse_tables"] else "dense"]
+            + [r["rows_per_s"], r["data_wait_fraction"], r["peak_worker_gib"], r["peak_tree_gib"]]
+            for r in runs
+        ],
+    )
+
+
+def _plot(results: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = results["step"]
+    items = [r["items"] for r in rows]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name in ("dense", "sparse"):
+        ax.plot(items, [r[name]["ms_per_step"] for r in rows], marker="o", label=f"{name} tables")
+    ax.set_xscale("log")
+    ax.set_xlabel("catalogue items (users = items / 2)")
+    ax.set_ylabel("ms per training step")
+    ax.set_title("training step cost against catalogue size")
+    ax.set_ylim(bottom=0)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
