@@ -43,6 +43,13 @@ def ease_weights(train: sp.csr_matrix, lam: float) -> np.ndarray:
     return weights
 
 
+# Up to this many items every user's whole score row is ranked in float64 (the closed forms'
+# precision). Above, a row per user over the catalogue is too slow to rank for every user:
+# popularity ranks one global order, ALS goes through the exact index search the GAN uses.
+DENSE_MAX_ITEMS = 100_000
+SCORE_BLOCK_BYTES = 256 << 20  # the dense scores of one block of users, float64
+
+
 def recommend_dense(
     score_fn: Callable[[np.ndarray], np.ndarray],
     train: sp.csr_matrix,
@@ -50,11 +57,14 @@ def recommend_dense(
     k: int,
     batch: int = 1024,
 ) -> np.ndarray:
-    """Top-k for ``users`` from a function mapping a user batch to dense scores ``[b, items]``."""
+    """Top-k for ``users`` from a function mapping a user batch to fresh dense scores
+    ``[b, items]``, in blocks of at most ``batch`` users whose scores fit SCORE_BLOCK_BYTES."""
     out = np.full((train.shape[0], k), -1, dtype=np.int64)
-    for start in range(0, len(users), batch):
-        rows = users[start : start + batch]
-        out[rows] = top_k_excluding(np.asarray(score_fn(rows), dtype=np.float64), train, rows, k)
+    block = max(1, min(batch, SCORE_BLOCK_BYTES // (8 * max(1, train.shape[1]))))
+    for start in range(0, len(users), block):
+        rows = users[start : start + block]
+        scores = np.asarray(score_fn(rows), dtype=np.float64)
+        out[rows] = top_k_excluding(scores, train, rows, k, inplace=True)
     return out
 
 
@@ -67,7 +77,24 @@ def ease_recommend(
 
 def popularity_recommend(train: sp.csr_matrix, users: np.ndarray, k: int) -> np.ndarray:
     pop = popularity_scores(train)
-    return recommend_dense(lambda rows: np.tile(pop, (len(rows), 1)), train, users, k)
+    if train.shape[1] <= DENSE_MAX_ITEMS:
+        return recommend_dense(lambda rows: np.tile(pop, (len(rows), 1)), train, users, k)
+    return popular_unseen(pop, train, users, k)
+
+
+def popular_unseen(
+    scores: np.ndarray, train: sp.csr_matrix, users: np.ndarray, k: int
+) -> np.ndarray:
+    """The k best of one score vector ``[items]`` that each user has not seen: one global order
+    (ties by item index), then each user's first k unseen. Time follows users × (k + seen)."""
+    order = np.argsort(-scores, kind="stable")
+    out = np.full((train.shape[0], k), -1, dtype=np.int64)
+    for u in users:
+        seen = train.indices[train.indptr[u] : train.indptr[u + 1]]
+        candidates = order[: k + len(seen)]
+        chosen = candidates[~np.isin(candidates, seen)][:k]
+        out[u, : len(chosen)] = chosen
+    return out
 
 
 def als_factors(
@@ -99,9 +126,21 @@ def als_factors(
 def als_recommend(
     factors: tuple[np.ndarray, np.ndarray], train: sp.csr_matrix, users: np.ndarray, k: int
 ) -> np.ndarray:
-    """Top-k from ALS's (user factors, item factors)."""
+    """Top-k from ALS's (user factors, item factors); through the exact index search above
+    DENSE_MAX_ITEMS items."""
     user_f, item_f = factors
-    return recommend_dense(lambda rows: user_f[rows] @ item_f.T, train, users, k)
+    if train.shape[1] <= DENSE_MAX_ITEMS:
+        return recommend_dense(lambda rows: user_f[rows] @ item_f.T, train, users, k)
+    from ganrec_dist.index import ExactIndex
+
+    index = ExactIndex(item_f)
+    out = np.full((train.shape[0], k), -1, dtype=np.int64)
+    for start in range(0, len(users), 4096):
+        rows = users[start : start + 4096]
+        seen = [train.indices[train.indptr[u] : train.indptr[u + 1]] for u in rows]
+        _, items = index.search(user_f[rows], k, exclude=seen)
+        out[rows, : items.shape[1]] = items
+    return out
 
 
 @dataclass(frozen=True)

@@ -171,6 +171,11 @@ class DatasetSettings:
     val_fraction: float = setting(
         0.2, "each user's last ceil(fraction * n) train interactions: validation"
     )
+    val_users: int = setting(
+        20_000,
+        "validation scores a fixed seeded sample of this many users when more have validation "
+        "rows (0: all); history.csv's val_users then says how many",
+    )
     shuffle_buffer: int = setting(100_000, "rows in Ray Data's local shuffle buffer")
     cache_rows: int = setting(
         5_000_000, "keep the train dataset in the object store up to this many rows"
@@ -229,7 +234,10 @@ class EvaluateConfig:
     ablation: bool = setting(
         True, "train (or reuse) the adv_weight=0 model and add it to the table"
     )
-    seed: int = setting(0, "ALS's seed")
+    max_users: int = setting(
+        0, "score a seeded sample of this many test users (0: all); every item is still ranked"
+    )
+    seed: int = setting(0, "ALS's seed, and the user sample's")
     address: str = setting("", "Ray cluster address; empty: RAY_ADDRESS, else a local Ray")
 
 

@@ -15,10 +15,11 @@ import time
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 
 from ganrec_dist.baselines import BASELINES, Baseline
 from ganrec_dist.config import EvaluateConfig, TrainConfig, build, replace
-from ganrec_dist.interactions import held_out, validation_limits
+from ganrec_dist.interactions import Sequences, held_out, validation_limits
 from ganrec_dist.layout import DataDir, RunDir
 from ganrec_dist.logs import print_table
 from ganrec_dist.metrics import beyond_accuracy, ranking_metrics
@@ -117,16 +118,33 @@ def _label(params: dict, keys: list[str]) -> str:
     return ", ".join(f"{key}={params[key]}" for key in keys)
 
 
-def _splits(data: DataDir, run: RunDir) -> dict[str, Any]:
+def _test_users(cfg: EvaluateConfig, test: Sequences) -> tuple[np.ndarray, sp.csr_matrix]:
+    """The users scored (all with test items, or a seeded sample of ``max_users``) and their
+    test items ``[n_users, n_items]`` (the other users' rows empty)."""
+    users = np.flatnonzero(test.lengths > 0)
+    truth = test.matrix()
+    if cfg.max_users and len(users) > cfg.max_users:
+        rng = np.random.default_rng(cfg.seed)
+        users = np.sort(rng.choice(users, cfg.max_users, replace=False))
+        keep = np.zeros(test.n_users)
+        keep[users] = 1.0
+        truth = (sp.diags(keep) @ truth).tocsr()
+        truth.eliminate_zeros()
+    return users, truth
+
+
+def _splits(cfg: EvaluateConfig, data: DataDir, run: RunDir) -> dict[str, Any]:
     """Train, test and the validation carve of train (the fraction the run validated with)."""
     seq, test = data.sequences("train"), data.sequences("test")
     trained = build(TrainConfig, stored_config(run) or {})
     fit_limits = validation_limits(seq, trained.dataset.val_fraction)
+    users, truth = _test_users(cfg, test)
     return {
         "seq": seq,
         "train": seq.matrix(),
-        "truth": test.matrix(),
-        "users": np.flatnonzero(test.lengths > 0),
+        "truth": truth,
+        "users": users,
+        "users_with_test_items": int((test.lengths > 0).sum()),
         "fit": seq.matrix(fit_limits),
         "val_truth": held_out(seq, fit_limits),
         "val_users": np.flatnonzero(fit_limits < seq.lengths),
@@ -158,7 +176,7 @@ def evaluate_models(cfg: EvaluateConfig) -> dict:
     data, run = DataDir(cfg.data), RunDir.open(cfg.run)
     run.meta()  # one line if RUN holds no trained checkpoint
     ks = sorted(int(k) for k in cfg.ks.split(","))
-    split = _splits(data, run)
+    split = _splits(cfg, data, run)
     recs: dict[str, np.ndarray] = {}
     params: dict[str, dict] = {}
     validation: dict[str, dict] = {}
@@ -210,6 +228,7 @@ def _result(
             "used for every model's hyper-parameters",
         },
         "users_evaluated": int(len(split["users"])),
+        "users_with_test_items": split["users_with_test_items"],
         "n_items": int(split["seq"].n_items),
         "data": str(cfg.data),
         "source": data.manifest["source"],
@@ -222,9 +241,11 @@ def _result(
 
 def print_results(result: dict) -> None:
     rows = [[name] + [round(m[c], 4) for c in COLUMNS] for name, m in result["models"].items()]
+    users = f"{result['users_evaluated']} users"
+    if result["users_evaluated"] < result["users_with_test_items"]:
+        users += f" (a seeded sample of the {result['users_with_test_items']} with test items)"
     print_table(
-        f"full-ranking evaluation on {result['source']}: {result['users_evaluated']} users, "
-        f"{result['n_items']} items",
+        f"full-ranking evaluation on {result['source']}: {users}, {result['n_items']} items",
         ["model"] + COLUMNS,
         rows,
     )

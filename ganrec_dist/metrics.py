@@ -88,10 +88,12 @@ def beyond_accuracy(recs: np.ndarray, train: sp.csr_matrix, ks: list[int]) -> di
 
 
 def top_k_excluding(
-    scores: np.ndarray, seen: sp.csr_matrix, rows: np.ndarray, k: int
+    scores: np.ndarray, seen: sp.csr_matrix, rows: np.ndarray, k: int, inplace: bool = False
 ) -> np.ndarray:
-    """Top-k item indices of dense ``scores`` ``[len(rows), items]`` with each row's seen items removed."""
-    scores = scores.copy()
+    """Top-k item indices of dense ``scores`` ``[len(rows), items]`` with each row's seen items
+    removed (``inplace``: by overwriting ``scores``, which then must be the caller's to spoil)."""
+    if not inplace:
+        scores = scores.copy()
     sub = seen[rows]
     scores[np.repeat(np.arange(len(rows)), np.diff(sub.indptr)), sub.indices] = -np.inf
     k = min(k, scores.shape[1])

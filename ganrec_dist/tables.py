@@ -8,7 +8,8 @@ tables' gradients. Here, for the tables only:
 - the gradients are row-sparse (:class:`~ganrec_dist.models.ModelConfig` ``sparse``);
 - the tables are kept out of DDP; each step the ranks all-gather the ids they touched, and
   all-reduce the gradient rows of the union (``|union| x dim`` values, not the table), so every
-  rank applies the same update and the replicas stay identical, on gloo and NCCL alike;
+  rank applies the same update and the replicas stay identical (plain all-gather and all-reduce
+  of dense tensors on the tables' device, which NCCL supports as gloo does; the tests run gloo);
 - Adam is lazy (``torch.optim.SparseAdam``): only the rows with a gradient move, and only their
   moments are updated. This is not dense Adam, whose momentum keeps moving a row after its
   gradient stops;

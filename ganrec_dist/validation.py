@@ -44,6 +44,23 @@ def validation_users(seq: Sequences, limits: np.ndarray) -> np.ndarray:
     return np.flatnonzero(limits < seq.lengths)
 
 
+def validation_sample(
+    seq: Sequences, limits: np.ndarray, most: int, seed: int
+) -> tuple[np.ndarray, sp.csr_matrix]:
+    """The users validation scores, and their validation rows ``[n_users, n_items]``: every
+    user with validation rows, or a fixed sample of ``most`` of them (seeded by ``seed``, the
+    same every epoch) when there are more. Its cost then stays flat as the users grow."""
+    users = validation_users(seq, limits)
+    if most and len(users) > most:
+        users = np.sort(np.random.default_rng([seed, 17]).choice(users, most, replace=False))
+    starts = np.minimum(limits, seq.lengths)
+    ends = seq.lengths.copy()
+    unscored = np.ones(seq.n_users, dtype=bool)
+    unscored[users] = False
+    ends[unscored] = starts[unscored]
+    return users, seq.slice_matrix(starts, ends)
+
+
 def validation_recommendations(
     vectors: np.ndarray,
     catalogue: np.ndarray,
@@ -52,11 +69,12 @@ def validation_recommendations(
     limits: np.ndarray,
     index_cfg: IndexConfig,
     k: int = 10,
+    users: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Top-``k`` items ``[n_users, k]`` (-1 for users without validation rows) for query
-    ``vectors``, one per ``validation_users``, each user's fitted items excluded, searched in an
-    index of ``index_cfg``'s kind over ``catalogue``."""
-    users = validation_users(seq, limits)
+    """Top-``k`` items ``[n_users, k]`` (-1 for the other users) for query ``vectors``, one per
+    user of ``users`` (default: ``validation_users``), each user's fitted items excluded,
+    searched in an index of ``index_cfg``'s kind over ``catalogue``."""
+    users = validation_users(seq, limits) if users is None else users
     index = build_index(catalogue, index_cfg)
     seen = [seq.items[seq.offsets[u] : seq.offsets[u] + limits[u]] for u in users]
     recs = np.full((seq.n_users, k), -1, dtype=np.int64)
@@ -72,10 +90,14 @@ def validation_metrics(
     truth: sp.csr_matrix,
     index_cfg: IndexConfig,
     device: torch.device,
+    users: np.ndarray | None = None,
 ) -> dict[str, float]:
-    """P/R/NDCG/HR/MRR@10 of ``gen`` on the validation rows ``truth`` (from ``limits`` on)."""
-    users = validation_users(seq, limits)
+    """P/R/NDCG/HR/MRR@10 of ``gen`` on the validation rows ``truth`` (from ``limits`` on) of
+    ``users`` (default: every user with validation rows)."""
+    users = validation_users(seq, limits) if users is None else users
     vectors = user_vectors(gen, seq, users=users, ends=limits[users], device=device)
     catalogue = gen.catalogue().detach().float().cpu().numpy()
-    recs = validation_recommendations(vectors, catalogue, seq, limits=limits, index_cfg=index_cfg)
+    recs = validation_recommendations(
+        vectors, catalogue, seq, limits=limits, index_cfg=index_cfg, users=users
+    )
     return ranking_metrics(recs, truth, [10])

@@ -29,11 +29,11 @@ from ganrec_dist import checkpoint, gan
 from ganrec_dist.batches import make_batch
 from ganrec_dist.checkpoint import LoopState
 from ganrec_dist.config import TrainConfig, build, to_dict
-from ganrec_dist.interactions import Sequences, held_out, validation_limits
+from ganrec_dist.interactions import Sequences, validation_limits
 from ganrec_dist.layout import DataDir, RunDir, write_checkpoint
 from ganrec_dist.models import Discriminator, Generator, ModelConfig
 from ganrec_dist.tables import GeneratorOptimizer, LazyAverage, keep_out_of_ddp
-from ganrec_dist.validation import validation_metrics
+from ganrec_dist.validation import validation_metrics, validation_sample, validation_users
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,8 @@ class Rank:
     run: RunDir
     seq: Sequences
     fit_limits: np.ndarray  # per user, how many leading train items the search phase fits
-    val_truth: sp.csr_matrix | None  # rank 0: the validation rows
+    val_users: np.ndarray  # the users validation scores (all, or a fixed sample)
+    val_truth: sp.csr_matrix | None  # rank 0: their validation rows
     mcfg: ModelConfig
     models: Models
     state: LoopState
@@ -218,6 +219,7 @@ def setup(config: dict) -> Rank:
     seq = data.sequences()
     fit_limits = validation_limits(seq, cfg.dataset.val_fraction)
     mcfg = model_config(cfg, seq.n_users, seq.n_items)
+    val_users, val_truth = validation_sample(seq, fit_limits, cfg.dataset.val_users, cfg.seed)
     payload = checkpoint.latest_payload(ray.train.get_checkpoint(), run)
     models, state, best = restore(cfg, mcfg, payload)
     state.nodes = _gather_nodes(world)
@@ -233,7 +235,8 @@ def setup(config: dict) -> Rank:
         run=run,
         seq=seq,
         fit_limits=fit_limits,
-        val_truth=held_out(seq, fit_limits) if rank == 0 else None,
+        val_users=val_users,
+        val_truth=val_truth if rank == 0 else None,
         mcfg=mcfg,
         models=models,
         state=state,
@@ -397,8 +400,11 @@ def validate(rank: Rank, metrics: dict[str, Any], epoch: int) -> None:
             truth=rank.val_truth,
             index_cfg=rank.cfg.index,
             device=rank.device,
+            users=rank.val_users,
         )
         metrics.update({f"val_{k}": v for k, v in val.items()})
+        if len(rank.val_users) < len(validation_users(rank.seq, rank.fit_limits)):
+            metrics["val_users"] = len(rank.val_users)  # a sample: history.csv says so
         value = val["ndcg@10"]
     value = _broadcast(value, rank.device)
     metrics["val_ndcg@10"] = value

@@ -112,3 +112,41 @@ def test_als_is_built_and_fitted_inside_the_blas_thread_limit():
         users, items = baselines.als_factors(train, factors=4, reg=0.1, iterations=2, seed=0)
     assert users.shape == (60, 4) and items.shape == (40, 4)
     assert not [w for w in caught if "OpenBLAS" in str(w.message)]
+
+
+def test_large_catalogue_paths_rank_as_the_dense_path_does(monkeypatch):
+    """Above DENSE_MAX_ITEMS popularity ranks one global order and ALS goes through the exact
+    index; in blocks of users sized to the catalogue, the dense path itself gives the same."""
+    rng = np.random.default_rng(0)
+    train = sp.random(50, 300, density=0.05, format="csr", random_state=1)
+    train.data[:] = 1.0
+    users = np.arange(50)
+    scores = rng.permutation(300).astype(np.float64)  # distinct: no tie to break differently
+    dense = baselines.recommend_dense(lambda r: np.tile(scores, (len(r), 1)), train, users, 10)
+    assert np.array_equal(baselines.popular_unseen(scores, train, users, 10), dense)
+    user_f = rng.normal(size=(50, 8)).astype(np.float32)
+    item_f = rng.normal(size=(300, 8)).astype(np.float32)
+    als_dense = baselines.als_recommend((user_f, item_f), train, users, 10)
+    monkeypatch.setattr(baselines, "SCORE_BLOCK_BYTES", 8 * 300 * 3)  # blocks of 3 users
+    assert np.array_equal(baselines.als_recommend((user_f, item_f), train, users, 10), als_dense)
+    monkeypatch.setattr(baselines, "DENSE_MAX_ITEMS", 0)
+    assert np.array_equal(baselines.als_recommend((user_f, item_f), train, users, 10), als_dense)
+    seen = train[users]
+    popular = baselines.popularity_recommend(train, users, 10)
+    assert not any(set(row) & set(seen[i].indices) for i, row in enumerate(popular))
+
+
+def test_evaluation_can_score_a_seeded_sample_of_users():
+    from ganrec_dist.config import EvaluateConfig
+    from ganrec_dist.evaluate import _test_users
+    from ganrec_dist.interactions import Sequences
+
+    lengths = np.array([2, 0, 1, 3, 1, 2])
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    test = Sequences(offsets, np.arange(offsets[-1], dtype=np.int32) % 5, 6, 5)
+    everyone, truth = _test_users(EvaluateConfig(), test)
+    assert everyone.tolist() == [0, 2, 3, 4, 5] and truth.nnz == test.matrix().nnz
+    sample, truth = _test_users(EvaluateConfig(max_users=3, seed=4), test)
+    again, _ = _test_users(EvaluateConfig(max_users=3, seed=4), test)
+    assert len(sample) == 3 and set(sample) <= set(everyone) and sample.tolist() == again.tolist()
+    assert set(np.flatnonzero(np.diff(truth.indptr))) == set(sample)  # only their test items

@@ -84,3 +84,22 @@ def test_run_changes_ignore_d_settings_only_for_a_run_without_d_steps():
     ]
     stored_lr = to_dict(train_config(adv_weight=0.0, lr=0.1))
     assert run_changes(stored_lr, ablation_cfg) == [f"optim.lr: 0.1 -> {ablation_cfg.optim.lr!r}"]
+
+
+def test_validation_scores_all_users_or_a_fixed_sample():
+    from ganrec_dist.interactions import held_out, validation_limits
+    from ganrec_dist.validation import validation_sample, validation_users
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 12, 60)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    seq = Sequences(offsets, rng.integers(0, 30, offsets[-1]).astype(np.int32), 60, 30)
+    limits = validation_limits(seq, 0.2)
+    users, truth = validation_sample(seq, limits, 0, seed=0)
+    assert np.array_equal(users, validation_users(seq, limits))
+    assert (truth != held_out(seq, limits)).nnz == 0  # all users: exactly the held-out rows
+    users, truth = validation_sample(seq, limits, 10, seed=3)
+    again, _ = validation_sample(seq, limits, 10, seed=3)
+    assert len(users) == 10 and np.array_equal(users, again)  # the same sample every epoch
+    assert set(np.flatnonzero(np.diff(truth.indptr))) == set(users)
+    assert (truth[users] != held_out(seq, limits)[users]).nnz == 0
