@@ -137,7 +137,6 @@ class LazyAverage:
         self._since = {  # per row: log_keep when its average was last brought up to date
             name: torch.zeros(len(self._params[name]), dtype=torch.float64) for name in TABLES
         }
-        self._gen = gen
 
     def _weight(self) -> float:
         n = float(self.n_averaged)
