@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -78,3 +79,60 @@ def write_json(path: str | Path, payload: dict) -> None:
     tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
     tmp.rename(path)
     log.info("wrote %s", path)
+
+
+def random_step(
+    train_cfg: Any, n_users: int, n_items: int, *, negatives: int = 0, reference: bool = False
+) -> Callable[[], None]:
+    """A training step of a fresh default model on random batches: ``gan.train_step`` plus the
+    weight average, as `ganrec train` runs it (``negatives``: shared sampled negatives per step;
+    the tables are sparse when ``train_cfg`` says so). ``reference``: the unfused step instead
+    (two G passes, ``F.cross_entropy``, per-parameter Adam) that `bench step` times it against.
+    """
+    import torch
+
+    from ganrec_dist import gan
+    from ganrec_dist.models import Discriminator, Generator
+    from ganrec_dist.worker import Models, averaged, model_config, optimisers, update_average
+
+    torch.manual_seed(0)
+    mcfg = model_config(train_cfg, n_users, n_items)
+    gen, disc = Generator(mcfg), Discriminator(mcfg)
+    g_opt, d_opt = optimisers(gen, disc, train_cfg, fused=not reference)
+    models = Models(
+        gen=gen,
+        disc=disc,
+        g_opt=g_opt,
+        d_opt=d_opt,
+        average=averaged(gen, train_cfg.optim.ema_decay),
+    )
+    noise = torch.Generator().manual_seed(1)
+    b, adv_weight = train_cfg.optim.batch_size, train_cfg.game.adv_weight
+
+    def step() -> None:
+        batch = gan.Batch(
+            history=torch.randint(0, n_items + 1, (b, mcfg.history_len), generator=noise),
+            users=torch.randint(0, n_users, (b,), generator=noise),
+            targets=torch.randint(0, n_items, (b,), generator=noise),
+            future=torch.randint(0, n_items, (b,), generator=noise),
+        )
+        z = torch.randn(b, mcfg.noise_dim, generator=noise)
+        shared = torch.randint(0, n_items, (negatives,), generator=noise) if negatives else None
+        if reference:
+            gan.d_step(gen, disc, d_opt, batch, z=z, mismatch=train_cfg.discriminator.d_mismatch)
+            gan.g_step(gen, disc, g_opt, batch, z=z, adv_weight=adv_weight, fused_softmax=False)
+        else:
+            gan.train_step(
+                gen,
+                disc,
+                d_opt,
+                g_opt,
+                batch=batch,
+                z=z,
+                adv_weight=adv_weight,
+                negatives=shared,
+                d_mismatch=train_cfg.discriminator.d_mismatch,
+            )
+        update_average(models)
+
+    return step

@@ -25,12 +25,10 @@ from typing import Any
 
 import torch
 
-from ganrec_dist import gan
-from ganrec_dist.bench.common import PeakMemory, write_json
+from ganrec_dist.bench.common import PeakMemory, random_step, write_json
 from ganrec_dist.config import PrepareConfig, TrainConfig, build, setting
 from ganrec_dist.layout import RunDir
 from ganrec_dist.logs import print_table
-from ganrec_dist.models import Discriminator, Generator
 
 log = logging.getLogger(__name__)
 
@@ -53,45 +51,9 @@ class BenchScaleConfig:
 
 
 def _step_fn(n_items: int, cfg: BenchScaleConfig, sparse: bool):
-    from ganrec_dist.worker import Models, averaged, model_config, optimisers, update_average
-
-    train_cfg = build(
-        TrainConfig,
-        {"batch_size": cfg.batch_size, "sampled_negatives": cfg.negatives, "sparse_tables": sparse},
-    )
-    n_users = n_items // 2
-    torch.manual_seed(0)
-    mcfg = model_config(train_cfg, n_users, n_items)
-    gen, disc = Generator(mcfg), Discriminator(mcfg)
-    g_opt, d_opt = optimisers(gen, disc, train_cfg)
-    average = averaged(gen, train_cfg.optim.ema_decay)
-    noise = torch.Generator().manual_seed(1)
-    b, length = cfg.batch_size, mcfg.history_len
-    models = Models(gen=gen, disc=disc, g_opt=g_opt, d_opt=d_opt, average=average)
-
-    def step() -> None:
-        batch = gan.Batch(
-            history=torch.randint(0, n_items + 1, (b, length), generator=noise),
-            users=torch.randint(0, n_users, (b,), generator=noise),
-            targets=torch.randint(0, n_items, (b,), generator=noise),
-            future=torch.randint(0, n_items, (b,), generator=noise),
-        )
-        z = torch.randn(b, mcfg.noise_dim, generator=noise)
-        negatives = torch.randint(0, n_items, (cfg.negatives,), generator=noise)
-        gan.train_step(
-            gen,
-            disc,
-            d_opt,
-            g_opt,
-            batch=batch,
-            z=z,
-            adv_weight=train_cfg.game.adv_weight,
-            negatives=negatives,
-            d_mismatch=train_cfg.discriminator.d_mismatch,
-        )
-        update_average(models)
-
-    return step
+    settings = {"batch_size": cfg.batch_size, "sampled_negatives": cfg.negatives}
+    train_cfg = build(TrainConfig, {**settings, "sparse_tables": sparse})
+    return random_step(train_cfg, n_items // 2, n_items, negatives=cfg.negatives)
 
 
 def step_costs(cfg: BenchScaleConfig) -> list[dict]:

@@ -13,12 +13,9 @@ import time
 import torch
 from tqdm import tqdm
 
-from ganrec_dist import gan
-from ganrec_dist.bench.common import write_json
+from ganrec_dist.bench.common import random_step, write_json
 from ganrec_dist.config import TrainConfig, build, setting
 from ganrec_dist.logs import print_table
-from ganrec_dist.models import Discriminator, Generator
-from ganrec_dist.worker import averaged, model_config, optimisers
 
 log = logging.getLogger(__name__)
 
@@ -39,33 +36,9 @@ class BenchStepConfig:
 
 
 def _variant(n_items: int, cfg: BenchStepConfig, fused: bool):
-    train_cfg = build(TrainConfig, {"batch_size": cfg.batch_size})
-    torch.manual_seed(0)
-    mcfg = model_config(train_cfg, cfg.users, n_items)
-    gen, disc = Generator(mcfg), Discriminator(mcfg)
-    g_opt, d_opt = optimisers(gen, disc, train_cfg, fused=fused)
-    average = averaged(gen, train_cfg.optim.ema_decay)
-    noise = torch.Generator().manual_seed(1)
-    b, length = cfg.batch_size, mcfg.history_len
-
-    def step() -> None:
-        batch = gan.Batch(
-            history=torch.randint(0, n_items + 1, (b, length), generator=noise),
-            users=torch.randint(0, cfg.users, (b,), generator=noise),
-            targets=torch.randint(0, n_items, (b,), generator=noise),
-            future=torch.randint(0, n_items, (b,), generator=noise),
-        )
-        z = torch.randn(b, mcfg.noise_dim, generator=noise)
-        adv_weight = train_cfg.game.adv_weight
-        if fused:  # G's pass shared by the D-step and the G-step
-            gan.train_step(gen, disc, d_opt, g_opt, batch=batch, z=z, adv_weight=adv_weight)
-        else:
-            gan.d_step(gen, disc, d_opt, batch, z=z)
-            gan.g_step(gen, disc, g_opt, batch, z=z, adv_weight=adv_weight, fused_softmax=False)
-        assert average is not None
-        average.update_parameters(gen)
-
-    return step
+    # Without the matching-aware term: the step as it was when the fused step was measured.
+    train_cfg = build(TrainConfig, {"batch_size": cfg.batch_size, "d_mismatch": 0.0})
+    return random_step(train_cfg, cfg.users, n_items, reference=not fused)
 
 
 def run(cfg: BenchStepConfig) -> dict:
