@@ -28,6 +28,8 @@ class LoopState:
     bad_epochs: int = 0
     history: list = dataclasses.field(default_factory=list)
     nodes: list = dataclasses.field(default_factory=list)  # the Ray node of each rank, last start
+    # What each rank held of the log, last start: {"rows", "users", "log_bytes"} per rank.
+    shards: list = dataclasses.field(default_factory=list)
 
 
 def payload(
@@ -69,6 +71,7 @@ def meta(state: LoopState, model_config: dict, adv_weight: float) -> dict:
         "metrics": state.history[-1] if state.history else {},
         "history": state.history,  # small (a row per epoch): progress lines, without the model
         "nodes": state.nodes,
+        "shards": state.shards,
         "model_config": model_config,
         "adv_weight": adv_weight,
     }

@@ -162,6 +162,11 @@ class OptimSettings:
         "with a sampled softmax, update the item and user tables only at the rows a step read "
         "(lazy Adam and weight average); false: dense Adam over the whole tables",
     )
+    in_batch_negatives: bool = setting(
+        True,
+        "with a sampled softmax, the batch's own targets are negatives of the other rows too, "
+        "log-Q corrected for their popularity (mixed negatives); false: uniform ones only",
+    )
 
 
 @dataclasses.dataclass
@@ -264,6 +269,11 @@ class ScoreConfig:
     include_seen: bool = setting(False, "allow a user's train items in their recommendations")
     batch_size: int = setting(1024, "users per model call")
     actors: int = setting(0, "scoring actors; 0: one per CPU of the cluster, at most 8")
+    shared: bool = setting(
+        True,
+        "actors read one copy of the model, catalogue and histories per node from Ray's object "
+        "store; false: each actor loads its own from RUN",
+    )
     overwrite: bool = setting(False, "replace an existing output")
     address: str = setting("", "Ray cluster address; empty: RAY_ADDRESS, else a local Ray")
 

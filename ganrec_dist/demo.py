@@ -58,9 +58,8 @@ def show_recommendations(run: Path, n_users: int, k: int = 10) -> list[dict]:
 def ask_the_service(run: Path, data: Path, port: int) -> list[dict]:
     """Start the Serve app on 127.0.0.1, send three kinds of request, print, shut it down."""
     import requests
-    from ray import serve
 
-    from ganrec_dist.serve import start, wait_healthy
+    from ganrec_dist.serve import start, stop, wait_healthy
 
     rec = Recommender(run)
     known = DataDir(data).read(DataDir.USERS)["user_id"][0].as_py()
@@ -87,7 +86,7 @@ def ask_the_service(run: Path, data: Path, port: int) -> list[dict]:
                 label = rec.label(rec.item_index[item["item_id"]])
                 print(f"     {label} ({item['score']:.2f})")
     finally:
-        serve.shutdown()
+        stop()
     return answers
 
 

@@ -46,7 +46,7 @@ def g_forward(
     z: torch.Tensor,
     *,
     adv_weight: float,
-    negatives: torch.Tensor | None = None,
+    negatives: torch.Tensor | Negatives | None = None,
     fused_softmax: bool = True,
 ) -> Forward:
     """G's forward pass for a G-step (see ``g_step`` for the arguments)."""
@@ -58,9 +58,13 @@ def g_forward(
         state, mean_vector, logits = gen(batch.history, batch.users, None)
         ce = F.cross_entropy(logits, batch.targets)
     else:
-        candidates = torch.cat([batch.targets, negatives])
+        shared = negatives if isinstance(negatives, Negatives) else Negatives(negatives)
+        candidates = torch.cat([batch.targets, shared.items])
         state, mean_vector, logits = gen(batch.history, batch.users, None, candidates=candidates)
-        ce = sampled_softmax_ce(logits, batch.targets, negatives, unwrap(gen).cfg.n_items)
+        n_items = unwrap(gen).cfg.n_items
+        ce = sampled_softmax_ce(
+            logits, batch.targets, shared.items, n_items=n_items, popularity=shared.popularity
+        )
     fake = unwrap(gen).generate(state, z) if adv_weight > 0 else None
     return Forward(state, mean_vector, ce, fake)
 
@@ -117,24 +121,61 @@ def d_step(
     }
 
 
-def sampled_softmax_ce(
-    logits: torch.Tensor, targets: torch.Tensor, negatives: torch.Tensor, n_items: int
-) -> torch.Tensor:
-    """Cross-entropy of each row's target against ``c`` uniformly sampled shared negatives.
+@dataclass
+class Negatives:
+    """A sampled softmax's negatives: ``items`` ``[c]`` drawn uniformly and shared by the rows
+    of a batch; with ``popularity`` ``[n_items]`` (each item's share of the train rows) the
+    batch's own targets are negatives of the other rows too (mixed negatives), None: the
+    uniform ones only."""
 
-    ``logits`` ``[b, b + c]`` are scores against ``[targets; negatives]``; only the diagonal of
-    the first ``b`` columns is used (in-batch targets are popularity-sampled and would need their
-    own correction). Each negative stands for ``n_items / c`` items, so its logit gets
-    ``log(n_items / c)``: the sum over negatives then estimates the full softmax's normaliser,
-    and the loss and its gradients approach the full softmax's instead of becoming too easy as
-    the model improves. A negative equal to the row's target is masked. With every item as a
-    negative this is exactly the full softmax (a test checks it).
+    items: torch.Tensor
+    popularity: torch.Tensor | None = None
+
+
+def sampled_logits(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    negatives: torch.Tensor,
+    n_items: int,
+    popularity: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``[b, 1 + columns]``: each row's target logit, then its negatives' logits corrected for how
+    they were sampled (log-Q), a column equal to the row's target masked.
+
+    ``logits`` ``[b, b + c]`` are scores against ``[targets; negatives]``. A negative that is
+    expected ``m`` times in the sample stands for ``1 / m`` items, so its logit gets ``-log m``:
+    the sum of the corrected exponentials then estimates the full softmax's normaliser (without
+    the target), whatever the mix of sources. Uniform negatives are expected ``c / n_items``
+    times (``+log(n_items / c)``); with ``popularity`` the other ``b - 1`` rows' targets are
+    drawn by popularity, so item ``j`` is expected ``(b - 1) p_j + c / n_items`` times among a
+    row's negatives. Without it only the uniform ones are negatives.
     """
     b, c = len(targets), len(negatives)
     pos = logits[:, :b].diagonal()[:, None]
-    neg = logits[:, b:] + math.log(n_items / c)
-    neg = neg.masked_fill(negatives[None, :] == targets[:, None], float("-inf"))
-    return -F.log_softmax(torch.cat([pos, neg], dim=1), dim=1)[:, 0].mean()
+    if popularity is None:
+        neg = logits[:, b:] + math.log(n_items / c)
+        candidates = negatives
+    else:
+        candidates = torch.cat([targets, negatives])
+        expected = (b - 1) * popularity[candidates] + c / n_items
+        neg = logits - torch.log(expected.to(logits.dtype))[None, :]
+    neg = neg.masked_fill(candidates[None, :] == targets[:, None], float("-inf"))
+    return torch.cat([pos, neg], dim=1)
+
+
+def sampled_softmax_ce(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    negatives: torch.Tensor,
+    n_items: int,
+    popularity: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Cross-entropy of each row's target against its sampled, log-Q corrected negatives
+    (:func:`sampled_logits`); the loss and its gradients then approach the full softmax's
+    instead of becoming too easy as the model improves. With every item as a uniform negative
+    this is exactly the full softmax (a test checks it)."""
+    corrected = sampled_logits(logits, targets, negatives, n_items=n_items, popularity=popularity)
+    return -F.log_softmax(corrected, dim=1)[:, 0].mean()
 
 
 def g_step(
@@ -145,14 +186,15 @@ def g_step(
     *,
     z: torch.Tensor,
     adv_weight: float,
-    negatives: torch.Tensor | None = None,
+    negatives: torch.Tensor | Negatives | None = None,
     fused_softmax: bool = True,
     forward: Forward | None = None,
 ) -> dict[str, float]:
     """One generator update: softmax cross-entropy + ``adv_weight`` * non-saturating GAN loss.
 
     Args:
-        negatives: ``[c]`` shared sampled items for a sampled softmax; None = full softmax.
+        negatives: a sampled softmax's negatives (a tensor: uniform ones only); None = the full
+            softmax.
         fused_softmax: the full softmax through ``models.catalogue_cross_entropy``; False =
             ``F.cross_entropy`` on the logits (the same loss; the reference ``bench step`` times).
         forward: G's pass on this batch with G's current weights (``g_forward``; D may have
@@ -197,7 +239,7 @@ def train_step(
     adv_weight: float,
     d_steps: int = 1,
     g_steps: int = 1,
-    negatives: torch.Tensor | None = None,
+    negatives: torch.Tensor | Negatives | None = None,
     fused_softmax: bool = True,
     d_mismatch: float = 0.0,
 ) -> dict[str, float]:

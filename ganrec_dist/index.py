@@ -47,9 +47,8 @@ def resolve_kind(cfg: IndexConfig, n_items: int) -> str:
 
 
 def checksum(embeddings: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(embeddings, dtype=np.float32).tobytes()).hexdigest()[
-        :32
-    ]
+    # Over the array's own buffer: no copy of a catalogue-sized table.
+    return hashlib.sha256(np.ascontiguousarray(embeddings, dtype=np.float32).data).hexdigest()[:32]
 
 
 class ExactIndex:
@@ -246,12 +245,14 @@ def _build_ivfpq(embeddings: np.ndarray, cfg: IndexConfig, seed: int) -> Any:
     return refined
 
 
-def _read(tune: Callable[[Any, dict], None]) -> Callable[[Path, np.ndarray, dict], Any]:
-    """A restore function for a FAISS kind: read the file, then set the search parameters that
-    FAISS files do not keep."""
+def _read(
+    tune: Callable[[Any, dict], None], flags: int = 0
+) -> Callable[[Path, np.ndarray, dict], Any]:
+    """A restore function for a FAISS kind: read the file (``flags``: FAISS's IO flags), then
+    set the search parameters that FAISS files do not keep."""
 
     def restore(path: Path, embeddings: np.ndarray, params: dict) -> Any:
-        index = faiss.read_index(str(path))
+        index = faiss.read_index(str(path), flags)
         tune(index, params)
         return index
 
@@ -288,9 +289,12 @@ KINDS: dict[str, Kind] = {
         restore=lambda path, e, params: ExactIndex(e),
         saved=False,
     ),
-    "ivf": Kind(build=_build_ivf, restore=_read(_tune_ivf)),
+    # Memory-mapped inverted lists: the processes of a node share the file's pages (the page
+    # cache) instead of holding a copy each. HNSW's graph and IVF-PQ's refine vectors are read
+    # into each process's memory (FAISS maps neither).
+    "ivf": Kind(build=_build_ivf, restore=_read(_tune_ivf, faiss.IO_FLAG_MMAP)),
     "hnsw": Kind(build=_build_hnsw, restore=_read(_tune_hnsw)),
-    "ivfpq": Kind(build=_build_ivfpq, restore=_read(_tune_ivfpq)),
+    "ivfpq": Kind(build=_build_ivfpq, restore=_read(_tune_ivfpq, faiss.IO_FLAG_MMAP)),
 }
 
 

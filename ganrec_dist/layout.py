@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import yaml
 
@@ -31,7 +32,8 @@ from ganrec_dist import storage
 from ganrec_dist.errors import UserError
 from ganrec_dist.interactions import Sequences, from_rows
 
-CHECKPOINT_FORMAT = 2  # 1: pickled payload and a flat config.yaml (read no longer)
+# 1: pickled payload and a flat config.yaml; 2: the log in every checkpoint (read no longer)
+CHECKPOINT_FORMAT = 3
 
 
 class DataDir:
@@ -72,17 +74,33 @@ class DataDir:
         fs, path = storage.resolve(self.path(name))
         return pq.read_table(path, columns=columns, filesystem=fs)
 
-    def train_dataset(self, columns: list[str]) -> Any:
-        """A Ray Data dataset over the train shards, streamed from wherever DATA lives."""
+    def train_shards(self) -> list[tuple[str, int]]:
+        """The train split's files and their row counts (from the Parquet footers). Prepare
+        writes each user's rows into one file, so a set of files is a set of whole users."""
+        self.manifest  # noqa: B018
+        fs, path = storage.resolve(self.path(self.TRAIN))
+        infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+        files = sorted(i.path for i in infos if i.is_file and i.path.endswith(".parquet"))
+        return [(f, pq.ParquetFile(fs.open_input_file(f)).metadata.num_rows) for f in files]
+
+    def train_dataset(self, columns: list[str], files: list[str] | None = None) -> Any:
+        """A Ray Data dataset over the train shards (all, or ``files`` of :meth:`train_shards`),
+        streamed from wherever DATA lives."""
         import ray.data
 
         self.manifest  # noqa: B018
         fs, path = storage.resolve(self.path(self.TRAIN))
-        return ray.data.read_parquet(path, filesystem=fs).select_columns(columns)
+        return ray.data.read_parquet(files or path, filesystem=fs).select_columns(columns)
 
-    def sequences(self, split: str = "train") -> Sequences:
-        """One split's (user_idx, item_idx, position) rows as per-user CSR sequences."""
-        table = self.read(split, ["user_idx", "item_idx", "position"])
+    def sequences(self, split: str = "train", files: list[str] | None = None) -> Sequences:
+        """One split's (user_idx, item_idx, position) rows as per-user CSR sequences: of every
+        user, or of the users in ``files`` (train shards; the other users have none)."""
+        columns = ["user_idx", "item_idx", "position"]
+        if files is None:
+            table = self.read(split, columns)
+        else:
+            fs, _ = storage.resolve(self.path(split))
+            table = pq.read_table(files, columns=columns, filesystem=fs)
         return from_rows(
             table["user_idx"].to_numpy(),
             table["item_idx"].to_numpy(),
@@ -127,6 +145,7 @@ class RunDir:
     copy, fetched by :meth:`open` and uploaded part by part by :meth:`save`."""
 
     CONFIG = "config.yaml"
+    LOG = "log"
     CHECKPOINT = "checkpoint"
     INDEX = "index"
     META = "meta.json"  # a part's marker, uploaded last
@@ -139,7 +158,7 @@ class RunDir:
     ABLATION = "ablation"
     RAY_RESULTS = "ray_results"
     FAULT_MARKER = ".fault-injected"
-    PARTS = (CHECKPOINT, INDEX)
+    PARTS = (LOG, CHECKPOINT, INDEX)
 
     def __init__(self, uri: str | Path) -> None:
         self.uri = str(uri) if storage.is_uri(uri) else storage.display(uri)
@@ -248,19 +267,57 @@ class RunDir:
         """The catalogue embeddings ``[n_items, dim]`` the index is built from."""
         return self.generator().catalogue().detach().float().numpy()
 
+    # --- log/: what serving needs of the training log, written once per run ---
+
+    @property
+    def log(self) -> Path:
+        return self.local / self.LOG
+
+    def has_log(self, data: DataDir) -> bool:
+        """RUN/log/ is complete and was written from ``data`` as it is now."""
+        meta = self.log / self.META
+        return meta.exists() and json.loads(meta.read_text()).get("manifest") == data.manifest
+
+    def write_log(self, data: DataDir) -> None:
+        """The id maps and every user's train items (serving rebuilds histories, seen items and
+        the popularity fallback from them), once per run rather than in every checkpoint; its
+        ``meta.json`` (written last) lists each file's checksum."""
+        tmp = self.local / f".{self.LOG}.tmp-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir(parents=True)
+        for name in (DataDir.ITEMS, DataDir.USERS):
+            storage.download_file(data.path(name), tmp / name)
+        seq = data.sequences()
+        np.savez(
+            tmp / self.SEQUENCES,
+            offsets=seq.offsets,
+            items=seq.items,
+            popularity=np.bincount(seq.items, minlength=seq.n_items).astype(np.int64),
+        )
+        files = {f.name: storage.file_digest(f) for f in sorted(tmp.iterdir())}
+        meta = {"manifest": data.manifest, "n_users": seq.n_users, "n_items": seq.n_items}
+        (tmp / self.META).write_text(json.dumps({**meta, "files": files}, indent=2) + "\n")
+        storage.replace_dir(tmp, self.log)
+        self.save(self.LOG)
+
+    def _log_meta(self) -> dict:
+        path = self.log / self.META
+        if not path.exists():
+            raise UserError(
+                f"{self.uri}: no {self.LOG}/ (the training log); run ganrec train again"
+            )
+        return json.loads(path.read_text())
+
     def sequences(self) -> tuple[Sequences, np.ndarray]:
         """Every known user's train items in time order, and the items' train popularity."""
-        n_users, n_items = (self.meta()["model_config"][k] for k in ("n_users", "n_items"))
-        with np.load(self.checkpoint / self.SEQUENCES, allow_pickle=False) as stored:
-            seq = Sequences(stored["offsets"], stored["items"], n_users, n_items)
+        meta = self._log_meta()
+        with np.load(self.log / self.SEQUENCES, allow_pickle=False) as stored:
+            seq = Sequences(stored["offsets"], stored["items"], meta["n_users"], meta["n_items"])
             return seq, stored["popularity"]
 
     def id_maps(self) -> tuple[pa.Table, pa.Table]:
         """(items.parquet, users.parquet) as the run was trained on them."""
-        return (
-            pq.read_table(self.checkpoint / DataDir.ITEMS),
-            pq.read_table(self.checkpoint / DataDir.USERS),
-        )
+        self._log_meta()
+        return pq.read_table(self.log / DataDir.ITEMS), pq.read_table(self.log / DataDir.USERS)
 
     def publish_checkpoint(self, source: Path) -> None:
         """Copy a finished checkpoint directory to RUN/checkpoint in one step."""
@@ -277,25 +334,14 @@ class RunDir:
         self.save(self.EVAL)
 
 
-def write_checkpoint(
-    directory: Path, *, payload: dict, data: DataDir, seq: Sequences, meta: dict
-) -> None:
-    """A self-describing checkpoint: the payload, the id maps and the users' sequences (serving
-    rebuilds histories, seen items and the popularity fallback from them), and ``meta.json``
-    with every file's checksum, so that a reader of an object store can tell a complete copy
-    from one caught mid-upload."""
+def write_checkpoint(directory: Path, *, payload: dict, meta: dict) -> None:
+    """A checkpoint: the payload (G, D, optimisers, loop state) and ``meta.json`` with every
+    file's checksum, so that a reader of an object store can tell a complete copy from one
+    caught mid-upload. The log it was trained on is RUN/log/, written once per run."""
     import torch
 
     directory.mkdir(parents=True, exist_ok=True)
     torch.save({**payload, "format": CHECKPOINT_FORMAT}, directory / RunDir.MODEL)
-    for name in (DataDir.ITEMS, DataDir.USERS):
-        storage.download_file(data.path(name), directory / name)
-    np.savez(
-        directory / RunDir.SEQUENCES,
-        offsets=seq.offsets,
-        items=seq.items,
-        popularity=np.bincount(seq.items, minlength=seq.n_items).astype(np.int64),
-    )
     files = {f.name: storage.file_digest(f) for f in sorted(directory.iterdir()) if f.is_file()}
     (directory / RunDir.META).write_text(
         json.dumps({**meta, "format": CHECKPOINT_FORMAT, "files": files}, indent=2) + "\n"

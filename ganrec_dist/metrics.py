@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
+METRICS = ("precision", "recall", "ndcg", "hit", "mrr")  # ranking_metrics' names, before "@k"
+
 
 def ranking_metrics(recs: np.ndarray, truth: sp.csr_matrix, ks: list[int]) -> dict[str, float]:
     """Mean P, R, NDCG, HR and MRR at each k over users with at least one held-out item.

@@ -6,39 +6,84 @@ user gets the same items everywhere.
 
 from __future__ import annotations
 
+import functools
 import logging
+import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import torch
 
 from ganrec_dist.config import IndexConfig
 from ganrec_dist.index import ExactIndex, build_index, load_index, search_excluding
+from ganrec_dist.interactions import Sequences
 from ganrec_dist.layout import RunDir
+from ganrec_dist.models import Generator, ModelConfig
 
 log = logging.getLogger(__name__)
 
 
-class Recommender:
-    """A trained generator, its catalogue and the retrieval index, rebuilt from RUN/ alone."""
+def load_parts(run: RunDir) -> dict[str, Any]:
+    """What a :class:`Recommender` is made of, as numpy arrays, Arrow tables and plain data.
 
-    def __init__(self, run: str | Path, index_cfg: IndexConfig | None = None) -> None:
+    Put in Ray's object store once, these are read zero-copy by every actor and replica on a
+    node (numpy arrays and Arrow buffers are mapped, not copied, on ``ray.get``): the model's
+    tables (the catalogue embeddings are a view of G's item table), every user's train items,
+    the popularity order and the id maps.
+    """
+    payload = run.payload()
+    seq, popularity = run.sequences()
+    items, users = run.id_maps()
+    return {
+        "model_config": payload["model_config"],
+        "train_config": payload["train_config"],
+        "generator": {k: v.numpy() for k, v in payload["generator"].items()},
+        "offsets": seq.offsets,
+        "items": seq.items,
+        "popularity": popularity,
+        "popular": np.argsort(-popularity, kind="stable"),
+        "item_table": items.combine_chunks(),
+        "user_table": users.combine_chunks(),
+    }
+
+
+def _generator(parts: dict[str, Any]) -> Generator:
+    """G over the parts' own arrays (no copy: on a node they are the object store's)."""
+    with torch.device("meta"):  # no weights allocated only to be overwritten
+        generator = Generator(ModelConfig(**parts["model_config"]))
+    with warnings.catch_warnings():
+        # Read-only arrays of the object store: inference never writes to them.
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        tensors = {k: torch.from_numpy(v) for k, v in parts["generator"].items()}
+    generator.load_state_dict(tensors, assign=True)
+    return generator.eval()
+
+
+class Recommender:
+    """A trained generator, its catalogue and the retrieval index, rebuilt from RUN/ alone,
+    or from :func:`load_parts` of it shared through the object store."""
+
+    def __init__(
+        self,
+        run: str | Path,
+        index_cfg: IndexConfig | None = None,
+        parts: dict[str, Any] | None = None,
+    ) -> None:
         self.run = RunDir.open(run)  # a URI run: its local cache copy, fetched if stale
-        payload = self.run.payload()
+        parts = load_parts(self.run) if parts is None else parts
         self.meta = self.run.meta()
-        self.generator = self.run.generator(payload)
+        self.generator = _generator(parts)
         self.model_config = self.generator.cfg
-        self.train_config = payload["train_config"]
-        items, users = self.run.id_maps()
-        self.item_ids = np.asarray(items["item_id"].to_pylist(), dtype=object)
-        self.item_titles = items["title"].to_pylist() if "title" in items.column_names else None
-        self.item_index = {item: i for i, item in enumerate(self.item_ids)}
-        self.user_ids = np.asarray(users["user_id"].to_pylist(), dtype=object)
-        self.user_index = {u: i for i, u in enumerate(self.user_ids)}
-        self.embeddings = self.generator.catalogue().detach().float().numpy()
+        self.train_config = parts["train_config"]
+        self.item_table, self.user_table = parts["item_table"], parts["user_table"]
+        self.embeddings = self.generator.catalogue().detach().numpy()
         # Every known user's train items in time order: histories and seen-item exclusion.
-        self.sequences, self.popularity = self.run.sequences()
-        self.popular = np.argsort(-self.popularity, kind="stable")
+        self.sequences = Sequences(
+            parts["offsets"], parts["items"], self.model_config.n_users, self.model_config.n_items
+        )
+        self.popularity, self.popular = parts["popularity"], parts["popular"]
         # RUN/index/ when `ganrec index` built one (checked against these embeddings), else the
         # run's index settings; exact search completes rows an ANN index leaves short.
         self.exact = ExactIndex(self.embeddings)
@@ -49,6 +94,35 @@ class Recommender:
             self.index = self.exact if cfg.kind == "flat" else build_index(self.embeddings, cfg)
             self.index_meta = {"kind": cfg.kind}
         self.version = self.run.version()
+
+    # The id maps as Python objects, built on first use (serving's lookups, the demo); scoring
+    # takes ids straight from the shared Arrow columns instead.
+
+    @functools.cached_property
+    def item_ids(self) -> np.ndarray:
+        return self.item_table["item_id"].to_numpy(zero_copy_only=False)
+
+    @functools.cached_property
+    def user_ids(self) -> np.ndarray:
+        return self.user_table["user_id"].to_numpy(zero_copy_only=False)
+
+    @functools.cached_property
+    def item_index(self) -> dict[str, int]:
+        return {item: i for i, item in enumerate(self.item_ids)}
+
+    @functools.cached_property
+    def user_index(self) -> dict[str, int]:
+        return {u: i for i, u in enumerate(self.user_ids)}
+
+    @functools.cached_property
+    def item_titles(self) -> list | None:
+        table = self.item_table
+        return table["title"].to_pylist() if "title" in table.column_names else None
+
+    def ids(self, column: str, indices: np.ndarray) -> np.ndarray:
+        """``item_id`` or ``user_id`` of ``indices``, taken from the id map's Arrow column."""
+        table = self.item_table if column == "item_id" else self.user_table
+        return table[column].take(pa.array(indices)).to_numpy(zero_copy_only=False)
 
     def seen(self, user: int) -> np.ndarray:
         """A known user's train items, in time order."""

@@ -12,6 +12,7 @@ import logging
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -38,15 +39,20 @@ EMPTY_RECS = pa.table(
 
 
 class Scorer:
-    """One per actor: the model, its index and the users' train histories, loaded once."""
+    """One per actor: the model, its index and the users' train histories. ``parts`` is the
+    object-store reference of :func:`~ganrec_dist.recommender.load_parts` (read zero-copy, one
+    copy per node), or None for each actor to load its own copy from RUN."""
 
-    def __init__(self, run: str, k: int, include_seen: bool) -> None:
+    def __init__(self, run: str, parts: Any, k: int, include_seen: bool) -> None:
+        import ray
         import torch
 
         from ganrec_dist.recommender import Recommender
 
         torch.set_num_threads(1)
-        self.rec = Recommender(run)  # the checkpoint carries the histories and id maps
+        if isinstance(parts, ray.ObjectRef):
+            parts = ray.get(parts)
+        self.rec = Recommender(run, parts=parts)
         self.k, self.include_seen = k, include_seen
 
     def __call__(self, batch: dict) -> dict:
@@ -55,9 +61,9 @@ class Scorer:
         valid = items >= 0
         rows, ranks = np.nonzero(valid)
         return {
-            "user_id": self.rec.user_ids[users[rows]],
+            "user_id": self.rec.ids("user_id", users[rows]),
             "rank": (ranks + 1).astype(np.int32),
-            "item_id": self.rec.item_ids[items[valid]],
+            "item_id": self.rec.ids("item_id", items[valid]),
             "score": scores[valid].astype(np.float32),
         }
 
@@ -110,7 +116,11 @@ def _write_recs(cfg: ScoreConfig, run: RunDir, users: np.ndarray, out: str) -> N
     end (a rename on a filesystem; on an object store, a server-side copy per part)."""
     import ray
 
+    from ganrec_dist.recommender import load_parts
+
     actors = cfg.actors or int(max(1, min(8, ray.cluster_resources().get("CPU", 1))))
+    # One copy in the object store for all actors (per node), not one each.
+    parts = ray.put(load_parts(run)) if cfg.shared else None
     fs, out_path = storage.resolve(out)
     tmp = f"{out_path.rstrip('/')}.tmp-{uuid.uuid4().hex[:8]}"
     try:
@@ -120,7 +130,7 @@ def _write_recs(cfg: ScoreConfig, run: RunDir, users: np.ndarray, out: str) -> N
         ds = ray.data.from_numpy(np.array_split(users, blocks)).rename_columns({"data": "user_idx"})
         recs = ds.map_batches(
             Scorer,
-            fn_constructor_args=(run.uri, cfg.k, cfg.include_seen),
+            fn_constructor_args=(run.uri, parts, cfg.k, cfg.include_seen),
             batch_size=cfg.batch_size,
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=actors),  # all actors from the start

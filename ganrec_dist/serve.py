@@ -18,7 +18,9 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 from ray import serve
 
+from ganrec_dist import shared
 from ganrec_dist.config import ServeConfig
+from ganrec_dist.layout import RunDir
 from ganrec_dist.recommender import Recommender
 
 log = logging.getLogger(__name__)
@@ -83,10 +85,12 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
 
 
 class Engine:
-    """The recommend logic without Ray: shared by the Serve deployment and the bare baseline."""
+    """The recommend logic without Ray: shared by the Serve deployment and the bare baseline.
+    ``parts``: the run's arrays from the object store (:mod:`ganrec_dist.shared`), or None to
+    load a copy of its own."""
 
-    def __init__(self, run: str) -> None:
-        self.rec = Recommender(run)
+    def __init__(self, run: str, parts: Any = None) -> None:
+        self.rec = Recommender(run, parts=parts)
         self.run = run
 
     def answer(self, requests: list[RecommendRequest]) -> list[dict]:
@@ -164,7 +168,7 @@ class GanRecommender:
     def __init__(
         self, run: str, max_batch_size: int = 32, batch_wait_timeout_s: float = 0.002
     ) -> None:
-        self.engine = Engine(run)
+        self.engine = Engine(run, parts=shared.parts(run))  # one copy per node, not per replica
         self.lock = threading.Lock()
         self.recommend_batch.set_max_batch_size(max_batch_size)  # type: ignore[attr-defined]
         self.recommend_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)  # type: ignore[attr-defined]
@@ -173,7 +177,8 @@ class GanRecommender:
         """``user_config: {run: PATH}`` switches the model in place (a rollout)."""
         run = config.get("run")
         if run and run != self.engine.run:
-            engine = Engine(run)  # load fully before swapping: requests keep flowing meanwhile
+            # Load fully before swapping: requests keep flowing meanwhile.
+            engine = Engine(run, parts=shared.parts(run))
             with self.lock:
                 self.engine = engine
             log.info("now serving %s", engine.rec.version)
@@ -216,7 +221,9 @@ def start(cfg: ServeConfig):
     """Deploy on the connected Ray; return the handle (the app keeps running)."""
     from ganrec_dist.raycluster import ensure_ray
 
-    Recommender(cfg.run)  # fail fast on a bad run directory, before Ray
+    checked = RunDir.open(cfg.run)  # fail fast on a bad run directory, before Ray
+    checked.meta()
+    checked.id_maps()
     ensure_ray(cfg.address)
     _quiet_serve_logger()
     serve.start(http_options={"host": cfg.host, "port": cfg.port})
@@ -261,5 +268,11 @@ def serve_command(cfg: ServeConfig) -> dict:
         while deadline is None or time.time() < deadline:
             time.sleep(0.5)
     finally:
-        serve.shutdown()
+        stop()
     return {}
+
+
+def stop() -> None:
+    """Shut the app down and free the run's shared arrays."""
+    serve.shutdown()
+    shared.release()

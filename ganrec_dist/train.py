@@ -1,8 +1,9 @@
 """`ganrec train`: the adversarial recommender on Ray Train.
 
-The driver checks the inputs, records the configuration in RUN/config.yaml, streams the train
-shards through Ray Data to a ``TorchTrainer`` whose workers run :func:`worker.train_loop`, prints a
-line per epoch, and writes the run's history when it is done. Re-running the same command resumes
+The driver checks the inputs, records the configuration in RUN/config.yaml and the log serving
+needs in RUN/log/, deals the train shards to the ranks (whole users each, :mod:`shards`), streams
+each rank's shards through Ray Data to a ``TorchTrainer`` whose workers run
+:func:`worker.train_loop`, prints a line per epoch, and writes the run's history when it is done. Re-running the same command resumes
 the run (Ray Train's storage in RUN/ray_results, and RUN/checkpoint).
 """
 
@@ -12,7 +13,7 @@ import logging
 import time
 from typing import Any
 
-from ganrec_dist import storage
+from ganrec_dist import shards, storage
 from ganrec_dist.config import TrainConfig, to_dict
 from ganrec_dist.errors import UserError
 from ganrec_dist.history import Progress, write_history
@@ -43,7 +44,8 @@ def _threads(cfg: TrainConfig) -> int:
     return threads
 
 
-def _dataset(cfg: TrainConfig, data: DataDir) -> Any:
+def _datasets(cfg: TrainConfig, data: DataDir, files: list[list[str]]) -> dict[str, Any]:
+    """One Ray Data dataset per rank, ``train_<rank>``, over the shards dealt to it."""
     import ray.data
 
     context = ray.data.DataContext.get_current()
@@ -52,18 +54,30 @@ def _dataset(cfg: TrainConfig, data: DataDir) -> Any:
     # Blocks in file order: with the seeded local shuffle, the same seed and worker count give
     # the same batches (parallel reads otherwise finish, and arrive, in any order).
     context.execution_options.preserve_order = True
-    dataset = data.train_dataset(["user_idx", "item_idx", "position"])
-    if data.manifest["train_rows"] <= cfg.dataset.cache_rows:
+    cache = data.manifest["train_rows"] <= cfg.dataset.cache_rows
+    datasets = {}
+    for rank, mine in enumerate(files):
+        dataset = data.train_dataset(["user_idx", "item_idx", "position"], files=mine)
         # Small enough to keep in the object store: later epochs skip the Parquet reads.
-        dataset = dataset.materialize()
-    return dataset
+        datasets[f"train_{rank}"] = dataset.materialize() if cache else dataset
+    return datasets
 
 
 def _trainer(cfg: TrainConfig, data: DataDir, run: RunDir, name: str) -> Any:
-    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train import (
+        CheckpointConfig,
+        DataConfig,
+        FailureConfig,
+        LoggingConfig,
+        RunConfig,
+        ScalingConfig,
+    )
     from ray.train.torch import TorchTrainer
 
     ex = cfg.execution
+    found = data.train_shards()
+    files = shards.assign(found, ex.workers)
+    steps = shards.steps_per_epoch(sum(n for _, n in found), ex.workers, cfg.optim.batch_size)
     results_fs, results_path = storage.resolve(run.remote(RunDir.RAY_RESULTS))
     resources = {"CPU": ex.cpus_per_worker, **({"GPU": 1} if ex.gpu else {})}
     return TorchTrainer(
@@ -73,6 +87,8 @@ def _trainer(cfg: TrainConfig, data: DataDir, run: RunDir, name: str) -> Any:
             "data": data.root,
             "run": run.uri,
             "threads": _threads(cfg),
+            "shards": files,
+            "steps": steps,
         },
         scaling_config=ScalingConfig(
             num_workers=ex.workers, use_gpu=ex.gpu, resources_per_worker=resources
@@ -88,7 +104,9 @@ def _trainer(cfg: TrainConfig, data: DataDir, run: RunDir, name: str) -> Any:
                 log_level="DEBUG" if log.isEnabledFor(logging.DEBUG) else "WARNING"
             ),
         ),
-        datasets={"train": _dataset(cfg, data)},
+        datasets=_datasets(cfg, data, files),
+        # Not split by Ray Train: each rank reads only its own dataset (its own users).
+        dataset_config=DataConfig(datasets_to_split=[]),
     )
 
 
@@ -128,6 +146,8 @@ def train(cfg: TrainConfig) -> dict:
     check_resumable(run, cfg)
     name = cfg.execution.name or run.name
     run.write_config(to_dict(cfg))
+    if not run.has_log(data):
+        run.write_log(data)
     ensure_ray(cfg.execution.address)
     trainer = _trainer(cfg, data, run, name)
     start = time.time()

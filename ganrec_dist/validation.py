@@ -10,7 +10,7 @@ import torch
 from ganrec_dist.config import IndexConfig
 from ganrec_dist.index import build_index, search_excluding
 from ganrec_dist.interactions import Sequences
-from ganrec_dist.metrics import ranking_metrics
+from ganrec_dist.metrics import METRICS, ranking_metrics
 from ganrec_dist.models import Generator
 
 
@@ -44,21 +44,21 @@ def validation_users(seq: Sequences, limits: np.ndarray) -> np.ndarray:
     return np.flatnonzero(limits < seq.lengths)
 
 
-def validation_sample(
-    seq: Sequences, limits: np.ndarray, most: int, seed: int
-) -> tuple[np.ndarray, sp.csr_matrix]:
-    """The users validation scores, and their validation rows ``[n_users, n_items]``: every
-    user with validation rows, or a fixed sample of ``most`` of them (seeded by ``seed``, the
-    same every epoch) when there are more. Its cost then stays flat as the users grow."""
-    users = validation_users(seq, limits)
+def sample_users(users: np.ndarray, most: int, seed: int) -> np.ndarray:
+    """``users`` (sorted), or a fixed sample of ``most`` of them (seeded by ``seed``, the same
+    every epoch) when there are more: validation's cost then stays flat as the users grow."""
     if most and len(users) > most:
-        users = np.sort(np.random.default_rng([seed, 17]).choice(users, most, replace=False))
+        return np.sort(np.random.default_rng([seed, 17]).choice(users, most, replace=False))
+    return users
+
+
+def validation_truth(seq: Sequences, limits: np.ndarray, users: np.ndarray) -> sp.csr_matrix:
+    """``[n_users, n_items]``: the validation rows (from ``limits[u]`` on) of ``users``, no
+    rows for every other user."""
     starts = np.minimum(limits, seq.lengths)
-    ends = seq.lengths.copy()
-    unscored = np.ones(seq.n_users, dtype=bool)
-    unscored[users] = False
-    ends[unscored] = starts[unscored]
-    return users, seq.slice_matrix(starts, ends)
+    ends = starts.copy()
+    ends[users] = seq.lengths[users]
+    return seq.slice_matrix(starts, ends)
 
 
 def validation_recommendations(
@@ -95,6 +95,8 @@ def validation_metrics(
     """P/R/NDCG/HR/MRR@10 of ``gen`` on the validation rows ``truth`` (from ``limits`` on) of
     ``users`` (default: every user with validation rows)."""
     users = validation_users(seq, limits) if users is None else users
+    if len(users) == 0:  # a rank whose users have no validation rows
+        return {f"{m}@10": 0.0 for m in METRICS}
     vectors = user_vectors(gen, seq, users=users, ends=limits[users], device=device)
     catalogue = gen.catalogue().detach().float().cpu().numpy()
     recs = validation_recommendations(

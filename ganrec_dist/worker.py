@@ -25,7 +25,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from ganrec_dist import checkpoint, gan
+from ganrec_dist import checkpoint, gan, shards
 from ganrec_dist.batches import make_batch
 from ganrec_dist.checkpoint import LoopState
 from ganrec_dist.config import TrainConfig, build, to_dict
@@ -33,7 +33,12 @@ from ganrec_dist.interactions import Sequences, validation_limits
 from ganrec_dist.layout import DataDir, RunDir, write_checkpoint
 from ganrec_dist.models import Discriminator, Generator, ModelConfig
 from ganrec_dist.tables import GeneratorOptimizer, LazyAverage, keep_out_of_ddp
-from ganrec_dist.validation import validation_metrics, validation_sample, validation_users
+from ganrec_dist.validation import (
+    sample_users,
+    validation_metrics,
+    validation_truth,
+    validation_users,
+)
 
 log = logging.getLogger(__name__)
 
@@ -137,15 +142,18 @@ class Rank:
     device: torch.device
     data: DataDir
     run: RunDir
-    seq: Sequences
+    seq: Sequences  # this rank's users' train items (the other users have none)
+    steps: int  # per epoch, the same on every rank
     fit_limits: np.ndarray  # per user, how many leading train items the search phase fits
-    val_users: np.ndarray  # the users validation scores (all, or a fixed sample)
-    val_truth: sp.csr_matrix | None  # rank 0: their validation rows
+    val_users: np.ndarray  # this rank's users of those validation scores (all, or a sample)
+    val_sampled: int  # the sample's size over all ranks, 0 when every user is scored
+    val_truth: sp.csr_matrix  # their validation rows
     mcfg: ModelConfig
     models: Models
     state: LoopState
     best_generator: dict | None
     negatives: int  # shared sampled negatives per step; 0 = full softmax
+    popularity: torch.Tensor | None  # [n_items] train share of each item, for mixed negatives
     noise: torch.Generator
 
 
@@ -177,6 +185,55 @@ def _all_mean(values: dict[str, float], device: torch.device) -> dict[str, float
     return dict(zip(keys, t.tolist()))
 
 
+def _all_sum(t: torch.Tensor) -> torch.Tensor:
+    """The sum over ranks of a tensor (every rank must call this)."""
+    import torch.distributed as dist
+
+    if _distributed():
+        dist.all_reduce(t)
+    return t
+
+
+def _weighted_mean(
+    values: dict[str, float], weight: float, device: torch.device
+) -> dict[str, float]:
+    """The mean over ranks of each rank's ``values`` weighted by its ``weight`` (every rank must
+    call this with the same keys): per-user means of each rank's users -> the mean over all."""
+    import torch.distributed as dist
+
+    if not _distributed():
+        return values
+    keys = sorted(values)
+    t = torch.tensor([values[k] * weight for k in keys] + [weight], dtype=torch.float64)
+    t = t.to(device)
+    dist.all_reduce(t)
+    total = float(t[-1])
+    return {k: float(v) / max(total, 1e-12) for k, v in zip(keys, t[:-1].tolist())}
+
+
+def _all_concat_objects(local: Any) -> list:
+    """Every rank's ``local`` object, in rank order."""
+    import torch.distributed as dist
+
+    if not _distributed():
+        return [local]
+    parts: list = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, local)
+    return parts
+
+
+def _all_concat(local: np.ndarray) -> np.ndarray:
+    """Every rank's ``local`` array, concatenated in rank order."""
+    return np.concatenate(_all_concat_objects(local))
+
+
+def log_bytes(seq: Sequences, limits: np.ndarray, truth: sp.csr_matrix) -> int:
+    """The bytes a rank holds that come from the log (not the model): its users' sequences,
+    fitted limits and validation rows."""
+    arrays = (seq.offsets, seq.items, limits, truth.data, truth.indices, truth.indptr)
+    return int(sum(a.nbytes for a in arrays))
+
+
 def _broadcast(value: float, device: torch.device) -> float:
     import torch.distributed as dist
 
@@ -187,17 +244,11 @@ def _broadcast(value: float, device: torch.device) -> float:
     return float(t.item())
 
 
-def _gather_nodes(world: int) -> list[str]:
+def _gather_nodes() -> list[str]:
     """The Ray node id of every rank (where the worker group actually ran)."""
     import ray
-    import torch.distributed as dist
 
-    node = ray.get_runtime_context().get_node_id()
-    if world == 1 or not _distributed():
-        return [node]
-    nodes: list = [None] * world
-    dist.all_gather_object(nodes, node)
-    return nodes
+    return _all_concat_objects(ray.get_runtime_context().get_node_id())
 
 
 # --- the steps of the loop ------------------------------------------------------------------------
@@ -216,16 +267,34 @@ def setup(config: dict) -> Rank:
     torch.set_num_threads(max(1, int(config.get("threads", 1))))
     log.debug("rank %d: %d torch threads, device %s", rank, torch.get_num_threads(), device)
     data, run = DataDir(config["data"]), RunDir(config["run"])
-    seq = data.sequences()
+    seq = data.sequences(files=config["shards"][rank])  # this rank's users only
     fit_limits = validation_limits(seq, cfg.dataset.val_fraction)
     mcfg = model_config(cfg, seq.n_users, seq.n_items)
-    val_users, val_truth = validation_sample(seq, fit_limits, cfg.dataset.val_users, cfg.seed)
+    # The validation sample is drawn from every rank's users, the same as on one rank; each
+    # rank scores the part of it that it holds.
+    held = validation_users(seq, fit_limits)
+    everyone = np.sort(_all_concat(held))
+    sample = sample_users(everyone, cfg.dataset.val_users, cfg.seed)
+    val_users = np.intersect1d(sample, held)
+    val_truth = validation_truth(seq, fit_limits, val_users)
     payload = checkpoint.latest_payload(ray.train.get_checkpoint(), run)
     models, state, best = restore(cfg, mcfg, payload)
-    state.nodes = _gather_nodes(world)
+    state.nodes = _gather_nodes()
+    state.shards = _all_concat_objects(
+        {
+            "rows": int(len(seq.items)),
+            "users": int(np.count_nonzero(seq.lengths)),
+            "log_bytes": log_bytes(seq, fit_limits, val_truth),
+        }
+    )
     if payload is not None and rank == 0:
         log.info("resumed from checkpoint: phase %s, epoch %d", state.phase, state.epoch)
     negatives = negatives_for(cfg, seq.n_items)
+    popularity = None
+    if negatives and cfg.optim.in_batch_negatives:
+        counts = torch.as_tensor(np.bincount(seq.items, minlength=seq.n_items), device=device)
+        popularity = _all_sum(counts.to(torch.float64))
+        popularity = (popularity / popularity.sum()).float()
     return Rank(
         cfg=cfg,
         rank=rank,
@@ -234,14 +303,17 @@ def setup(config: dict) -> Rank:
         data=data,
         run=run,
         seq=seq,
+        steps=int(config["steps"]),
         fit_limits=fit_limits,
         val_users=val_users,
-        val_truth=val_truth if rank == 0 else None,
+        val_sampled=len(sample) if len(sample) < len(everyone) else 0,
+        val_truth=val_truth,
         mcfg=mcfg,
         models=models,
         state=state,
         best_generator=best,
         negatives=negatives,
+        popularity=popularity,
         noise=torch.Generator(device=device),
     )
 
@@ -323,8 +395,11 @@ def step(
     )
     z = torch.randn(len(users), cfg.model.noise_dim, device=rank.device, generator=rank.noise)
     negatives = (
-        torch.randint(
-            0, rank.seq.n_items, (rank.negatives,), device=rank.device, generator=rank.noise
+        gan.Negatives(
+            torch.randint(
+                0, rank.seq.n_items, (rank.negatives,), device=rank.device, generator=rank.noise
+            ),
+            rank.popularity,
         )
         if rank.negatives
         else None
@@ -356,11 +431,15 @@ def run_epoch(rank: Rank, shard: Any, epoch: int) -> dict[str, Any]:
     steps = rows = 0
     wait = compute = 0.0
     tick = time.perf_counter()
-    for raw in shard.iter_batches(
+    steps_this_epoch = rank.steps
+    if cfg.optim.max_steps_per_epoch:
+        steps_this_epoch = min(steps_this_epoch, cfg.optim.max_steps_per_epoch)
+    for raw in shards.epoch_batches(
+        shard,
+        steps=steps_this_epoch,
         batch_size=cfg.optim.batch_size,
-        batch_format="numpy",
-        local_shuffle_buffer_size=cfg.dataset.shuffle_buffer,
-        local_shuffle_seed=cfg.seed * 1000 + epoch,
+        shuffle_buffer=cfg.dataset.shuffle_buffer,
+        seed=cfg.seed * 1000 + epoch,
     ):
         started = time.perf_counter()
         wait += started - tick
@@ -371,15 +450,13 @@ def run_epoch(rank: Rank, shard: Any, epoch: int) -> dict[str, Any]:
         rows += used
         tick = time.perf_counter()
         compute += tick - started
-        if cfg.optim.max_steps_per_epoch and steps >= cfg.optim.max_steps_per_epoch:
-            break  # every rank stops at the same step: shards are split equally
     metrics: dict[str, Any] = _all_mean(
         {k: v / max(steps, 1) for k, v in sums.items()}, rank.device
     )
     metrics.update(
         phase=rank.state.phase,
         epoch=epoch,
-        rows=rows * rank.world,
+        rows=int(_all_mean({"rows": float(rows)}, rank.device)["rows"] * rank.world + 0.5),
         seconds=wait + compute,
         data_wait_fraction=wait / max(wait + compute, 1e-9),
     )
@@ -389,24 +466,23 @@ def run_epoch(rank: Rank, shard: Any, epoch: int) -> dict[str, Any]:
 
 
 def validate(rank: Rank, metrics: dict[str, Any], epoch: int) -> None:
-    """Search phase: validation metrics (rank 0), the same decision on every rank."""
-    value = -1.0
-    if rank.rank == 0:
-        assert rank.val_truth is not None
-        val = validation_metrics(
-            rank.models.model,
-            rank.seq,
-            limits=rank.fit_limits,
-            truth=rank.val_truth,
-            index_cfg=rank.cfg.index,
-            device=rank.device,
-            users=rank.val_users,
-        )
-        metrics.update({f"val_{k}": v for k, v in val.items()})
-        if len(rank.val_users) < len(validation_users(rank.seq, rank.fit_limits)):
-            metrics["val_users"] = len(rank.val_users)  # a sample: history.csv says so
-        value = val["ndcg@10"]
-    value = _broadcast(value, rank.device)
+    """Search phase: validation metrics, each rank scoring its own users of the validation
+    sample (their per-user mean over all ranks is the one-rank number); the same decision on
+    every rank."""
+    val = validation_metrics(
+        rank.models.model,
+        rank.seq,
+        limits=rank.fit_limits,
+        truth=rank.val_truth,
+        index_cfg=rank.cfg.index,
+        device=rank.device,
+        users=rank.val_users,
+    )
+    val = _weighted_mean(val, float(len(rank.val_users)), rank.device)
+    metrics.update({f"val_{k}": v for k, v in val.items()})
+    if rank.val_sampled:
+        metrics["val_users"] = rank.val_sampled  # a sample: history.csv says so
+    value = val["ndcg@10"]
     metrics["val_ndcg@10"] = value
     state = rank.state
     if value > state.best_metric:
@@ -463,8 +539,6 @@ def save_and_report(rank: Rank, metrics: dict[str, Any]) -> None:
                 data=rank.data.root,
                 best_generator=rank.best_generator if state.phase == "search" else None,
             ),
-            data=rank.data,
-            seq=rank.seq,
             meta=checkpoint.meta(state, mcfg, rank.cfg.game.adv_weight),
         )
         rank.run.publish_checkpoint(Path(tmp))
@@ -476,7 +550,7 @@ def train_loop(config: dict) -> None:
     import ray.train
 
     rank = setup(config)
-    shard = ray.train.get_dataset_shard("train")
+    shard = ray.train.get_dataset_shard(f"train_{rank.rank}")  # whole users, its own
     while rank.state.phase != "done":
         epoch = rank.state.epoch + 1
         inject_fault(rank, epoch)

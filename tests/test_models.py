@@ -173,6 +173,40 @@ def test_sampled_softmax_with_every_item_as_negative_is_the_full_softmax():
     torch.testing.assert_close(ce, (torch.log(pos.exp() + 2 * others) - pos).mean())
 
 
+def test_mixed_negatives_estimate_the_full_normaliser_without_bias():
+    """The batch's targets (drawn by popularity) and uniform negatives, each log-Q corrected:
+    over many batches the corrected exponentials of row 0's negatives sum, on average, to the
+    full softmax's normaliser without its target; uncorrected they would not."""
+    gen = torch.Generator().manual_seed(0)
+    n, b, c, trials = 30, 8, 5, 20_000
+    popularity = torch.distributions.Dirichlet(torch.full((n,), 0.3)).sample((1,))[0]
+    scores = torch.randn(n, generator=gen)  # row 0's scores of every item
+    target = int(torch.argmax(popularity))  # a popular target: in-batch duplicates get masked
+    estimates, plain = [], []
+    for _ in range(trials // 500):
+        others = torch.multinomial(popularity, 500 * (b - 1), replacement=True, generator=gen)
+        uniform = torch.randint(0, n, (500, c), generator=gen)
+        for t in range(500):
+            targets = torch.cat([torch.tensor([target]), others[t * (b - 1) : (t + 1) * (b - 1)]])
+            logits = scores[torch.cat([targets, uniform[t]])][None].repeat(b, 1)
+            row = gan.sampled_logits(logits, targets, uniform[t], n, popularity)[0]
+            estimates.append(row[1:].exp().sum())
+            plain.append(
+                logits[0, 1:]
+                .exp()
+                .masked_fill(torch.cat([targets, uniform[t]])[1:] == target, 0)
+                .sum()
+            )
+    exact = scores.exp().sum() - scores[target].exp()
+    assert float(torch.stack(estimates).mean() / exact) == pytest.approx(1.0, abs=0.03)
+    assert abs(float(torch.stack(plain).mean() / exact) - 1.0) > 0.2
+    # Without popularity, only the uniform negatives: the batch's targets are not negatives.
+    targets = torch.tensor([0, 1, 2])
+    logits = torch.randn(3, 3 + 2)
+    row = gan.sampled_logits(logits, targets, torch.tensor([4, 5]), n)
+    assert row.shape == (3, 3)
+
+
 def test_catalogue_cross_entropy_matches_cross_entropy_and_its_gradients():
     torch.manual_seed(0)
     targets = torch.tensor([3, 0, 39, 3, 17])  # a repeated target; the first and last item

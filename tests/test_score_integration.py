@@ -133,3 +133,55 @@ def test_index_command_writes_meta_and_is_used(trained, capsys):
     assert json.loads((run / "index" / "meta.json").read_text())["kind"] == "flat"
     assert main(["index", f"--run={run}", "--kind=annoy"]) == 2
     assert "index kind must be" in capsys.readouterr().err
+
+
+def _where(run, boxed_parts):
+    """In a Ray worker: a scoring actor's Recommender built from the shared parts; where its
+    item table lies (the parts' own buffer? in which mapping of this process?)."""
+    import ray
+
+    from ganrec_dist.score import Scorer
+
+    parts = ray.get(boxed_parts[0])
+    scorer = Scorer(run, boxed_parts[0], k=5, include_seen=False)
+    table = scorer.rec.generator.encoder.items.weight
+    address = table.data_ptr()
+    mapping = ""
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            span, *rest = line.split(maxsplit=5)
+            low, high = (int(x, 16) for x in span.split("-"))
+            if low <= address < high:
+                mapping = rest[-1].strip() if len(rest) == 5 else ""
+    name = next(k for k in parts["generator"] if k.endswith("items.weight"))
+    return {
+        "same_buffer": address == parts["generator"][name].ctypes.data,
+        "writeable": parts["generator"][name].flags.writeable,
+        "mapping": mapping,
+        "scores": scorer({"user_idx": np.arange(3)})["item_id"].tolist(),
+    }
+
+
+def test_scoring_actors_read_the_object_store_copy(trained):
+    """Two workers given the object ref of the run's parts build their recommenders on the
+    object store's buffer itself (a mapping of the store's shared memory), not a copy."""
+    import sys
+
+    import ray
+    from ray import cloudpickle
+
+    from ganrec_dist.layout import RunDir
+    from ganrec_dist.recommender import load_parts
+
+    data, run = trained
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    where = ray.remote(num_cpus=0.5)(_where)
+    ref = ray.put(load_parts(RunDir(run)))
+    found = ray.get([where.remote(str(run), [ref]) for _ in range(2)])
+    for f in found:
+        assert f["same_buffer"] and not f["writeable"]
+        assert "plasma" in f["mapping"] or "/dev/shm" in f["mapping"], f["mapping"]
+    assert found[0]["scores"] == found[1]["scores"]
+    rec = Recommender(run)  # its own copy, from RUN: the same items
+    items, _ = rec.recommend_known(np.arange(3), 5)
+    assert found[0]["scores"] == [str(rec.item_ids[i]) for i in items.reshape(-1) if i >= 0]

@@ -159,11 +159,14 @@ def test_pipeline_with_data_and_run_in_s3(s3, tmp_path):
     for name in (
         "checkpoint/meta.json",
         "checkpoint/model.pt",
-        "checkpoint/sequences.npz",
+        "log/sequences.npz",
+        "log/items.parquet",
+        "log/meta.json",
         "config.yaml",
         "history.csv",
     ):
         assert name in keys, name
+    assert "checkpoint/sequences.npz" not in keys  # the log is stored once, not per checkpoint
     assert any(k.startswith("ray_results/") and "checkpoint" in k for k in keys)  # Ray Train's own
     remote_meta = json.loads(storage.read_text(f"{run}/checkpoint/meta.json"))
     assert remote_meta["epoch"] == meta["epoch"] and "model.pt" in remote_meta["files"]

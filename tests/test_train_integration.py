@@ -9,16 +9,20 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import psutil
 import pytest
 import yaml
 
-from ganrec_dist.config import EvaluateConfig, PrepareConfig, train_config
+from ganrec_dist.config import EvaluateConfig, PrepareConfig, TrainConfig, train_config
 from ganrec_dist.errors import UserError
 from ganrec_dist.evaluate import evaluate
-from ganrec_dist.layout import RunDir
+from ganrec_dist.interactions import validation_limits
+from ganrec_dist.layout import DataDir, RunDir
 from ganrec_dist.prepare import prepare
 from ganrec_dist.train import train
+from ganrec_dist.validation import validation_truth
+from ganrec_dist.worker import log_bytes
 
 pytestmark = pytest.mark.integration
 
@@ -73,7 +77,13 @@ def test_two_workers_learn_and_beat_popularity(synthetic_data, tmp_path):
     assert history[-1]["ce_loss"] < history[0]["ce_loss"] - 0.1
     assert max(h["val_ndcg@10"] for h in history[1:]) > history[0]["val_ndcg@10"]
     assert all(h["rows"] > 0 for h in history)
-    for name in ("history.csv", "history.png", "config.yaml", "checkpoint/items.parquet"):
+    for name in (
+        "history.csv",
+        "history.png",
+        "config.yaml",
+        "log/items.parquet",
+        "log/sequences.npz",
+    ):
         assert (run / name).exists()
     result = evaluate(
         EvaluateConfig(
@@ -93,6 +103,40 @@ def test_two_workers_learn_and_beat_popularity(synthetic_data, tmp_path):
         json.loads((run / "eval.json").read_text())["models"]["gan"]["ndcg@10"]
         == models["gan"]["ndcg@10"]
     )
+
+
+def test_epoch_batches_go_round_a_short_shard_and_stop_a_long_one(ray_local):
+    import ray.data
+
+    from ganrec_dist.shards import epoch_batches
+
+    shard = ray.data.range(10).iterator()
+    got = list(epoch_batches(shard, steps=7, batch_size=4, shuffle_buffer=0, seed=1))
+    assert [len(b["id"]) for b in got] == [4, 4, 2, 4, 4, 2, 4]
+    assert sorted(np.concatenate([b["id"] for b in got[:3]])) == list(range(10))
+    assert len(list(epoch_batches(shard, steps=2, batch_size=4, shuffle_buffer=0, seed=1))) == 2
+
+
+def test_unequal_shards_each_rank_holds_only_its_users(ray_local, tmp_path):
+    """Three user shards for two ranks: one rank holds two, the other one; both take the same
+    steps (else the gradient all-reduce would hang) and neither loads the other's users."""
+    data = tmp_path / "data"
+    prepare(
+        PrepareConfig(
+            source="synthetic", out=str(data), users=300, items=400, interactions=12_000, shards=3
+        )
+    )
+    run = tmp_path / "run"
+    train(train_config(data=str(data), out=str(run), workers=2, epochs=2, refit=False, **TINY))
+    held = RunDir(run).meta()["shards"]
+    whole = DataDir(data).sequences()
+    assert len(held) == 2 and sum(h["rows"] for h in held) == len(whole.items)
+    assert sum(h["users"] for h in held) == np.count_nonzero(whole.lengths)
+    assert held[0]["rows"] != held[1]["rows"]  # unequal shards
+    limits = validation_limits(whole, TrainConfig().dataset.val_fraction)
+    one_rank = log_bytes(whole, limits, validation_truth(whole, limits, np.arange(300)))
+    assert max(h["log_bytes"] for h in held) < 0.8 * one_rank
+    assert [h["epoch"] for h in _history(run)] == [1, 2]
 
 
 def test_a_dead_worker_resumes_from_the_last_checkpoint(synthetic_data, tmp_path):

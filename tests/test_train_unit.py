@@ -2,6 +2,7 @@
 the rule for which settings make another run."""
 
 import numpy as np
+import pytest
 import torch
 
 from ganrec_dist.batches import make_batch
@@ -86,20 +87,79 @@ def test_run_changes_ignore_d_settings_only_for_a_run_without_d_steps():
     assert run_changes(stored_lr, ablation_cfg) == [f"optim.lr: 0.1 -> {ablation_cfg.optim.lr!r}"]
 
 
+def _random_sequences(rng, n_users=60, n_items=30, longest=12):
+    lengths = rng.integers(1, longest, n_users)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    return Sequences(
+        offsets, rng.integers(0, n_items, offsets[-1]).astype(np.int32), n_users, n_items
+    )
+
+
 def test_validation_scores_all_users_or_a_fixed_sample():
     from ganrec_dist.interactions import held_out, validation_limits
-    from ganrec_dist.validation import validation_sample, validation_users
+    from ganrec_dist.validation import sample_users, validation_truth, validation_users
 
-    rng = np.random.default_rng(0)
-    lengths = rng.integers(1, 12, 60)
-    offsets = np.concatenate([[0], np.cumsum(lengths)])
-    seq = Sequences(offsets, rng.integers(0, 30, offsets[-1]).astype(np.int32), 60, 30)
+    seq = _random_sequences(np.random.default_rng(0))
     limits = validation_limits(seq, 0.2)
-    users, truth = validation_sample(seq, limits, 0, seed=0)
-    assert np.array_equal(users, validation_users(seq, limits))
+    everyone = validation_users(seq, limits)
+    assert np.array_equal(sample_users(everyone, 0, seed=0), everyone)
+    truth = validation_truth(seq, limits, everyone)
     assert (truth != held_out(seq, limits)).nnz == 0  # all users: exactly the held-out rows
-    users, truth = validation_sample(seq, limits, 10, seed=3)
-    again, _ = validation_sample(seq, limits, 10, seed=3)
-    assert len(users) == 10 and np.array_equal(users, again)  # the same sample every epoch
+    users = sample_users(everyone, 10, seed=3)
+    assert len(users) == 10 and np.array_equal(users, sample_users(everyone, 10, seed=3))
+    truth = validation_truth(seq, limits, users)
     assert set(np.flatnonzero(np.diff(truth.indptr))) == set(users)
     assert (truth[users] != held_out(seq, limits)[users]).nnz == 0
+
+
+def test_ranks_validating_their_own_users_give_the_one_rank_numbers():
+    """Each rank scores the users it holds; their user-weighted mean is the one-rank metric."""
+    from ganrec_dist.config import IndexConfig
+    from ganrec_dist.interactions import from_rows, validation_limits
+    from ganrec_dist.models import Generator, ModelConfig
+    from ganrec_dist.validation import validation_metrics, validation_truth, validation_users
+
+    rng = np.random.default_rng(1)
+    seq = _random_sequences(rng, n_users=80, n_items=40, longest=20)
+    torch.manual_seed(0)
+    gen = Generator(ModelConfig(n_items=40, n_users=80, dim=8, hidden=16, history_len=5))
+
+    def metrics(part: Sequences) -> tuple[dict, int]:
+        limits = validation_limits(part, 0.25)
+        users = validation_users(part, limits)
+        truth = validation_truth(part, limits, users)
+        cfg = IndexConfig(kind="flat")
+        values = validation_metrics(
+            gen, part, limits=limits, truth=truth, index_cfg=cfg, device=torch.device("cpu")
+        )
+        return values, len(users)
+
+    whole, n = metrics(seq)
+    rows_user = np.repeat(np.arange(seq.n_users), seq.lengths)
+    position = np.arange(len(seq.items)) - seq.offsets[rows_user]
+    parts = []
+    for mine in (rows_user % 3 == 0, rows_user % 3 != 0):  # two ranks with unequal users
+        part = from_rows(rows_user[mine], seq.items[mine], position[mine], n_users=80, n_items=40)
+        parts.append(metrics(part))
+    assert sum(count for _, count in parts) == n
+    for key, value in whole.items():
+        combined = sum(values[key] * count for values, count in parts) / n
+        assert combined == pytest.approx(value, abs=1e-12), key
+
+
+def test_shards_are_dealt_as_whole_files_balanced_by_rows():
+    from ganrec_dist import shards
+    from ganrec_dist.errors import UserError
+
+    found = [("a", 100), ("b", 400), ("c", 300), ("d", 250), ("e", 50)]
+    dealt = shards.assign(found, 2)
+    assert sorted(f for files in dealt for f in files) == ["a", "b", "c", "d", "e"]
+    rows = dict(found)
+    assert sorted(sum(rows[f] for f in files) for files in dealt) == [550, 550]
+    assert all(files == sorted(files) for files in dealt)  # each in the split's file order
+    assert shards.assign(found, 1) == [["a", "b", "c", "d", "e"]]
+    with pytest.raises(UserError, match="5 file\\(s\\) for 6 workers"):
+        shards.assign(found, 6)
+    # The mean shard's batches, the natural count on one rank.
+    assert shards.steps_per_epoch(1100, 1, 256) == 5
+    assert shards.steps_per_epoch(1100, 2, 256) == 3

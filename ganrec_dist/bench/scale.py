@@ -101,6 +101,7 @@ def _train_run(
         train(build(TrainConfig, settings))
     payload = RunDir(out).payload()
     last = payload["state"]["history"][-1]
+    held = RunDir(out).meta()["shards"]  # what each rank loaded of the log
     return {
         "workers": workers,
         "sparse_tables": payload["model_config"]["sparse"],  # only with a sampled softmax
@@ -111,6 +112,8 @@ def _train_run(
         "data_wait_fraction": last["data_wait_fraction"],
         "peak_worker_gib": round(mem.peak_each / 2**30, 3),
         "peak_tree_gib": round(mem.peak / 2**30, 3),
+        "log_bytes_per_worker": max(h["log_bytes"] for h in held),
+        "rows_per_worker": [h["rows"] for h in held],
     }
 
 
@@ -182,10 +185,12 @@ def _print_steps(cfg: BenchScaleConfig, rows: list[dict]) -> None:
 def _print_train(runs: list[dict]) -> None:
     print_table(
         "ganrec train: one epoch cut at the steps above, synthetic log",
-        ["items", "workers", "tables", "rows/s", "data wait", "peak worker GiB", "peak tree GiB"],
+        ["items", "workers", "tables", "rows/s", "data wait", "log MiB/worker"]
+        + ["peak worker GiB", "peak tree GiB"],
         [
             [r["items"], r["workers"], "sparse" if r["sparse_tables"] else "dense"]
-            + [r["rows_per_s"], r["data_wait_fraction"], r["peak_worker_gib"], r["peak_tree_gib"]]
+            + [r["rows_per_s"], r["data_wait_fraction"], r["log_bytes_per_worker"] / 2**20]
+            + [r["peak_worker_gib"], r["peak_tree_gib"]]
             for r in runs
         ],
     )

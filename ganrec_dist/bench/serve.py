@@ -137,9 +137,9 @@ def _bare(cfg: BenchServeConfig, script: Path, levels: list[int]) -> list[dict]:
 
 def _served(cfg: BenchServeConfig, script: Path, levels: list[int]) -> tuple[list[dict], list]:
     """The Ray Serve app under the same load; and its replica count every 0.5 s."""
-    from ray import serve
 
     from ganrec_dist.serve import start, wait_healthy
+    from ganrec_dist.serve import stop as stop_app
 
     port = _port()
     start(ServeConfig(run=cfg.run, port=port))
@@ -167,7 +167,7 @@ def _served(cfg: BenchServeConfig, script: Path, levels: list[int]) -> tuple[lis
     finally:
         stop.set()
         thread.join()
-        serve.shutdown()
+        stop_app()
     return results, trace
 
 
