@@ -152,7 +152,7 @@ class OptimSettings:
         1, "the softmax target is one of the user's next N interactions (1 = the next)"
     )
     sampled_negatives: int = setting(
-        -1, "softmax negatives: -1 = full softmax up to 100k items, else 8192; 0 = always full"
+        -1, "softmax negatives: -1 = full softmax up to 20k items, else 8192; 0 = always full"
     )
     max_steps_per_epoch: int = setting(
         0, "cut every epoch after N steps, the same on every rank (0: whole epochs)"

@@ -39,6 +39,9 @@ class BenchScoreConfig:
     memory_steps: str = setting(
         "0.25,0.5,1.0", "fractions of the users for the memory-growth check"
     )
+    sharing: bool = setting(
+        True, "also score every user with 2 actors, a copy each against one shared copy"
+    )
     workdir: str = setting("", "where data and the run go (default: a temporary directory)")
     out: str = setting("bench/score.json", "results JSON")
 
@@ -112,6 +115,34 @@ def _memory_by_users(
     return memory
 
 
+def _sharing(cfg: BenchScoreConfig, *, work: Path, data: DataDir, run: Path) -> dict:
+    """`ganrec score` of every test user with 2 actors: each loading its own copy of the run
+    (``--shared false``) against one object-store copy; peak PSS of the whole process tree and
+    of the largest actor (PSS splits the shared pages between the processes that map them)."""
+    from ganrec_dist.score import score
+
+    out = {}
+    for shared in (False, True):
+        with PeakMemory(each="MapWorker") as mem:
+            summary = score(
+                ScoreConfig(
+                    data=data.root,
+                    run=str(run),
+                    out=str(work / "recs.parquet"),
+                    k=cfg.k,
+                    actors=2,
+                    shared=shared,
+                    overwrite=True,
+                )
+            )
+        out["shared" if shared else "copy_per_actor"] = {
+            "users_per_s": summary["users_per_s"],
+            "peak_tree_gib": round(mem.peak / 2**30, 3),
+            "peak_actor_gib": round(mem.peak_each / 2**30, 3),
+        }
+    return out
+
+
 def run(cfg: BenchScoreConfig) -> dict:
     from ganrec_dist.index import index_command
     from ganrec_dist.raycluster import ensure_ray
@@ -144,6 +175,10 @@ def run(cfg: BenchScoreConfig) -> dict:
                 "ratio": full["users_per_s"] / base,
                 "memory_by_users": memory,
             }
+            if cfg.sharing:
+                results["modes"][mode]["two_actors"] = _sharing(
+                    cfg, work=work, data=data, run=run_dir
+                )
             peaks = " / ".join(f"{m['peak_memory_gib']:.2f}" for m in memory)
             rows.append([mode, full["users_per_s"], base, full["users_per_s"] / base, peaks])
     finally:
@@ -160,5 +195,19 @@ def run(cfg: BenchScoreConfig) -> dict:
         ],
         rows,
     )
+    if cfg.sharing:
+        print_table(
+            "score with 2 actors: a copy of the run each, and one shared copy",
+            ["index", "copy each: tree GiB", "actor GiB", "shared: tree GiB", "actor GiB"],
+            [
+                [mode]
+                + [
+                    m["two_actors"]["copy_per_actor"][c]
+                    for c in ("peak_tree_gib", "peak_actor_gib")
+                ]
+                + [m["two_actors"]["shared"][c] for c in ("peak_tree_gib", "peak_actor_gib")]
+                for mode, m in results["modes"].items()
+            ],
+        )
     write_json(cfg.out, results)
     return results
