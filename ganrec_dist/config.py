@@ -240,7 +240,9 @@ class EvaluateConfig:
         True, "train (or reuse) the adv_weight=0 model and add it to the table"
     )
     max_users: int = setting(
-        0, "score a seeded sample of this many test users (0: all); every item is still ranked"
+        0,
+        "score a seeded sample of this many test users, and tune the baselines on as many "
+        "validation users (0: all); every item is still ranked",
     )
     seed: int = setting(0, "ALS's seed, and the user sample's")
     address: str = setting("", "Ray cluster address; empty: RAY_ADDRESS, else a local Ray")

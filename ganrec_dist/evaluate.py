@@ -19,12 +19,13 @@ import scipy.sparse as sp
 
 from ganrec_dist.baselines import BASELINES, Baseline
 from ganrec_dist.config import EvaluateConfig, TrainConfig, build, replace
-from ganrec_dist.interactions import Sequences, held_out, validation_limits
+from ganrec_dist.interactions import Sequences, validation_limits
 from ganrec_dist.layout import DataDir, RunDir
 from ganrec_dist.logs import print_table
 from ganrec_dist.metrics import beyond_accuracy, ranking_metrics
 from ganrec_dist.recommender import Recommender
 from ganrec_dist.resume import run_changes, stored_config
+from ganrec_dist.validation import sample_users, validation_truth, validation_users
 
 log = logging.getLogger(__name__)
 
@@ -133,12 +134,22 @@ def _test_users(cfg: EvaluateConfig, test: Sequences) -> tuple[np.ndarray, sp.cs
     return users, truth
 
 
+def _validation_users(
+    cfg: EvaluateConfig, seq: Sequences, fit_limits: np.ndarray
+) -> tuple[np.ndarray, sp.csr_matrix]:
+    """The users the baselines are tuned on (all with validation rows, or a seeded sample of
+    ``max_users``, as for the test) and their validation rows."""
+    users = sample_users(validation_users(seq, fit_limits), cfg.max_users, cfg.seed)
+    return users, validation_truth(seq, fit_limits, users)
+
+
 def _splits(cfg: EvaluateConfig, data: DataDir, run: RunDir) -> dict[str, Any]:
     """Train, test and the validation carve of train (the fraction the run validated with)."""
     seq, test = data.sequences("train"), data.sequences("test")
     trained = build(TrainConfig, stored_config(run) or {})
     fit_limits = validation_limits(seq, trained.dataset.val_fraction)
     users, truth = _test_users(cfg, test)
+    val_users, val_truth = _validation_users(cfg, seq, fit_limits)
     return {
         "seq": seq,
         "train": seq.matrix(),
@@ -146,8 +157,8 @@ def _splits(cfg: EvaluateConfig, data: DataDir, run: RunDir) -> dict[str, Any]:
         "users": users,
         "users_with_test_items": int((test.lengths > 0).sum()),
         "fit": seq.matrix(fit_limits),
-        "val_truth": held_out(seq, fit_limits),
-        "val_users": np.flatnonzero(fit_limits < seq.lengths),
+        "val_truth": val_truth,
+        "val_users": val_users,
         "val_fraction": trained.dataset.val_fraction,
     }
 

@@ -150,3 +150,21 @@ def test_evaluation_can_score_a_seeded_sample_of_users():
     again, _ = _test_users(EvaluateConfig(max_users=3, seed=4), test)
     assert len(sample) == 3 and set(sample) <= set(everyone) and sample.tolist() == again.tolist()
     assert set(np.flatnonzero(np.diff(truth.indptr))) == set(sample)  # only their test items
+
+
+def test_baselines_are_tuned_on_as_many_validation_users_as_the_test_scores():
+    from ganrec_dist.config import EvaluateConfig
+    from ganrec_dist.evaluate import _validation_users
+    from ganrec_dist.interactions import Sequences, held_out, validation_limits
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 9, 40)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    seq = Sequences(offsets, rng.integers(0, 20, offsets[-1]).astype(np.int32), 40, 20)
+    limits = validation_limits(seq, 0.2)
+    users, truth = _validation_users(EvaluateConfig(), seq, limits)
+    assert users.tolist() == np.flatnonzero(limits < seq.lengths).tolist()
+    assert (truth != held_out(seq, limits)).nnz == 0  # all of them: exactly as before
+    sample, truth = _validation_users(EvaluateConfig(max_users=7, seed=1), seq, limits)
+    assert len(sample) == 7 and set(sample) <= set(users)
+    assert set(np.flatnonzero(np.diff(truth.indptr))) == set(sample)

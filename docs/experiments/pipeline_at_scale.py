@@ -22,9 +22,15 @@ import tempfile
 import time
 from pathlib import Path
 
+ORDER = ("prepare", "train", "evaluate", "index", "score")
+FIRST = {"stage": "prepare"}
+
 
 def stage(name: str, args: list[str], results: list[dict]) -> None:
     from ganrec_dist.bench.common import PeakMemory
+
+    if ORDER.index(name) < ORDER.index(FIRST["stage"]):
+        return
 
     print(f"== ganrec {name} {' '.join(args)}", flush=True)
     start = time.time()
@@ -51,9 +57,14 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=20_000)
     parser.add_argument("--steps", type=int, default=2000, help="training step budget")
     parser.add_argument("--eval_users", type=int, default=20_000)
+    parser.add_argument("--als_regs", default="0.01,0.1,1.0", help="ALS's validation grid")
     parser.add_argument("--workdir", default="")
+    parser.add_argument(
+        "--from_stage", default="prepare", help="skip the stages before this one (a re-run)"
+    )
     parser.add_argument("--out", default="pipeline.json")
     args = parser.parse_args()
+    FIRST["stage"] = args.from_stage
     work = Path(args.workdir or tempfile.mkdtemp(prefix="ganrec-pipeline-"))
     data, run = work / "data", work / "run"
     budget = ["--epochs", "1", "--max_steps_per_epoch", str(args.steps), "--refit", "false"]
@@ -71,7 +82,7 @@ def main() -> None:
         stage(
             "evaluate",
             ["--data", str(data), "--run", str(run), "--max_users", str(args.eval_users)]
-            + ["--quiet"],
+            + ["--als_regs", args.als_regs, "--quiet"],
             results,
         )
         stage("index", ["--run", str(run), "--quiet"], results)

@@ -95,8 +95,10 @@ def main() -> None:
         ],
     )
     Path(args.out).write_text(
-        json.dumps({"args": vars(args), "cpu": platform.processor() or _cpu(), "runs": results},
-                   indent=2) + "\n"
+        json.dumps(
+            {"args": vars(args), "cpu": platform.processor() or _cpu(), "runs": results}, indent=2
+        )
+        + "\n"
     )
 
 

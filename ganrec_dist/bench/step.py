@@ -25,7 +25,8 @@ class BenchStepConfig:
     """`ganrec bench step`: the fused training step against its reference."""
 
     items: str = setting(
-        "9066,100000", "catalogue sizes (9,066: the embedded sample; 100k: a full softmax past its default limit)"
+        "9066,100000",
+        "catalogue sizes (9,066: the embedded sample; 100k: a full softmax past its default limit)",
     )
     users: int = setting(671, "users of the model")
     batch_size: int = setting(256, "rows per step")
