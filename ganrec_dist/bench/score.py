@@ -82,29 +82,37 @@ def _model(cfg: BenchScoreConfig, data: Path, run: Path) -> None:
     train(build(TrainConfig, {"data": str(data), "out": str(run), **schedule, **model}))
 
 
+def _score(
+    cfg: BenchScoreConfig, *, work: Path, data: DataDir, run: Path, each: str | None = None, **kw
+) -> tuple[dict, PeakMemory]:
+    """One `ganrec score` into ``work``, with ``kw`` settings; its summary and peak memory."""
+    from ganrec_dist.score import score
+
+    with PeakMemory(each=each) as mem:
+        summary = score(
+            ScoreConfig(
+                data=data.root,
+                run=str(run),
+                out=str(work / "recs.parquet"),
+                k=cfg.k,
+                overwrite=True,
+                **kw,
+            )
+        )
+    return summary, mem
+
+
 def _memory_by_users(
     cfg: BenchScoreConfig, *, work: Path, data: DataDir, run: Path, users: np.ndarray
 ) -> list[dict]:
     """`ganrec score` on growing fractions of the users: users/s and the peak memory of all."""
-    from ganrec_dist.score import score
-
     ids = data.read(DataDir.USERS)["user_id"].to_numpy(zero_copy_only=False)
     memory = []
     for frac in [float(f) for f in cfg.memory_steps.split(",")]:
         subset = users[: max(1, int(len(users) * frac))]
         users_file = work / "users.txt"
         users_file.write_text("\n".join(ids[subset]) + "\n")
-        with PeakMemory() as mem:
-            summary = score(
-                ScoreConfig(
-                    data=data.root,
-                    run=str(run),
-                    out=str(work / "recs.parquet"),
-                    k=cfg.k,
-                    users=str(users_file),
-                    overwrite=True,
-                )
-            )
+        summary, mem = _score(cfg, work=work, data=data, run=run, users=str(users_file))
         memory.append(
             {
                 "users": int(len(subset)),
@@ -119,22 +127,11 @@ def _sharing(cfg: BenchScoreConfig, *, work: Path, data: DataDir, run: Path) -> 
     """`ganrec score` of every test user with 2 actors: each loading its own copy of the run
     (``--shared false``) against one object-store copy; peak PSS of the whole process tree and
     of the largest actor (PSS splits the shared pages between the processes that map them)."""
-    from ganrec_dist.score import score
-
     out = {}
     for shared in (False, True):
-        with PeakMemory(each="MapWorker") as mem:
-            summary = score(
-                ScoreConfig(
-                    data=data.root,
-                    run=str(run),
-                    out=str(work / "recs.parquet"),
-                    k=cfg.k,
-                    actors=2,
-                    shared=shared,
-                    overwrite=True,
-                )
-            )
+        summary, mem = _score(
+            cfg, work=work, data=data, run=run, each="MapWorker", actors=2, shared=shared
+        )
         out["shared" if shared else "copy_per_actor"] = {
             "users_per_s": summary["users_per_s"],
             "peak_tree_gib": round(mem.peak / 2**30, 3),
