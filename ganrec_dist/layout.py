@@ -256,12 +256,10 @@ class RunDir:
 
     def generator(self, payload: dict | None = None) -> Any:
         """G rebuilt from the checkpoint alone, in eval mode."""
-        from ganrec_dist.models import Generator, ModelConfig
+        from ganrec_dist.models import generator_from_state
 
         payload = payload or self.payload()
-        generator = Generator(ModelConfig(**payload["model_config"]))
-        generator.load_state_dict(payload["generator"])
-        return generator.eval()
+        return generator_from_state(payload["model_config"], payload["generator"])
 
     def catalogue(self) -> np.ndarray:
         """The catalogue embeddings ``[n_items, dim]`` the index is built from."""

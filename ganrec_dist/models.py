@@ -110,6 +110,16 @@ class UserEncoder(nn.Module):
         return self.mlp(torch.cat([mean, recent, self.users(users)], dim=1))
 
 
+def generator_from_state(model_config: dict, state: dict[str, torch.Tensor]) -> Generator:
+    """G of ``model_config`` in eval mode, its parameters the ``state`` tensors themselves
+    (assigned, not copied; built on the meta device, so no weights are allocated only to be
+    overwritten): tensors over an object store's read-only buffers stay shared."""
+    with torch.device("meta"):
+        generator = Generator(ModelConfig(**model_config))
+    generator.load_state_dict(state, assign=True)
+    return generator.eval()
+
+
 class Generator(nn.Module):
     """G(u, z): a vector in the item-embedding space. The catalogue embeddings are the history
     encoder's item table: the items G points at are the items users are encoded from."""

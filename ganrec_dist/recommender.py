@@ -20,7 +20,7 @@ from ganrec_dist.config import IndexConfig
 from ganrec_dist.index import ExactIndex, build_index, load_index, search_excluding
 from ganrec_dist.interactions import Sequences
 from ganrec_dist.layout import RunDir
-from ganrec_dist.models import Generator, ModelConfig
+from ganrec_dist.models import Generator, generator_from_state
 
 log = logging.getLogger(__name__)
 
@@ -51,14 +51,11 @@ def load_parts(run: RunDir) -> dict[str, Any]:
 
 def _generator(parts: dict[str, Any]) -> Generator:
     """G over the parts' own arrays (no copy: on a node they are the object store's)."""
-    with torch.device("meta"):  # no weights allocated only to be overwritten
-        generator = Generator(ModelConfig(**parts["model_config"]))
     with warnings.catch_warnings():
         # Read-only arrays of the object store: inference never writes to them.
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         tensors = {k: torch.from_numpy(v) for k, v in parts["generator"].items()}
-    generator.load_state_dict(tensors, assign=True)
-    return generator.eval()
+    return generator_from_state(parts["model_config"], tensors)
 
 
 class Recommender:

@@ -3,8 +3,9 @@
 The driver checks the inputs, records the configuration in RUN/config.yaml and the log serving
 needs in RUN/log/, deals the train shards to the ranks (whole users each, :mod:`shards`), streams
 each rank's shards through Ray Data to a ``TorchTrainer`` whose workers run
-:func:`worker.train_loop`, prints a line per epoch, and writes the run's history when it is done. Re-running the same command resumes
-the run (Ray Train's storage in RUN/ray_results, and RUN/checkpoint).
+:func:`worker.train_loop`, prints a line per epoch, and writes the run's history when it is
+done. Re-running the same command resumes the run (Ray Train's storage in RUN/ray_results, and
+RUN/checkpoint).
 """
 
 from __future__ import annotations

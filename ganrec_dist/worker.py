@@ -201,16 +201,11 @@ def _weighted_mean(
 ) -> dict[str, float]:
     """The mean over ranks of each rank's ``values`` weighted by its ``weight`` (every rank must
     call this with the same keys): per-user means of each rank's users -> the mean over all."""
-    import torch.distributed as dist
-
     if not _distributed():
         return values
-    keys = sorted(values)
-    t = torch.tensor([values[k] * weight for k in keys] + [weight], dtype=torch.float64)
-    t = t.to(device)
-    dist.all_reduce(t)
-    total = float(t[-1])
-    return {k: float(v) / max(total, 1e-12) for k, v in zip(keys, t[:-1].tolist())}
+    weighted = _all_mean({**{k: v * weight for k, v in values.items()}, "": weight}, device)
+    total = max(weighted.pop(""), 1e-12)
+    return {k: v / total for k, v in weighted.items()}
 
 
 def _all_concat_objects(local: Any) -> list:
@@ -234,16 +229,6 @@ def log_bytes(seq: Sequences, limits: np.ndarray, truth: sp.csr_matrix) -> int:
     fitted limits and validation rows."""
     arrays = (seq.offsets, seq.items, limits, truth.data, truth.indices, truth.indptr)
     return int(sum(a.nbytes for a in arrays))
-
-
-def _broadcast(value: float, device: torch.device) -> float:
-    import torch.distributed as dist
-
-    if not _distributed():
-        return value
-    t = torch.tensor([value], dtype=torch.float64, device=device)
-    dist.broadcast(t, src=0)
-    return float(t.item())
 
 
 def _gather_nodes() -> list[str]:
@@ -458,7 +443,7 @@ def run_epoch(rank: Rank, shard: Any, epoch: int) -> dict[str, Any]:
     metrics.update(
         phase=rank.state.phase,
         epoch=epoch,
-        rows=int(_all_mean({"rows": float(rows)}, rank.device)["rows"] * rank.world + 0.5),
+        rows=int(_all_sum(torch.tensor(rows, device=rank.device))),
         seconds=wait + compute,
         data_wait_fraction=wait / max(wait + compute, 1e-9),
     )
