@@ -30,6 +30,10 @@ class LoopState:
     nodes: list = dataclasses.field(default_factory=list)  # the Ray node of each rank, last start
     # What each rank held of the log, last start: {"rows", "users", "log_bytes"} per rank.
     shards: list = dataclasses.field(default_factory=list)
+    # At the best search epoch: the validation users scored (all ranks') and each one's NDCG@10,
+    # which `ganrec compare` pairs across runs (the refit model has trained on those rows).
+    best_val_users: list = dataclasses.field(default_factory=list)
+    best_val_ndcg: list = dataclasses.field(default_factory=list)
 
 
 def payload(

@@ -50,6 +50,11 @@ COMMANDS: dict[str, tuple[type, str, str]] = {
     ),
     "demo": (cfgmod.DemoConfig, "ganrec_dist.demo:demo", "the whole pipeline on the embedded data"),
 }
+# Commands with arguments of their own (lists of runs, a sweep file): "module:main(argv)".
+OWN_PARSERS = {
+    "sweep": "train configurations x seeds as Ray Tune trials: sweep --config SWEEP.yaml",
+    "compare": "paired-by-seed comparison: compare RUN_A... --against RUN_B... [--split test]",
+}
 BENCHES: dict[str, tuple[str, str, str]] = {
     "ingest": (
         "ganrec_dist.bench.ingest:BenchIngestConfig",
@@ -136,6 +141,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, tuple[type, Calla
     sub.add_parser(
         "submit", help="run any ganrec command as a Ray job: submit --address URL -- COMMAND ..."
     )
+    for name, help_text in OWN_PARSERS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
     bench = sub.add_parser("bench", help="benchmarks, each with its baseline in the same run")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
     for name, (cls_spec, target, help_text) in BENCHES.items():
@@ -218,7 +225,11 @@ def main(argv: list[str] | None = None) -> int:
     name = f"ganrec {_command_name(argv)}".strip()
     connected_before = is_connected()  # a caller's Ray (tests share one) is left running
     try:
-        return _submit(argv[1:]) if argv[:1] == ["submit"] else _run(argv)
+        if argv[:1] == ["submit"]:
+            return _submit(argv[1:])
+        if argv[:1] and argv[0] in OWN_PARSERS:
+            return _resolve(f"ganrec_dist.{argv[0]}:main")(argv[1:])
+        return _run(argv)
     except UserError as exc:
         print(f"{name}: error: {exc}", file=sys.stderr)
         return 2

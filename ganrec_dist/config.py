@@ -108,7 +108,14 @@ class ModelSettings:
     hidden: int = setting(256, "hidden width of the user encoder, G and D")
     history_len: int = setting(50, "recent items a user is encoded from")
     noise_dim: int = setting(16, "dimension of G's noise z")
-    dropout: float = setting(0.3, "dropout on the user encoder's input")
+    dropout: float = setting(0.3, "dropout on the user encoder's input (sasrec: in every block)")
+    encoder: str = setting(
+        "mlp",
+        "mlp: history mean and recency plus a user-id embedding, G's head on top; sasrec: "
+        "causal self-attention over the history (SASRec), its last state the vector",
+    )
+    blocks: int = setting(2, "sasrec: self-attention blocks")
+    heads: int = setting(1, "sasrec: attention heads per block (dim must be a multiple)")
 
 
 @dataclasses.dataclass
@@ -238,6 +245,11 @@ class EvaluateConfig:
     als_iterations: int = setting(15, "ALS iterations")
     ablation: bool = setting(
         True, "train (or reuse) the adv_weight=0 model and add it to the table"
+    )
+    sasrec: str = setting(
+        "",
+        "add SASRec to the table: a trained `--encoder sasrec` RUN, or `train` to train (or "
+        "reuse) one under RUN/sasrec with the run's schedule; empty: no SASRec row",
     )
     max_users: int = setting(
         0,

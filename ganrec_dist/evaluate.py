@@ -19,6 +19,7 @@ import scipy.sparse as sp
 
 from ganrec_dist.baselines import BASELINES, Baseline
 from ganrec_dist.config import EvaluateConfig, TrainConfig, build, replace
+from ganrec_dist.errors import UserError
 from ganrec_dist.interactions import Sequences, validation_limits
 from ganrec_dist.layout import DataDir, RunDir
 from ganrec_dist.logs import print_table
@@ -61,39 +62,63 @@ def gan_recommend(run: str, n_users: int, users: np.ndarray, k: int) -> tuple[np
 
 def ablation_run(cfg: EvaluateConfig, run: RunDir) -> str:
     """Train (or reuse) the same model with adv_weight = 0 under RUN/ablation."""
+    return companion_run(cfg, run, run.ablation(), "ablation", adv_weight=0.0)
+
+
+# SASRec's settings when `evaluate --sasrec train` trains it: the best of the validation grid in
+# docs/experiments/sasrec-grid.yaml (its size and dropout; its epochs by early stopping).
+SASREC = {"encoder": "sasrec", "adv_weight": 0.0, "dropout": 0.2, "blocks": 2, "heads": 1}
+
+
+def sasrec_run(cfg: EvaluateConfig, run: RunDir) -> str:
+    """The SASRec run of the table: ``--sasrec PATH`` as given (a trained ``--encoder sasrec``
+    run on the same DATA), or ``train``: trained (or reused) under RUN/sasrec with the run's
+    schedule and split and SASRec's settings."""
+    if cfg.sasrec != "train":
+        other = RunDir.open(cfg.sasrec)
+        if other.meta()["model_config"].get("encoder") != "sasrec":
+            raise UserError(f"--sasrec {cfg.sasrec}: not a run trained with --encoder sasrec")
+        return other.uri
+    return companion_run(cfg, run, run.companion("sasrec"), "sasrec", **SASREC)
+
+
+def companion_run(
+    cfg: EvaluateConfig, run: RunDir, target: RunDir, label: str, **changes: Any
+) -> str:
+    """Train (or reuse) the run's configuration with ``changes`` under ``target``."""
     from ganrec_dist.train import train
 
-    target = run.ablation()
     trained = build(TrainConfig, stored_config(run) or {})
-    # The same configuration, index settings included, with the adversarial term switched off.
-    ablation = replace(
+    # The same configuration, index settings included, with the changes.
+    companion = replace(
         trained,
         out=target.uri,
-        name=f"{trained.execution.name or run.name}-ablation",
-        adv_weight=0.0,
+        name=f"{trained.execution.name or run.name}-{label}",
         data=cfg.data,
         address=cfg.address,
         fail_at_epoch=-1,
+        **changes,
     )
     target = RunDir.open(target.uri)
     stored = stored_config(target)
     if stored is not None:
-        # Only a run of this configuration is this run's ablation (shared by GANs that differ
-        # only in D's settings, which a run without D-steps does not use).
-        changes = run_changes(stored, ablation)
-        if changes:
+        # Only a run of this configuration is this run's companion (an ablation is shared by
+        # GANs that differ only in D's settings, which a run without D-steps does not use).
+        diff = run_changes(stored, companion)
+        if diff:
             log.warning(
-                "the ablation in %s was trained with other settings (%s): training it again",
+                "the %s in %s was trained with other settings (%s): training it again",
+                label,
                 target.uri,
-                "; ".join(changes),
+                "; ".join(diff),
             )
             target.remove()
             target = RunDir.open(target.uri)
     if target.has_checkpoint() and target.meta().get("final"):
-        log.info("reusing the ablation in %s", target.uri)
+        log.info("reusing the %s in %s", label, target.uri)
         return target.uri
-    log.info("training the ablation (adv_weight = 0) in %s", target.uri)
-    train(ablation)
+    log.info("training the %s (%s) in %s", label, _label(changes, list(changes)), target.uri)
+    train(companion)
     return target.uri
 
 
@@ -208,6 +233,11 @@ def evaluate_models(cfg: EvaluateConfig) -> dict:
         recs["gan_ablation"], params["gan_ablation"] = gan_recommend(
             ablation, n_users, split["users"], max(ks)
         )
+    if cfg.sasrec:
+        # SASRec is a generator too (history -> a vector in its item space): the same retrieval
+        # path, the same exclusion of seen items.
+        sasrec = sasrec_run(cfg, run)
+        recs["sasrec"], params["sasrec"] = gan_recommend(sasrec, n_users, split["users"], max(ks))
     result = _result(
         cfg,
         data=data,
@@ -245,6 +275,8 @@ def _result(
         "source": data.manifest["source"],
         "validation_ndcg@10": validation,
     }
+    if "sasrec" in models:
+        result["gan_vs_sasrec_ndcg@10"] = models["gan"]["ndcg@10"] / models["sasrec"]["ndcg@10"]
     if "ease" in models:
         result["gan_vs_ease_ndcg@10"] = models["gan"]["ndcg@10"] / models["ease"]["ndcg@10"]
     return result

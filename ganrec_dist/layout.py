@@ -191,6 +191,10 @@ class RunDir:
     def ablation(self) -> RunDir:
         return RunDir(self.remote(self.ABLATION))
 
+    def companion(self, name: str) -> RunDir:
+        """A model trained for this run's table under RUN/<name> (the ablation, SASRec)."""
+        return RunDir(self.remote(name))
+
     @property
     def checkpoint(self) -> Path:
         return self.local / self.CHECKPOINT

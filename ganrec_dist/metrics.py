@@ -50,6 +50,23 @@ def ranking_metrics(recs: np.ndarray, truth: sp.csr_matrix, ks: list[int]) -> di
     return out
 
 
+def user_ndcg(recs: np.ndarray, truth: sp.csr_matrix, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """Per-user NDCG@k: (the users with held-out items, their NDCG@k), in index order; the mean
+    of the second is ``ranking_metrics``' ``ndcg@k``."""
+    truth = truth.tocsr()
+    n_true = np.diff(truth.indptr)
+    users = np.flatnonzero(n_true > 0)
+    top = recs[users, :k]
+    valid = top >= 0
+    hits = np.zeros(top.shape, dtype=bool)
+    if valid.any():
+        rows = np.broadcast_to(users[:, None], top.shape)
+        hits[valid] = np.asarray(truth[rows[valid], top[valid]]).reshape(-1) > 0
+    discounts = 1.0 / np.log2(np.arange(2, k + 2))
+    ideal = np.cumsum(discounts)[np.minimum(n_true[users], k) - 1]
+    return users, (hits * discounts).sum(axis=1) / ideal
+
+
 def beyond_accuracy(recs: np.ndarray, train: sp.csr_matrix, ks: list[int]) -> dict[str, float]:
     """Coverage, intra-list diversity and novelty of the top-K lists.
 

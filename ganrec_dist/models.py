@@ -25,6 +25,12 @@ class ModelConfig:
     history_len: int = 50
     noise_dim: int = 16
     dropout: float = 0.3
+    # "mlp": UserEncoder (history mean and recency, plus a user-id embedding); "sasrec":
+    # SequenceEncoder (causal self-attention over the history, no user id), G's vector is then
+    # its last position's state, without noise or head (SASRec's own scoring).
+    encoder: str = "mlp"
+    blocks: int = 2
+    heads: int = 1
     # The item and user tables give row-sparse gradients (lookups through sparse embeddings), so
     # that a step updates only the rows it read. The full-catalogue softmax reads every row.
     sparse: bool = False
@@ -69,6 +75,14 @@ def catalogue_cross_entropy(
     return _CatalogueCrossEntropy.apply(vector, table, targets)
 
 
+ENCODERS = ("mlp", "sasrec")
+
+
+def state_width(cfg: ModelConfig) -> int:
+    """The width of the user state the encoder returns (and D reads)."""
+    return cfg.dim if cfg.encoder == "sasrec" else cfg.hidden
+
+
 class UserEncoder(nn.Module):
     """Encodes (history, user id) into a hidden state ``[batch, hidden]``.
 
@@ -110,6 +124,94 @@ class UserEncoder(nn.Module):
         return self.mlp(torch.cat([mean, recent, self.users(users)], dim=1))
 
 
+class _Block(nn.Module):
+    """One SASRec block: pre-norm causal self-attention, then a point-wise feed-forward net,
+    each a residual branch with dropout. ``last``: only the last position's output is computed
+    (the keys and values are still every position's): the top block, whose other positions
+    nobody reads."""
+
+    def __init__(self, dim: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.heads = heads
+        self.attn_norm = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+        self.ff_norm = nn.LayerNorm(dim)
+        self.ff = nn.Sequential(
+            nn.Linear(dim, dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(dim, dim)
+        )
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor, last: bool = False) -> torch.Tensor:
+        b, length, dim = x.shape
+        q, k, v = self.qkv(self.attn_norm(x)).chunk(3, dim=-1)
+        if last:
+            q, x, allowed = q[:, -1:], x[:, -1:], allowed[:, :, -1:]
+
+        def split(t: torch.Tensor) -> torch.Tensor:  # [b, L, dim] -> [b, heads, L, dim / heads]
+            return t.unflatten(-1, (self.heads, dim // self.heads)).transpose(1, 2)
+
+        h = F.scaled_dot_product_attention(split(q), split(k), split(v), attn_mask=allowed)
+        x = x + self.dropout(self.out(h.transpose(1, 2).flatten(2)))
+        return x + self.dropout(self.ff(self.ff_norm(x)))
+
+
+class SequenceEncoder(nn.Module):
+    """SASRec (Kang & McAuley, ICDM 2018): each position of the history attends to itself and
+    the earlier items only; the last position's state ``[batch, dim]`` is the user.
+
+    The same inputs as :class:`UserEncoder` (history padded on the left with ``n_items``; the
+    user ids are accepted and ignored: a user is their history, so an unknown user with a
+    history is encoded exactly as a known one). The item table is also the output embedding
+    (scores are ``state @ items``), as in SASRec.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        if cfg.dim % cfg.heads:
+            raise ValueError(f"dim {cfg.dim} is not a multiple of heads {cfg.heads}")
+        self.cfg = cfg
+        self.items = nn.Embedding(
+            cfg.n_items + 1, cfg.dim, padding_idx=cfg.n_items, sparse=cfg.sparse
+        )
+        self.positions = nn.Embedding(cfg.history_len, cfg.dim)
+        self.input_dropout = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(
+            _Block(cfg.dim, cfg.heads, cfg.dropout) for _ in range(cfg.blocks)
+        )
+        self.norm = nn.LayerNorm(cfg.dim)
+        nn.init.normal_(self.items.weight, std=cfg.dim**-0.5)
+        nn.init.normal_(self.positions.weight, std=0.02)
+        with torch.no_grad():
+            self.items.weight[cfg.n_items].zero_()
+
+    def states(self, history: torch.Tensor) -> torch.Tensor:
+        """Every position's state ``[batch, L, dim]``; position ``t`` has read items ``<= t``."""
+        x, pad = self._inputs(history)
+        return self.norm(self._blocks(x, pad, last=False))
+
+    def _blocks(self, x: torch.Tensor, pad: torch.Tensor, last: bool) -> torch.Tensor:
+        length = x.shape[1]
+        earlier = torch.ones(length, length, dtype=torch.bool, device=x.device).tril()
+        eye = torch.eye(length, dtype=torch.bool, device=x.device)
+        # True = may attend: itself and earlier items that are not padding (a position always
+        # sees itself, so that a padding query has one key and no row of the softmax is empty).
+        allowed = ((earlier & ~pad.unsqueeze(1)) | eye).unsqueeze(1)  # [b, 1, L, L]
+        for i, block in enumerate(self.blocks):
+            x = block(x, allowed, last=last and i == len(self.blocks) - 1)
+        return x
+
+    def _inputs(self, history: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pad = history == self.cfg.n_items  # [b, L]
+        x = self.items(history) * self.cfg.dim**0.5 + self.positions.weight[-history.shape[1] :]
+        return self.input_dropout(x) * ~pad.unsqueeze(-1), pad
+
+    def forward(self, history: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
+        """The last position's state ``[batch, dim]`` (the top block computes only that one)."""
+        x, pad = self._inputs(history)
+        return self.norm(self._blocks(x, pad, last=True))[:, -1]
+
+
 def generator_from_state(model_config: dict, state: dict[str, torch.Tensor]) -> Generator:
     """G of ``model_config`` in eval mode, its parameters the ``state`` tensors themselves
     (assigned, not copied; built on the meta device, so no weights are allocated only to be
@@ -126,7 +228,13 @@ class Generator(nn.Module):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
+        if cfg.encoder not in ENCODERS:
+            raise ValueError(f"encoder {cfg.encoder!r}: expected one of {', '.join(ENCODERS)}")
         self.cfg = cfg
+        if cfg.encoder == "sasrec":
+            self.encoder: UserEncoder | SequenceEncoder = SequenceEncoder(cfg)
+            self.head: nn.Module | None = None
+            return
         self.encoder = UserEncoder(cfg)
         self.head = nn.Sequential(
             nn.Linear(cfg.hidden + cfg.noise_dim, cfg.hidden),
@@ -135,7 +243,10 @@ class Generator(nn.Module):
         )
 
     def generate(self, state: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
-        """``[batch, hidden]`` user state and ``[batch, noise_dim]`` noise -> ``[batch, dim]``."""
+        """``[batch, hidden]`` user state and ``[batch, noise_dim]`` noise -> ``[batch, dim]``.
+        SASRec's state is already the vector (it takes no noise)."""
+        if self.head is None:
+            return state
         if z is None:  # deterministic inference: the noise's mean
             z = state.new_zeros(state.shape[0], self.cfg.noise_dim)
         return self.head(torch.cat([state, z], dim=1))
@@ -168,12 +279,17 @@ class Generator(nn.Module):
 
     def catalogue(self) -> torch.Tensor:
         """``[n_items, dim]``: the embeddings the retrieval index is built from."""
-        return self.encoder.items.weight[: self.cfg.n_items]  # without the padding row
+        return self.item_table[: self.cfg.n_items]  # without the padding row
+
+    @property
+    def item_table(self) -> torch.Tensor:
+        """The encoder's item table ``[n_items + 1, dim]``, padding row last."""
+        return self.encoder.items.weight
 
     def item_embeddings(self, items: torch.Tensor) -> torch.Tensor:
         """Catalogue embeddings of ``items`` ``[...]`` -> ``[..., dim]``."""
         if self.cfg.sparse:
-            return F.embedding(items, self.encoder.items.weight, sparse=True)
+            return F.embedding(items, self.item_table, sparse=True)
         return self.catalogue()[items]
 
 
@@ -184,9 +300,10 @@ class Discriminator(nn.Module):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.project = nn.Linear(cfg.hidden, cfg.dim)
+        width = state_width(cfg)
+        self.project = nn.Linear(width, cfg.dim)
         self.net = nn.Sequential(
-            nn.Linear(cfg.hidden + 2 * cfg.dim, cfg.hidden),
+            nn.Linear(width + 2 * cfg.dim, cfg.hidden),
             nn.LeakyReLU(0.2),
             nn.Linear(cfg.hidden, 1),
         )

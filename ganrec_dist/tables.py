@@ -32,10 +32,16 @@ from torch import nn
 TABLES = ("encoder.items.weight", "encoder.users.weight")
 
 
+def tables(gen: nn.Module) -> list[str]:
+    """The names of ``gen``'s row-sparse tables (a history-only encoder has no user table)."""
+    named = dict(gen.named_parameters())
+    return [name for name in TABLES if name in named]
+
+
 def keep_out_of_ddp(gen: nn.Module) -> None:
     """Tell DDP (when it wraps ``gen``) to leave the tables alone: their gradient rows are
     all-reduced by :class:`GeneratorOptimizer` (DDP reads this attribute of the module)."""
-    gen._ddp_params_and_buffers_to_ignore = list(TABLES)  # type: ignore[assignment]
+    gen._ddp_params_and_buffers_to_ignore = tables(gen)  # type: ignore[assignment]
 
 
 def _distributed() -> bool:
@@ -82,7 +88,7 @@ class GeneratorOptimizer:
         self, gen: nn.Module, *, lr: float, weight_decay: float, fused: bool = True
     ) -> None:
         named = dict(gen.named_parameters())
-        self.tables = {name: named[name] for name in TABLES}
+        self.tables = {name: named[name] for name in tables(gen)}
         dense = [p for name, p in named.items() if name not in self.tables]
         self.dense = torch.optim.Adam(dense, lr=lr, weight_decay=weight_decay, fused=fused or None)
         self.sparse = torch.optim.SparseAdam(list(self.tables.values()), lr=lr)
@@ -135,7 +141,7 @@ class LazyAverage:
         self.log_keep = 0.0  # sum of log(1 - w_i) over the updates so far
         self._params = dict(self.module.named_parameters())
         self._since = {  # per row: log_keep when its average was last brought up to date
-            name: torch.zeros(len(self._params[name]), dtype=torch.float64) for name in TABLES
+            name: torch.zeros(len(self._params[name]), dtype=torch.float64) for name in tables(gen)
         }
 
     def _weight(self) -> float:

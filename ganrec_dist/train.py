@@ -19,6 +19,7 @@ from ganrec_dist.config import TrainConfig, to_dict
 from ganrec_dist.errors import UserError
 from ganrec_dist.history import Progress, write_history
 from ganrec_dist.layout import DataDir, RunDir
+from ganrec_dist.models import ENCODERS
 from ganrec_dist.resume import check_resumable
 from ganrec_dist.worker import train_loop
 
@@ -30,6 +31,11 @@ def _check(cfg: TrainConfig, data: DataDir) -> None:
         raise UserError("--workers must be at least 1")
     if not 0 <= cfg.optim.ema_decay < 1:
         raise UserError(f"--ema_decay must be in [0, 1), got {cfg.optim.ema_decay}")
+    model = cfg.model
+    if model.encoder not in ENCODERS:
+        raise UserError(f"--encoder {model.encoder!r}: expected one of {', '.join(ENCODERS)}")
+    if model.encoder == "sasrec" and (model.heads < 1 or model.dim % model.heads):
+        raise UserError(f"--heads {model.heads} must divide --dim {model.dim}")
     if data.manifest["train_rows"] == 0:
         raise UserError(f"{data}: no train rows")
 

@@ -10,7 +10,7 @@ import torch
 from ganrec_dist.config import IndexConfig
 from ganrec_dist.index import build_index, search_excluding
 from ganrec_dist.interactions import Sequences
-from ganrec_dist.metrics import METRICS, ranking_metrics
+from ganrec_dist.metrics import METRICS, ranking_metrics, user_ndcg
 from ganrec_dist.models import Generator
 
 
@@ -91,15 +91,22 @@ def validation_metrics(
     index_cfg: IndexConfig,
     device: torch.device,
     users: np.ndarray | None = None,
+    per_user: dict | None = None,
 ) -> dict[str, float]:
     """P/R/NDCG/HR/MRR@10 of ``gen`` on the validation rows ``truth`` (from ``limits`` on) of
-    ``users`` (default: every user with validation rows)."""
+    ``users`` (default: every user with validation rows). ``per_user``, if given, receives
+    ``users`` and ``ndcg@10``: each scored user's NDCG@10 (what `ganrec compare` pairs)."""
     users = validation_users(seq, limits) if users is None else users
     if len(users) == 0:  # a rank whose users have no validation rows
+        if per_user is not None:
+            per_user.update(users=np.zeros(0, np.int64), ndcg=np.zeros(0))
         return {f"{m}@10": 0.0 for m in METRICS}
     vectors = user_vectors(gen, seq, users=users, ends=limits[users], device=device)
     catalogue = gen.catalogue().detach().float().cpu().numpy()
     recs = validation_recommendations(
         vectors, catalogue, seq, limits=limits, index_cfg=index_cfg, users=users
     )
+    if per_user is not None:
+        scored, ndcg = user_ndcg(recs, truth, 10)
+        per_user.update(users=scored, ndcg=ndcg)
     return ranking_metrics(recs, truth, [10])

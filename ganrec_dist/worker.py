@@ -456,6 +456,7 @@ def validate(rank: Rank, metrics: dict[str, Any], epoch: int) -> None:
     """Search phase: validation metrics, each rank scoring its own users of the validation
     sample (their per-user mean over all ranks is the one-rank number); the same decision on
     every rank."""
+    per_user: dict = {}
     val = validation_metrics(
         rank.models.model,
         rank.seq,
@@ -464,7 +465,9 @@ def validate(rank: Rank, metrics: dict[str, Any], epoch: int) -> None:
         index_cfg=rank.cfg.index,
         device=rank.device,
         users=rank.val_users,
+        per_user=per_user,
     )
+    scored = _all_concat_objects((per_user["users"], per_user["ndcg"]))
     val = _weighted_mean(val, float(len(rank.val_users)), rank.device)
     metrics.update({f"val_{k}": v for k, v in val.items()})
     if rank.val_sampled:
@@ -474,6 +477,10 @@ def validate(rank: Rank, metrics: dict[str, Any], epoch: int) -> None:
     state = rank.state
     if value > state.best_metric:
         state.best_metric, state.best_epoch, state.bad_epochs = value, epoch, 0
+        users = np.concatenate([u for u, _ in scored])
+        order = np.argsort(users, kind="stable")
+        state.best_val_users = users[order].tolist()
+        state.best_val_ndcg = np.concatenate([v for _, v in scored])[order].tolist()
         rank.best_generator = (
             copy.deepcopy(rank.models.model.state_dict()) if rank.rank == 0 else None
         )

@@ -90,6 +90,7 @@ def test_two_workers_learn_and_beat_popularity(synthetic_data, tmp_path):
             data=str(synthetic_data),
             run=str(run),
             ablation=False,
+            sasrec="train",  # on the same two DDP ranks, the same schedule
             ease_lambdas="50",
             als_regs="0.1",
             als_iterations=5,
@@ -97,8 +98,15 @@ def test_two_workers_learn_and_beat_popularity(synthetic_data, tmp_path):
     )
     models = result["models"]
     print({k: round(v["ndcg@10"], 4) for k, v in models.items()})
-    assert set(models) == {"popularity", "ease", "als", "gan"}
+    assert set(models) == {"popularity", "ease", "als", "gan", "sasrec"}
     assert models["gan"]["ndcg@10"] > 1.5 * models["popularity"]["ndcg@10"]
+    assert models["sasrec"]["ndcg@10"] > 1.5 * models["popularity"]["ndcg@10"]
+    sasrec = RunDir(run / "sasrec")
+    assert sasrec.meta()["model_config"]["encoder"] == "sasrec"
+    assert len(sasrec.meta()["nodes"]) == 2  # trained on two ranks
+    assert result["gan_vs_sasrec_ndcg@10"] == pytest.approx(
+        models["gan"]["ndcg@10"] / models["sasrec"]["ndcg@10"]
+    )
     assert (
         json.loads((run / "eval.json").read_text())["models"]["gan"]["ndcg@10"]
         == models["gan"]["ndcg@10"]
