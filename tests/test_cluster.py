@@ -194,6 +194,47 @@ def test_jobs_training_across_nodes_and_serve_on_a_local_cluster(tmp_path):
         assert meta["final"] and len(meta["nodes"]) == 2
         assert len(set(meta["nodes"])) == 2, "the two training workers ran on one node"
 
+        # A sweep as a Ray job: its Tune trial trains across the two nodes too, and compare
+        # reads the trial's run (paired with itself: a difference of exactly zero).
+        sweep_file = tmp_path / "sweep.yaml"
+        sweep_file.write_text(
+            f"name: cluster\nout: {tmp_path / 'sweep'}\ndata: {data}\nseeds: [3]\n"
+            "train: {epochs: 1, refit: false, dim: 16, hidden: 32, history_len: 10, workers: 2,"
+            " cpus_per_worker: 1}\n"
+        )
+        swept = subprocess.run(
+            ganrec + ["sweep", "--config", str(sweep_file)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert swept.returncode == 0 and "SUCCEEDED" in swept.stdout, (
+            swept.stdout[-3000:] + swept.stderr[-2000:]
+        )
+        trial_run = tmp_path / "sweep" / "runs" / "default-seed3"
+        trial_meta = json.loads((trial_run / "checkpoint" / "meta.json").read_text())
+        assert len(set(trial_meta["nodes"])) == 2
+        compared = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "ganrec_dist",
+                "compare",
+                str(trial_run),
+                "--against",
+                str(trial_run),
+                "--out",
+                str(tmp_path / "compare.json"),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert compared.returncode == 0, compared.stderr[-2000:]
+        assert json.loads((tmp_path / "compare.json").read_text())["difference"] == 0.0
+
         config = yaml.safe_load((ROOT / "serving" / "config.yaml").read_text())
         port = _free_port()
         config["http_options"]["port"] = port
