@@ -251,6 +251,12 @@ class EvaluateConfig:
         "add SASRec to the table: a trained `--encoder sasrec` RUN, or `train` to train (or "
         "reuse) one under RUN/sasrec with the run's schedule; empty: no SASRec row",
     )
+    cold_start: bool = setting(
+        False,
+        "also the cold-start table: a fraction of users held out of training (the models "
+        "trained again without them), given their first 1, 3, 5, 10 interactions",
+    )
+    cold_fraction: float = setting(0.1, "cold start: the fraction of eligible users held out")
     max_users: int = setting(
         0,
         "score a seeded sample of this many test users, and tune the baselines on as many "

@@ -18,14 +18,14 @@ import numpy as np
 import scipy.sparse as sp
 
 from ganrec_dist.baselines import BASELINES, Baseline
-from ganrec_dist.config import EvaluateConfig, TrainConfig, build, replace
-from ganrec_dist.errors import UserError
+from ganrec_dist.companions import ablation_run, sasrec_run
+from ganrec_dist.config import EvaluateConfig, TrainConfig, build
 from ganrec_dist.interactions import Sequences, validation_limits
 from ganrec_dist.layout import DataDir, RunDir
 from ganrec_dist.logs import print_table
 from ganrec_dist.metrics import beyond_accuracy, ranking_metrics
 from ganrec_dist.recommender import Recommender
-from ganrec_dist.resume import run_changes, stored_config
+from ganrec_dist.resume import stored_config
 from ganrec_dist.validation import sample_users, validation_truth, validation_users
 
 log = logging.getLogger(__name__)
@@ -58,68 +58,6 @@ def gan_recommend(run: str, n_users: int, users: np.ndarray, k: int) -> tuple[np
         "best_epoch": rec.meta["best_epoch"],
     }
     return out, params
-
-
-def ablation_run(cfg: EvaluateConfig, run: RunDir) -> str:
-    """Train (or reuse) the same model with adv_weight = 0 under RUN/ablation."""
-    return companion_run(cfg, run, run.ablation(), "ablation", adv_weight=0.0)
-
-
-# SASRec's settings when `evaluate --sasrec train` trains it: the best of the validation grid in
-# docs/experiments/sasrec-grid.yaml (its size and dropout; its epochs by early stopping).
-SASREC = {"encoder": "sasrec", "adv_weight": 0.0, "dropout": 0.2, "blocks": 2, "heads": 1}
-
-
-def sasrec_run(cfg: EvaluateConfig, run: RunDir) -> str:
-    """The SASRec run of the table: ``--sasrec PATH`` as given (a trained ``--encoder sasrec``
-    run on the same DATA), or ``train``: trained (or reused) under RUN/sasrec with the run's
-    schedule and split and SASRec's settings."""
-    if cfg.sasrec != "train":
-        other = RunDir.open(cfg.sasrec)
-        if other.meta()["model_config"].get("encoder") != "sasrec":
-            raise UserError(f"--sasrec {cfg.sasrec}: not a run trained with --encoder sasrec")
-        return other.uri
-    return companion_run(cfg, run, run.companion("sasrec"), "sasrec", **SASREC)
-
-
-def companion_run(
-    cfg: EvaluateConfig, run: RunDir, target: RunDir, label: str, **changes: Any
-) -> str:
-    """Train (or reuse) the run's configuration with ``changes`` under ``target``."""
-    from ganrec_dist.train import train
-
-    trained = build(TrainConfig, stored_config(run) or {})
-    # The same configuration, index settings included, with the changes.
-    companion = replace(
-        trained,
-        out=target.uri,
-        name=f"{trained.execution.name or run.name}-{label}",
-        data=cfg.data,
-        address=cfg.address,
-        fail_at_epoch=-1,
-        **changes,
-    )
-    target = RunDir.open(target.uri)
-    stored = stored_config(target)
-    if stored is not None:
-        # Only a run of this configuration is this run's companion (an ablation is shared by
-        # GANs that differ only in D's settings, which a run without D-steps does not use).
-        diff = run_changes(stored, companion)
-        if diff:
-            log.warning(
-                "the %s in %s was trained with other settings (%s): training it again",
-                label,
-                target.uri,
-                "; ".join(diff),
-            )
-            target.remove()
-            target = RunDir.open(target.uri)
-    if target.has_checkpoint() and target.meta().get("final"):
-        log.info("reusing the %s in %s", label, target.uri)
-        return target.uri
-    log.info("training the %s (%s) in %s", label, _label(changes, list(changes)), target.uri)
-    train(companion)
-    return target.uri
 
 
 def tune(
@@ -246,6 +184,10 @@ def evaluate_models(cfg: EvaluateConfig) -> dict:
         validation=validation,
         ks=ks,
     )
+    if cfg.cold_start:
+        from ganrec_dist.coldstart import cold_start
+
+        result["cold_start"] = cold_start(cfg, run, params)
     result["seconds"] = round(time.time() - start, 1)
     run.write_eval(result)
     return result
@@ -292,3 +234,7 @@ def print_results(result: dict) -> None:
         ["model"] + COLUMNS,
         rows,
     )
+    if "cold_start" in result:
+        from ganrec_dist.coldstart import print_cold_start
+
+        print_cold_start(result["cold_start"])

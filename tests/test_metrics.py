@@ -168,3 +168,19 @@ def test_baselines_are_tuned_on_as_many_validation_users_as_the_test_scores():
     sample, truth = _validation_users(EvaluateConfig(max_users=7, seed=1), seq, limits)
     assert len(sample) == 7 and set(sample) <= set(users)
     assert set(np.flatnonzero(np.diff(truth.indptr))) == set(sample)
+
+
+def test_cold_start_histories_and_their_common_tail():
+    from ganrec_dist.coldstart import first_items, histories, tail_truth
+    from ganrec_dist.interactions import from_rows
+
+    # user 0: items 0..11 in order; user 1: 12 items, 11 repeated at positions 0 and 11
+    items = np.array(list(range(12)) + [11] + list(range(20, 30)) + [11])
+    users = np.repeat([0, 1], 12)
+    full = from_rows(users, items, np.tile(np.arange(12), 2), n_users=3, n_items=40)
+    both = np.array([0, 1])
+    assert histories(full, both, 3, 5).tolist() == [[40, 40, 0, 1, 2], [40, 40, 11, 20, 21]]
+    assert first_items(full, both, 1).toarray()[:, [0, 11]].tolist() == [[1, 0], [0, 1]]
+    truth = tail_truth(full, both)  # positions 10 and 11, whatever n
+    assert truth.shape == (2, 40)
+    assert [sorted(truth[r].indices) for r in range(2)] == [[10, 11], [11, 29]]

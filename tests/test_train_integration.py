@@ -295,3 +295,39 @@ def test_sparse_tables_resume_into_the_uninterrupted_run(synthetic_data, tmp_pat
     assert [[h[k] for k in keys] for h in _history(broken)] == [
         [h[k] for k in keys] for h in _history(whole)
     ]
+
+
+def test_cold_start_holds_users_out_of_training_and_judges_every_n_on_one_tail(
+    synthetic_data, tmp_path
+):
+    run = tmp_path / "run"
+    train(train_config(data=str(synthetic_data), out=str(run), epochs=2, refit=False, **TINY))
+    result = evaluate(
+        EvaluateConfig(
+            data=str(synthetic_data),
+            run=str(run),
+            ablation=False,
+            cold_start=True,
+            cold_fraction=0.2,
+            ease_lambdas="50",
+            als_regs="0.1",
+            als_iterations=3,
+        )
+    )["cold_start"]
+    data, copy = DataDir(synthetic_data), DataDir(run / "cold_start" / "data")
+    held = np.array(copy.manifest["cold_start"]["users"])
+    assert result["users"] == len(held) > 0
+    # The copy lacks exactly those users' rows, and the GAN of the table was trained on it.
+    assert not np.isin(copy.read("train")["user_idx"].to_numpy(), held).any()
+    full = data.sequences("train").lengths[held].sum()
+    assert copy.manifest["train_rows"] == data.manifest["train_rows"] - full
+    assert yaml.safe_load((run / "cold_start" / "gan" / "config.yaml").read_text())["data"] == (
+        copy.root
+    )
+    models = result["models"]
+    assert set(models) == {"popularity", "ease", "als", "gan"}
+    assert all(set(m) == {"1", "3", "5", "10"} for m in models.values())
+    assert all(0 <= v["ndcg@10"] <= 1 for m in models.values() for v in m.values())
+    # The planted structure is there to be found from a history: EASE does, popularity cannot.
+    assert models["ease"]["10"]["ndcg@10"] > models["popularity"]["10"]["ndcg@10"]
+    assert models["ease"]["10"]["ndcg@10"] > models["ease"]["1"]["ndcg@10"]

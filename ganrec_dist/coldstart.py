@@ -1,0 +1,245 @@
+"""`ganrec evaluate --cold_start true`: users no model has seen, known from a few interactions.
+
+A seeded fraction of the users with more than ``max(N_HISTORY)`` interactions is removed from a
+copy of DATA (``RUN/cold_start/data``: the same id maps, so item indices mean the same); the GAN,
+its ablation and (with ``--sasrec``) SASRec are trained on that copy with the run's settings,
+and EASE, ALS and popularity fitted on its train split. Each held-out user is then given their
+first n interactions as a history: the generators encode it through the unknown-user path the
+HTTP API uses (no user id), EASE scores it against its item-item weights, ALS folds a user
+factor in from it (one least-squares solve against the item factors), popularity ranks what is
+popular. Every n is judged on the same tail, the user's interactions after the first
+``max(N_HISTORY)``, so the rows of the table are comparable; the history's items are excluded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import scipy.sparse as sp
+
+from ganrec_dist.baselines import BASELINES, als_factors, ease_weights, popular_unseen
+from ganrec_dist.companions import SASREC, companion_run
+from ganrec_dist.config import EvaluateConfig
+from ganrec_dist.errors import UserError
+from ganrec_dist.interactions import Sequences, from_rows
+from ganrec_dist.layout import DataDir, RunDir
+from ganrec_dist.logs import print_table
+from ganrec_dist.metrics import ranking_metrics, top_k_excluding
+
+log = logging.getLogger(__name__)
+
+N_HISTORY = (1, 3, 5, 10)
+K = 10
+
+
+def full_sequences(data: DataDir) -> Sequences:
+    """Every user's train and test interactions in time order (test positions follow train's)."""
+    columns = ["user_idx", "item_idx", "position"]
+    train, test = data.read("train", columns), data.read("test", columns)
+    return from_rows(
+        np.concatenate([train["user_idx"].to_numpy(), test["user_idx"].to_numpy()]),
+        np.concatenate([train["item_idx"].to_numpy(), test["item_idx"].to_numpy()]),
+        np.concatenate([train["position"].to_numpy(), test["position"].to_numpy()]),
+        n_users=data.manifest["users"],
+        n_items=data.manifest["items"],
+    )
+
+
+def pick_users(full: Sequences, fraction: float, seed: int) -> np.ndarray:
+    """A seeded ``fraction`` of the users with more than max(N_HISTORY) interactions."""
+    eligible = np.flatnonzero(full.lengths > max(N_HISTORY))
+    n = int(round(fraction * len(eligible)))
+    if n == 0:
+        raise UserError(
+            f"--cold_fraction {fraction}: no user of the {len(eligible)} with more than "
+            f"{max(N_HISTORY)} interactions is held out"
+        )
+    return np.sort(np.random.default_rng([seed, 23]).choice(eligible, n, replace=False))
+
+
+def write_without(data: DataDir, users: np.ndarray, out: Path) -> DataDir:
+    """A copy of DATA without ``users``' rows (written aside, then renamed); reused when it
+    holds the same users."""
+    manifest_path = out / DataDir.MANIFEST
+    if manifest_path.exists():
+        held = json.loads(manifest_path.read_text()).get("cold_start", {}).get("users")
+        if held == users.tolist():
+            return DataDir(out)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    rows: dict[str, int] = {}
+    held_out = np.asarray(users, dtype=np.int32)
+    for split in (DataDir.TRAIN, DataDir.TEST):
+        (tmp / split).mkdir(parents=True)
+        rows[split] = 0
+        for f in sorted(Path(data.path(split)).glob("*.parquet")):
+            table = pq.read_table(f)
+            keep = pc.invert(pc.is_in(table["user_idx"], value_set=pa.array(held_out)))
+            table = table.filter(keep)
+            rows[split] += table.num_rows
+            pq.write_table(table, tmp / split / f.name)
+    for name in (DataDir.ITEMS, DataDir.USERS):
+        shutil.copy2(data.path(name), tmp / name)
+    manifest = {
+        **data.manifest,
+        "source": f"{data.manifest['source']}, without {len(users)} cold-start users",
+        "train_rows": rows[DataDir.TRAIN],
+        "test_rows": rows[DataDir.TEST],
+        "cold_start": {"from": data.root, "users": users.tolist()},
+    }
+    (tmp / DataDir.MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return DataDir(out)
+
+
+def histories(full: Sequences, users: np.ndarray, n: int, length: int) -> np.ndarray:
+    """Each user's first ``n`` interactions as a ``[users, length]`` padded history."""
+    return full.window(users, np.full(len(users), n), length)
+
+
+def first_items(full: Sequences, users: np.ndarray, n: int) -> sp.csr_matrix:
+    """``[len(users), n_items]``: each user's first ``n`` items (rows in ``users``' order)."""
+    starts = full.offsets[users]
+    rows = np.repeat(np.arange(len(users)), n)
+    cols = full.items[(starts[:, None] + np.arange(n)).reshape(-1)]
+    m = sp.csr_matrix(
+        (np.ones(len(rows), np.float32), (rows, cols)), shape=(len(users), full.n_items)
+    )
+    m.sum_duplicates()
+    m.data[:] = 1.0
+    return m
+
+
+def tail_truth(full: Sequences, users: np.ndarray) -> sp.csr_matrix:
+    """``[len(users), n_items]``: each user's interactions after the first max(N_HISTORY)."""
+    starts = np.minimum(max(N_HISTORY), full.lengths)
+    ends = starts.copy()
+    ends[users] = full.lengths[users]
+    return full.slice_matrix(starts, ends)[users]
+
+
+def generator_recs(run: str, full: Sequences, users: np.ndarray, n: int) -> np.ndarray:
+    """A generator's top-K from the first n interactions, through the unknown-user path."""
+    from ganrec_dist.recommender import Recommender
+
+    rec = Recommender(run)
+    history = histories(full, users, n, rec.history_len)
+    unknown = np.full(len(users), rec.meta["model_config"]["n_users"])
+    exclude = [full.items[full.offsets[u] : full.offsets[u] + n].astype(np.int64) for u in users]
+    items, _ = rec.recommend(history, unknown, exclude, K)
+    return items
+
+
+def als_fold_in(item_f: np.ndarray, seen: sp.csr_matrix, reg: float) -> np.ndarray:
+    """Implicit ALS's user factors (alpha = 1) for the histories ``seen``: one solve each."""
+    gram = item_f.T @ item_f + reg * np.eye(item_f.shape[1])
+    out = np.zeros((seen.shape[0], item_f.shape[1]))
+    for r in range(seen.shape[0]):
+        y = item_f[seen.indices[seen.indptr[r] : seen.indptr[r + 1]]]
+        out[r] = np.linalg.solve(gram + y.T @ y, 2.0 * y.sum(axis=0))
+    return out
+
+
+def baseline_recs(fits: dict[str, Any], seen: sp.csr_matrix) -> dict[str, np.ndarray]:
+    rows = np.arange(seen.shape[0])
+    recs = {"popularity": popular_unseen(fits["popularity"], seen, rows, K)}
+    if "ease" in fits:
+        scores = np.asarray(seen.astype(np.float64) @ fits["ease"])
+        recs["ease"] = top_k_excluding(scores, seen, rows, K, inplace=True)
+    item_f, reg = fits["als"]
+    user_f = als_fold_in(item_f, seen, reg)
+    recs["als"] = top_k_excluding(user_f @ item_f.T, seen, rows, K, inplace=True)
+    return recs
+
+
+def fit_baselines(cfg: EvaluateConfig, data: DataDir, params: dict[str, dict]) -> dict[str, Any]:
+    """Popularity, EASE and ALS on the copy's train split, with the settings chosen on the
+    full data's validation split."""
+    train = data.sequences("train").matrix()
+    fits: dict[str, Any] = {"popularity": np.asarray((train > 0).sum(axis=0)).reshape(-1)}
+    if "ease" in params and not BASELINES["ease"].skip(cfg, train.shape[1]):
+        fits["ease"] = ease_weights(train, params["ease"]["lambda"])
+    als = params["als"]
+    _, item_f = als_factors(
+        train,
+        factors=als["factors"],
+        reg=als["regularization"],
+        iterations=als["iterations"],
+        seed=cfg.seed,
+    )
+    fits["als"] = (item_f, als["regularization"])
+    return fits
+
+
+def cold_start(cfg: EvaluateConfig, run: RunDir, params: dict[str, dict]) -> dict[str, Any]:
+    """The cold-start table: every model, every n, NDCG@10 and Recall@10 on the same tail."""
+    if run.is_uri:
+        raise UserError("--cold_start needs a local RUN directory (its DATA copy is written there)")
+    start = time.time()
+    data = DataDir(cfg.data)
+    full = full_sequences(data)
+    users = pick_users(full, cfg.cold_fraction, cfg.seed)
+    log.info("cold start: %d users held out of a copy of %s", len(users), data)
+    copy = write_without(data, users, run.local / "cold_start" / "data")
+    on_copy = dataclasses.replace(cfg, data=copy.root)
+    variants: dict[str, dict[str, Any]] = {"gan": {}}
+    if cfg.ablation:
+        variants["gan_ablation"] = {"adv_weight": 0.0}
+    if cfg.sasrec:
+        variants["sasrec"] = SASREC
+    runs, seconds = {}, {}
+    for name, changes in variants.items():
+        tick = time.time()
+        target = RunDir(str(run.local / "cold_start" / name))
+        runs[name] = companion_run(on_copy, run, target, f"cold-start-{name}", **changes)
+        seconds[name] = round(time.time() - tick, 1)
+    tick = time.time()
+    fits = fit_baselines(cfg, copy, params)
+    seconds["baselines"] = round(time.time() - tick, 1)
+    truth = tail_truth(full, users)
+    table: dict[str, dict[str, dict[str, float]]] = {}
+    for n in N_HISTORY:
+        recs = baseline_recs(fits, first_items(full, users, n))
+        recs.update({name: generator_recs(uri, full, users, n) for name, uri in runs.items()})
+        for name, r in recs.items():
+            metrics = ranking_metrics(r, truth, [K])
+            table.setdefault(name, {})[str(n)] = {
+                "ndcg@10": metrics["ndcg@10"],
+                "recall@10": metrics["recall@10"],
+            }
+    return {
+        "users": int(len(users)),
+        "fraction": cfg.cold_fraction,
+        "histories": list(N_HISTORY),
+        "truth": f"each user's interactions after the first {max(N_HISTORY)}",
+        "models": table,
+        "training_seconds": seconds,
+        "seconds": round(time.time() - start, 1),
+    }
+
+
+def print_cold_start(result: dict[str, Any]) -> None:
+    ns = [str(n) for n in result["histories"]]
+    rows = [
+        [name] + [round(m[n]["ndcg@10"], 4) for n in ns] + [round(m[n]["recall@10"], 4) for n in ns]
+        for name, m in result["models"].items()
+    ]
+    print_table(
+        f"cold start: {result['users']} users held out of training, the first n interactions as "
+        f"the history, judged on {result['truth']}",
+        ["model"] + [f"NDCG@10 n={n}" for n in ns] + [f"R@10 n={n}" for n in ns],
+        rows,
+    )
+    cost = ", ".join(f"{k} {v:.0f} s" for k, v in result["training_seconds"].items())
+    print(f"cost of the cold-start models (trained again without those users): {cost}")
