@@ -22,48 +22,47 @@ def ranking_metrics(recs: np.ndarray, truth: sp.csr_matrix, ks: list[int]) -> di
     Returns:
         ``{"precision@10": ..., "recall@10": ..., "ndcg@10": ..., "hit@10": ..., "mrr@10": ...}``.
     """
-    truth = truth.tocsr()
-    n_true = np.diff(truth.indptr)
-    users = np.flatnonzero(n_true > 0)
     max_k = max(ks)
-    top = recs[users, :max_k]
-    rows = np.repeat(np.arange(len(users)), max_k)
-    valid = top.reshape(-1) >= 0
-    flat_hits = np.zeros(top.size, dtype=bool)
-    flat_items = np.where(valid, top.reshape(-1), 0)
-    if valid.any():
-        flat_hits[valid] = np.asarray(truth[users[rows[valid]], flat_items[valid]]).reshape(-1) > 0
-    hits = flat_hits.reshape(len(users), max_k)
+    _, n_true, hits = _hits(recs, truth, max_k)
     discounts = 1.0 / np.log2(np.arange(2, max_k + 2))
     out: dict[str, float] = {}
     for k in ks:
         h = hits[:, :k]
         n_hits = h.sum(axis=1)
         dcg = (h * discounts[:k]).sum(axis=1)
-        ideal = np.cumsum(discounts[:k])[np.minimum(n_true[users], k) - 1]
+        ideal = np.cumsum(discounts[:k])[np.minimum(n_true, k) - 1]
         first = np.where(h.any(axis=1), h.argmax(axis=1) + 1, np.inf)
         out[f"precision@{k}"] = float(np.mean(n_hits / k))
-        out[f"recall@{k}"] = float(np.mean(n_hits / n_true[users]))
+        out[f"recall@{k}"] = float(np.mean(n_hits / n_true))
         out[f"ndcg@{k}"] = float(np.mean(dcg / ideal))
         out[f"hit@{k}"] = float(np.mean(n_hits > 0))
         out[f"mrr@{k}"] = float(np.mean(1.0 / first))
     return out
 
 
-def user_ndcg(recs: np.ndarray, truth: sp.csr_matrix, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
-    """Per-user NDCG@k: (the users with held-out items, their NDCG@k), in index order; the mean
-    of the second is ``ranking_metrics``' ``ndcg@k``."""
+def _hits(
+    recs: np.ndarray, truth: sp.csr_matrix, k: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(the users with held-out items, their numbers of held-out items, whether each of their
+    top-``k`` is one ``[users, k]``)."""
     truth = truth.tocsr()
-    n_true = np.diff(truth.indptr)
-    users = np.flatnonzero(n_true > 0)
+    counts = np.diff(truth.indptr)
+    users = np.flatnonzero(counts > 0)
     top = recs[users, :k]
     valid = top >= 0
     hits = np.zeros(top.shape, dtype=bool)
     if valid.any():
         rows = np.broadcast_to(users[:, None], top.shape)
         hits[valid] = np.asarray(truth[rows[valid], top[valid]]).reshape(-1) > 0
+    return users, counts[users], hits
+
+
+def user_ndcg(recs: np.ndarray, truth: sp.csr_matrix, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """Per-user NDCG@k: (the users with held-out items, their NDCG@k), in index order; the mean
+    of the second is ``ranking_metrics``' ``ndcg@k``."""
+    users, n_true, hits = _hits(recs, truth, k)
     discounts = 1.0 / np.log2(np.arange(2, k + 2))
-    ideal = np.cumsum(discounts)[np.minimum(n_true[users], k) - 1]
+    ideal = np.cumsum(discounts)[np.minimum(n_true, k) - 1]
     return users, (hits * discounts).sum(axis=1) / ideal
 
 

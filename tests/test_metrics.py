@@ -184,3 +184,16 @@ def test_cold_start_histories_and_their_common_tail():
     truth = tail_truth(full, both)  # positions 10 and 11, whatever n
     assert truth.shape == (2, 40)
     assert [sorted(truth[r].indices) for r in range(2)] == [[10, 11], [11, 29]]
+
+
+def test_per_user_ndcg_averages_to_the_tables_ndcg():
+    from ganrec_dist.metrics import user_ndcg
+
+    rng = np.random.default_rng(0)
+    truth = sp.random(30, 50, density=0.1, random_state=1, format="csr")
+    truth.data[:] = 1.0
+    recs = rng.integers(-1, 50, (30, 10))
+    users, ndcg = user_ndcg(recs, truth, 10)
+    assert users.tolist() == np.flatnonzero(np.diff(truth.indptr)).tolist()
+    assert ndcg.mean() == pytest.approx(ranking_metrics(recs, truth, [10])["ndcg@10"])
+    assert (ndcg > 0).any() and (ndcg < 1).all()
