@@ -27,7 +27,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import scipy.sparse as sp
 
-from ganrec_dist.baselines import BASELINES, als_factors, ease_weights, popular_unseen
+from ganrec_dist.baselines import (
+    BASELINES,
+    als_factors,
+    ease_weights,
+    popular_unseen,
+    popularity_scores,
+)
 from ganrec_dist.companions import SASREC, companion_run
 from ganrec_dist.config import EvaluateConfig
 from ganrec_dist.errors import UserError
@@ -68,8 +74,8 @@ def pick_users(full: Sequences, fraction: float, seed: int) -> np.ndarray:
 
 
 def write_without(data: DataDir, users: np.ndarray, out: Path) -> DataDir:
-    """A copy of DATA without ``users``' rows (written aside, then renamed); reused when it
-    holds the same users."""
+    """A copy of DATA (local or a URI) without ``users``' rows, at the local ``out`` (written
+    aside, then renamed); reused when it holds the same users."""
     manifest_path = out / DataDir.MANIFEST
     if manifest_path.exists():
         held = json.loads(manifest_path.read_text()).get("cold_start", {}).get("users")
@@ -78,18 +84,18 @@ def write_without(data: DataDir, users: np.ndarray, out: Path) -> DataDir:
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     rows: dict[str, int] = {}
-    held_out = np.asarray(users, dtype=np.int32)
+    held_out = pa.array(np.asarray(users, dtype=np.int32))
     for split in (DataDir.TRAIN, DataDir.TEST):
         (tmp / split).mkdir(parents=True)
+        fs, files = data.split_files(split)
         rows[split] = 0
-        for f in sorted(Path(data.path(split)).glob("*.parquet")):
-            table = pq.read_table(f)
-            keep = pc.invert(pc.is_in(table["user_idx"], value_set=pa.array(held_out)))
-            table = table.filter(keep)
+        for f in files:  # file by file: the copy keeps prepare's whole-user shards
+            table = pq.read_table(f, filesystem=fs)
+            table = table.filter(pc.invert(pc.is_in(table["user_idx"], value_set=held_out)))
             rows[split] += table.num_rows
-            pq.write_table(table, tmp / split / f.name)
+            pq.write_table(table, tmp / split / Path(f).name)
     for name in (DataDir.ITEMS, DataDir.USERS):
-        shutil.copy2(data.path(name), tmp / name)
+        pq.write_table(data.read(name), tmp / name)
     manifest = {
         **data.manifest,
         "source": f"{data.manifest['source']}, without {len(users)} cold-start users",
@@ -108,35 +114,33 @@ def histories(full: Sequences, users: np.ndarray, n: int, length: int) -> np.nda
     return full.window(users, np.full(len(users), n), length)
 
 
+def _user_rows(full: Sequences, users: np.ndarray, start: int, end: int | None) -> sp.csr_matrix:
+    """``[len(users), n_items]``: each user's items at positions ``[start, end)`` (``None``: to
+    the end), rows in ``users``' order."""
+    starts = np.minimum(start, full.lengths)
+    ends = starts.copy()
+    ends[users] = full.lengths[users] if end is None else np.minimum(end, full.lengths[users])
+    return full.slice_matrix(starts, ends)[users]
+
+
 def first_items(full: Sequences, users: np.ndarray, n: int) -> sp.csr_matrix:
-    """``[len(users), n_items]``: each user's first ``n`` items (rows in ``users``' order)."""
-    starts = full.offsets[users]
-    rows = np.repeat(np.arange(len(users)), n)
-    cols = full.items[(starts[:, None] + np.arange(n)).reshape(-1)]
-    m = sp.csr_matrix(
-        (np.ones(len(rows), np.float32), (rows, cols)), shape=(len(users), full.n_items)
-    )
-    m.sum_duplicates()
-    m.data[:] = 1.0
-    return m
+    """``[len(users), n_items]``: each user's first ``n`` items."""
+    return _user_rows(full, users, 0, n)
 
 
 def tail_truth(full: Sequences, users: np.ndarray) -> sp.csr_matrix:
     """``[len(users), n_items]``: each user's interactions after the first max(N_HISTORY)."""
-    starts = np.minimum(max(N_HISTORY), full.lengths)
-    ends = starts.copy()
-    ends[users] = full.lengths[users]
-    return full.slice_matrix(starts, ends)[users]
+    return _user_rows(full, users, max(N_HISTORY), None)
 
 
-def generator_recs(run: str, full: Sequences, users: np.ndarray, n: int) -> np.ndarray:
-    """A generator's top-K from the first n interactions, through the unknown-user path."""
-    from ganrec_dist.recommender import Recommender
-
-    rec = Recommender(run)
+def generator_recs(
+    rec: Any, full: Sequences, users: np.ndarray, n: int, seen: sp.csr_matrix
+) -> np.ndarray:
+    """A generator's top-K from the first n interactions (``seen``, excluded), through the
+    unknown-user path."""
     history = histories(full, users, n, rec.history_len)
     unknown = np.full(len(users), rec.meta["model_config"]["n_users"])
-    exclude = [full.items[full.offsets[u] : full.offsets[u] + n].astype(np.int64) for u in users]
+    exclude = [seen.indices[seen.indptr[r] : seen.indptr[r + 1]] for r in range(len(users))]
     items, _ = rec.recommend(history, unknown, exclude, K)
     return items
 
@@ -167,7 +171,7 @@ def fit_baselines(cfg: EvaluateConfig, data: DataDir, params: dict[str, dict]) -
     """Popularity, EASE and ALS on the copy's train split, with the settings chosen on the
     full data's validation split."""
     train = data.sequences("train").matrix()
-    fits: dict[str, Any] = {"popularity": np.asarray((train > 0).sum(axis=0)).reshape(-1)}
+    fits: dict[str, Any] = {"popularity": popularity_scores(train)}
     if "ease" in params and not BASELINES["ease"].skip(cfg, train.shape[1]):
         fits["ease"] = ease_weights(train, params["ease"]["lambda"])
     als = params["als"]
@@ -201,7 +205,7 @@ def cold_start(cfg: EvaluateConfig, run: RunDir, params: dict[str, dict]) -> dic
     runs, seconds = {}, {}
     for name, changes in variants.items():
         tick = time.time()
-        target = RunDir(str(run.local / "cold_start" / name))
+        target = run.companion(f"cold_start/{name}")
         runs[name] = companion_run(on_copy, run, target, f"cold-start-{name}", **changes)
         seconds[name] = round(time.time() - tick, 1)
     tick = time.time()
@@ -209,9 +213,15 @@ def cold_start(cfg: EvaluateConfig, run: RunDir, params: dict[str, dict]) -> dic
     seconds["baselines"] = round(time.time() - tick, 1)
     truth = tail_truth(full, users)
     table: dict[str, dict[str, dict[str, float]]] = {}
+    from ganrec_dist.recommender import Recommender
+
+    generators = {name: Recommender(uri) for name, uri in runs.items()}  # once, not once an n
     for n in N_HISTORY:
-        recs = baseline_recs(fits, first_items(full, users, n))
-        recs.update({name: generator_recs(uri, full, users, n) for name, uri in runs.items()})
+        seen = first_items(full, users, n)
+        recs = baseline_recs(fits, seen)
+        recs.update(
+            {name: generator_recs(r, full, users, n, seen) for name, r in generators.items()}
+        )
         for name, r in recs.items():
             metrics = ranking_metrics(r, truth, [K])
             table.setdefault(name, {})[str(n)] = {

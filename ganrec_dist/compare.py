@@ -17,6 +17,7 @@ final model on the test split through the retrieval path, as `evaluate` does.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import math
@@ -153,16 +154,23 @@ def validation_scores(run: RunDir) -> tuple[np.ndarray, np.ndarray]:
     return users, np.asarray(state["best_val_ndcg"], dtype=np.float64)
 
 
+@functools.lru_cache(maxsize=2)
+def _test_split(data: str) -> tuple[np.ndarray, Any]:
+    """DATA's users with test items and their test matrix, read once for every run on it."""
+    from ganrec_dist.layout import DataDir
+
+    test = DataDir(data).sequences("test")
+    return np.flatnonzero(test.lengths > 0), test.matrix()
+
+
 def test_scores(run: RunDir, data: str) -> tuple[np.ndarray, np.ndarray]:
     """The final model's per-user test NDCG@10 through the retrieval path, seen items excluded."""
     from ganrec_dist.evaluate import gan_recommend
-    from ganrec_dist.layout import DataDir
     from ganrec_dist.metrics import user_ndcg
 
-    test = DataDir(data).sequences("test")
-    users = np.flatnonzero(test.lengths > 0)
-    recs, _ = gan_recommend(run.uri, test.n_users, users, 10)
-    return user_ndcg(recs, test.matrix(), 10)
+    users, truth = _test_split(data)
+    recs, _ = gan_recommend(run.uri, truth.shape[0], users, 10)
+    return user_ndcg(recs, truth, 10)
 
 
 def scores(runs: list[str], split: str, data: str) -> dict[int, tuple[np.ndarray, np.ndarray]]:

@@ -74,13 +74,17 @@ class DataDir:
         fs, path = storage.resolve(self.path(name))
         return pq.read_table(path, columns=columns, filesystem=fs)
 
+    def split_files(self, split: str) -> tuple[pafs.FileSystem, list[str]]:
+        """A split's Parquet files (sorted) and the filesystem they are on."""
+        self.manifest  # noqa: B018
+        fs, path = storage.resolve(self.path(split))
+        infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+        return fs, sorted(i.path for i in infos if i.is_file and i.path.endswith(".parquet"))
+
     def train_shards(self) -> list[tuple[str, int]]:
         """The train split's files and their row counts (from the Parquet footers). Prepare
         writes each user's rows into one file, so a set of files is a set of whole users."""
-        self.manifest  # noqa: B018
-        fs, path = storage.resolve(self.path(self.TRAIN))
-        infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
-        files = sorted(i.path for i in infos if i.is_file and i.path.endswith(".parquet"))
+        fs, files = self.split_files(self.TRAIN)
         return [(f, pq.ParquetFile(fs.open_input_file(f)).metadata.num_rows) for f in files]
 
     def train_dataset(self, columns: list[str], files: list[str] | None = None) -> Any:
@@ -189,10 +193,11 @@ class RunDir:
         return storage.join(self.uri, name)
 
     def ablation(self) -> RunDir:
-        return RunDir(self.remote(self.ABLATION))
+        return self.companion(self.ABLATION)
 
     def companion(self, name: str) -> RunDir:
-        """A model trained for this run's table under RUN/<name> (the ablation, SASRec)."""
+        """A model trained for this run's tables under RUN/<name> (the ablation, SASRec, the
+        cold-start models)."""
         return RunDir(self.remote(name))
 
     @property

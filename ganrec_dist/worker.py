@@ -467,7 +467,6 @@ def validate(rank: Rank, metrics: dict[str, Any], epoch: int) -> None:
         users=rank.val_users,
         per_user=per_user,
     )
-    scored = _all_concat_objects((per_user["users"], per_user["ndcg"]))
     val = _weighted_mean(val, float(len(rank.val_users)), rank.device)
     metrics.update({f"val_{k}": v for k, v in val.items()})
     if rank.val_sampled:
@@ -477,6 +476,8 @@ def validate(rank: Rank, metrics: dict[str, Any], epoch: int) -> None:
     state = rank.state
     if value > state.best_metric:
         state.best_metric, state.best_epoch, state.bad_epochs = value, epoch, 0
+        # Gathered only at a new best (every rank takes this branch: `value` is the ranks' mean).
+        scored = _all_concat_objects((per_user["users"], per_user["ndcg"]))
         users = np.concatenate([u for u, _ in scored])
         order = np.argsort(users, kind="stable")
         state.best_val_users = users[order].tolist()

@@ -50,3 +50,25 @@ def movielens_data(ray_local, tmp_path_factory):
     out = tmp_path_factory.mktemp("ml") / "data"
     manifest = prepare(PrepareConfig(source="movielens-small", out=str(out)))
     return out, manifest
+
+
+@pytest.fixture(scope="session")
+def synthetic_data(ray_local, tmp_path_factory):
+    """A small synthetic log with planted structure, in four user shards: the training, sweep
+    and cold-start tests' data."""
+    from ganrec_dist.config import PrepareConfig
+    from ganrec_dist.prepare import prepare
+
+    out = tmp_path_factory.mktemp("syn") / "data"
+    prepare(
+        PrepareConfig(
+            source="synthetic",
+            out=str(out),
+            users=500,
+            items=1000,
+            interactions=30_000,
+            seed=1,
+            shards=4,
+        )
+    )
+    return out

@@ -29,11 +29,13 @@ def test_padding_is_not_read_and_an_empty_history_is_finite():
     gen = Generator(CFG).eval()
     pad = CFG.n_items
     short = torch.tensor([[pad, pad, pad, 4, 5, 6]])
-    # What stands in the padded slots does not matter: with another item there but masked, the
-    # last state is that of the short history (the slots' own states differ, no one reads them).
+    # Padding is not read: the padded history's last state is that of the three items alone
+    # (positions are counted from the end, so the items sit at the same positions in both).
     state = gen.encoder(short, torch.tensor([0]))
+    alone = gen.encoder(torch.tensor([[4, 5, 6]]), torch.tensor([0]))
+    assert torch.allclose(state, alone, atol=1e-6)
     empty = gen(torch.full((1, CFG.history_len), pad), torch.tensor([0]))[1]
-    assert torch.isfinite(state).all() and torch.isfinite(empty).all()
+    assert torch.isfinite(empty).all()
     # The user id is not an input: an unknown user with a history is a known one.
     assert torch.equal(gen(short, torch.tensor([CFG.n_users]))[1], gen(short, torch.tensor([2]))[1])
     # Full softmax and sampled: the same scores for the same items.

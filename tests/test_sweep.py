@@ -10,9 +10,7 @@ import time
 import psutil
 import pytest
 
-from ganrec_dist.config import PrepareConfig
 from ganrec_dist.errors import UserError
-from ganrec_dist.prepare import prepare
 from ganrec_dist.sweep import read_sweep
 
 pytestmark = pytest.mark.integration
@@ -25,23 +23,6 @@ seeds: 2
 train: {{epochs: 2, refit: false, dim: 16, hidden: 32, history_len: 10, noise_dim: 4,
          batch_size: 512, cpus_per_worker: 0.5}}
 """
-
-
-@pytest.fixture(scope="module")
-def tiny_data(ray_local, tmp_path_factory):
-    out = tmp_path_factory.mktemp("sweep") / "data"
-    prepare(
-        PrepareConfig(
-            source="synthetic",
-            out=str(out),
-            users=300,
-            items=500,
-            interactions=15_000,
-            seed=1,
-            shards=4,
-        )
-    )
-    return out
 
 
 def _sweep(path):
@@ -68,10 +49,10 @@ def _kill_tree(proc):
     psutil.wait_procs([p for p in victims if isinstance(p, psutil.Process)], timeout=30)
 
 
-def test_a_killed_sweep_resumes_and_compare_pairs_its_runs(tiny_data, tmp_path):
+def test_a_killed_sweep_resumes_and_compare_pairs_its_runs(synthetic_data, tmp_path):
     out = tmp_path / "sweep"
     path = tmp_path / "sweep.yaml"
-    path.write_text(SWEEP.format(out=out, data=tiny_data))
+    path.write_text(SWEEP.format(out=out, data=synthetic_data))
     first = out / "runs" / "default-seed0" / "checkpoint" / "meta.json"
     second = out / "runs" / "default-seed1"
     proc = _sweep(path)

@@ -38,23 +38,6 @@ TINY = dict(
 )
 
 
-@pytest.fixture(scope="module")
-def synthetic_data(ray_local, tmp_path_factory):
-    out = tmp_path_factory.mktemp("syn") / "data"
-    prepare(
-        PrepareConfig(
-            source="synthetic",
-            out=str(out),
-            users=500,
-            items=1000,
-            interactions=30_000,
-            seed=1,
-            shards=4,
-        )
-    )
-    return out
-
-
 def _history(run):
     return RunDir(run).payload()["state"]["history"]
 
