@@ -134,7 +134,7 @@ def tail_truth(full: Sequences, users: np.ndarray) -> sp.csr_matrix:
 
 
 def generator_recs(
-    rec: Any, full: Sequences, users: np.ndarray, n: int, seen: sp.csr_matrix
+    rec: Any, full: Sequences, *, users: np.ndarray, n: int, seen: sp.csr_matrix
 ) -> np.ndarray:
     """A generator's top-K from the first n interactions (``seen``, excluded), through the
     unknown-user path."""
@@ -220,7 +220,10 @@ def cold_start(cfg: EvaluateConfig, run: RunDir, params: dict[str, dict]) -> dic
         seen = first_items(full, users, n)
         recs = baseline_recs(fits, seen)
         recs.update(
-            {name: generator_recs(r, full, users, n, seen) for name, r in generators.items()}
+            {
+                name: generator_recs(r, full, users=users, n=n, seen=seen)
+                for name, r in generators.items()
+            }
         )
         for name, r in recs.items():
             metrics = ranking_metrics(r, truth, [K])
