@@ -24,8 +24,8 @@ log = logging.getLogger("ganrec_dist.cli")
 COMMANDS: dict[str, tuple[type, str, str]] = {
     "prepare": (
         cfgmod.PrepareConfig,
-        "ganrec_dist.prepare:prepare",
-        "raw logs -> validated, split, sharded Parquet",
+        "ganrec_dist.append:prepare_or_append",
+        "raw logs -> validated, split, sharded Parquet (or a new version of a DATA)",
     ),
     "train": (
         cfgmod.TrainConfig,

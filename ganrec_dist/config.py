@@ -90,6 +90,12 @@ class PrepareConfig:
     test_fraction: float = setting(0.2, "each user's last ceil(fraction * n) interactions: test")
     shards: int = setting(0, "output shards (user buckets); 0: one per 500k rows, at least 4")
     overwrite: bool = setting(False, "replace an existing DATA")
+    append_to: str = setting(
+        "", "an existing DATA: add `source` to it as a new version (ids kept; out: DATA.v<N>)"
+    )
+    retire: str = setting(
+        "", "with append_to: a CSV/TSV/Parquet file of item ids that are never recommended again"
+    )
     users: int = setting(10_000, "synthetic source: users")
     items: int = setting(5_000, "synthetic source: items")
     interactions: int = setting(500_000, "synthetic source: interactions")

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import yaml
@@ -63,6 +64,46 @@ class DataDir:
                 f"{self.root}: not a prepared data directory (no manifest.json); run ganrec prepare"
             )
         return json.loads(storage.read_text(path))
+
+    @staticmethod
+    def version_of(manifest: dict) -> str:
+        """A DATA version: the digest of its manifest without the timing (and the version)."""
+        import hashlib
+
+        body = {k: v for k, v in manifest.items() if k not in ("version", "seconds")}
+        text = json.dumps(body, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    @property
+    def version(self) -> str:
+        """This DATA's version (a manifest from before versions gets its digest)."""
+        return self.manifest.get("version") or self.version_of(self.manifest)
+
+    @property
+    def lineage(self) -> list[str]:
+        """This DATA's version and its ancestors', newest first: the DATAs whose ids it keeps."""
+        return [self.version, *self.manifest.get("lineage", [])]
+
+    @property
+    def max_timestamp(self) -> int:
+        """The newest timestamp in DATA (train and test); read from the files if the manifest
+        is from before it was recorded."""
+        found = self.manifest.get("max_timestamp")
+        if found is not None:
+            return int(found)
+        newest = [
+            pc.max(self.read(split, ["timestamp"])["timestamp"]).as_py()
+            for split in (self.TRAIN, self.TEST)
+        ]
+        return int(max((t for t in newest if t is not None), default=0))
+
+    def retired_items(self) -> np.ndarray:
+        """Indices of the items retired from the catalogue (kept, never recommended)."""
+        if not self.manifest.get("retired_items"):
+            return np.zeros(0, np.int64)
+        items = self.read(self.ITEMS, ["item_idx", "retired"])
+        mask = items["retired"].to_numpy(zero_copy_only=False)
+        return items["item_idx"].to_numpy()[mask.astype(bool)].astype(np.int64)
 
     @property
     def test_fraction(self) -> float:

@@ -383,6 +383,16 @@ def split_bucket(task: dict) -> dict:
         if source.exists()
         else STAGED_SCHEMA.empty_table()
     )
+    stats = write_split(table, staging, bucket, float(task["test_fraction"]))
+    if source.exists():
+        shutil.rmtree(source)
+    return stats
+
+
+def write_split(table: pa.Table, staging: Path, bucket: int, test_fraction: float) -> dict:
+    """One bucket's staged rows (STAGED_SCHEMA): exact duplicates dropped (the earliest in input
+    order kept), sorted by (user, time, input order), split; written to ``staging/split`` with the
+    bucket's user and item ids. Returns the bucket's counts."""
     rows = table.num_rows
     keys = ["user_id", "item_id", "timestamp", "weight"]
     table = (
@@ -394,7 +404,7 @@ def split_bucket(task: dict) -> dict:
         [("user_id", "ascending"), ("timestamp", "ascending"), ("seq", "ascending")]
     )
     users = table["user_id"].to_numpy(zero_copy_only=False)
-    position, is_test = split_sorted(users, float(task["test_fraction"]))
+    position, is_test = split_sorted(users, test_fraction)
     table = table.drop_columns(["seq"]).append_column("is_test", pa.array(is_test))
     table = table.append_column("position", pa.array(position.astype(np.int32)))
     out = staging / "split"
@@ -406,14 +416,13 @@ def split_bucket(task: dict) -> dict:
     pq.write_table(
         pa.table({"item_id": pc.unique(table["item_id"])}), out / f"items-b{bucket:05d}.parquet"
     )
-    if source.exists():
-        shutil.rmtree(source)
     return {
         "bucket": bucket,
         "rows": rows,
         "duplicates": rows - table.num_rows,
         "test_rows": int(is_test.sum()),
         "train_rows": int((~is_test).sum()),
+        "max_timestamp": int(pc.max(table["timestamp"]).as_py() or 0) if table.num_rows else None,
     }
 
 
@@ -453,6 +462,9 @@ def _run(
     staging directory is a local temp dir that other nodes cannot see).
     """
     import ray
+
+    if not tasks:
+        return []
 
     def apply(batch: dict) -> dict:
         results = []
@@ -530,6 +542,10 @@ def prepare(cfg: PrepareConfig) -> dict:
     An object-store DATA (``s3://...``) is built in a local temporary directory, then uploaded
     with ``manifest.json`` last: readers treat a prefix without a manifest as unfinished.
     """
+    if cfg.append_to:
+        raise UserError("--append-to: run ganrec_dist.append.append")
+    if cfg.retire:
+        raise UserError("--retire marks items of an existing DATA: use it with --append-to")
     if not storage.is_uri(cfg.out):
         return _prepare_local(cfg)
     if storage.exists(cfg.out) and not cfg.overwrite:
@@ -667,12 +683,51 @@ def _manifest(
             "test_fraction": cfg.test_fraction,
         },
         "seconds": round(seconds, 2),
+        "max_timestamp": max_timestamp(split),
+        "retired_items": 0,
+        "version_number": 1,
+        "parent": None,
+        "lineage": [],
     }
-    if (
-        manifest["rows_in"]
-        != manifest["rows_kept"] + manifest["rows_rejected"] + manifest["rows_duplicate"]
-    ):
-        raise RuntimeError(f"row counts do not reconcile: {manifest}")
+    manifest["partitions"] = [partition_entry(manifest, users=users, items=items)]
+    reconcile(manifest)
+    return seal(manifest)
+
+
+def max_timestamp(split: list[dict]) -> int | None:
+    """The newest timestamp over a pass's buckets (None for an empty log)."""
+    found = [s["max_timestamp"] for s in split if s.get("max_timestamp") is not None]
+    return max(found) if found else None
+
+
+def partition_entry(counts: dict, *, users: int, items: int, **extra: Any) -> dict:
+    """The manifest's record of one partition: what it brought in, each count of its own."""
+    keys = ("source", "files", "rows_in", "rows_kept", "rows_rejected", "rows_duplicate")
+    return {
+        **{k: counts[k] for k in keys},
+        "rejected_by_reason": dict(counts["rejected_by_reason"]),
+        "new_users": users,
+        "new_items": items,
+        "max_timestamp": counts.get("max_timestamp"),
+        **extra,
+    }
+
+
+def reconcile(manifest: dict) -> None:
+    """rows_in = kept + rejected + duplicate, in total and for every partition."""
+    for counts in [manifest, *manifest.get("partitions", [])]:
+        if (
+            counts["rows_in"]
+            != counts["rows_kept"] + counts["rows_rejected"] + counts["rows_duplicate"]
+        ):
+            raise RuntimeError(f"row counts do not reconcile: {counts}")
+
+
+def seal(manifest: dict) -> dict:
+    """The manifest with its ``version``: a digest of everything it says but its timing, so a
+    RUN can name the DATA it was trained on and an append can pin its parent."""
+    manifest = {k: v for k, v in manifest.items() if k != "version"}
+    manifest["version"] = DataDir.version_of(manifest)
     return manifest
 
 
