@@ -155,6 +155,8 @@ class OptimSettings:
     refit: bool = setting(
         True, "after the search, retrain on all of train for the best epoch count"
     )
+    init_epochs: int = setting(5, "with --init: most search epochs (instead of `epochs`)")
+    init_patience: int = setting(2, "with --init: patience (instead of `patience`)")
     batch_size: int = setting(256, "rows per step and rank")
     lr: float = setting(2e-3, "G's Adam learning rate")
     weight_decay: float = setting(0.0, "G's Adam weight decay")
@@ -222,6 +224,9 @@ class TrainConfig:
     data: str = setting("data/movielens-small", "the prepared DATA directory")
     out: str = setting("runs/movielens-small", "the RUN directory (path or s3:// gs://)")
     seed: int = setting(0, "seeds the models and every epoch's random draws")
+    init: str = setting(
+        "", "a trained RUN to warm-start from (DATA a newer version of its DATA; same model)"
+    )
     model: ModelSettings = section(ModelSettings, "model shapes", flat=True)
     game: GameSettings = section(GameSettings, "the adversarial game, G's side", flat=True)
     discriminator: DiscriminatorSettings = section(

@@ -58,6 +58,14 @@ def _generator(parts: dict[str, Any]) -> Generator:
     return generator_from_state(parts["model_config"], tensors)
 
 
+def retired_items(item_table: pa.Table) -> np.ndarray:
+    """The retired items' indices (an id map without the flag has none)."""
+    if "retired" not in item_table.column_names:
+        return np.zeros(0, np.int64)
+    flags = item_table["retired"].to_numpy(zero_copy_only=False)
+    return np.flatnonzero(flags.astype(bool)).astype(np.int64)
+
+
 class Recommender:
     """A trained generator, its catalogue and the retrieval index, rebuilt from RUN/ alone,
     or from :func:`load_parts` of it shared through the object store."""
@@ -81,6 +89,9 @@ class Recommender:
             parts["offsets"], parts["items"], self.model_config.n_users, self.model_config.n_items
         )
         self.popularity, self.popular = parts["popularity"], parts["popular"]
+        # Items retired from the catalogue (prepare --retire) keep their rows and are never
+        # recommended: left out of every search like a user's seen items.
+        self.retired = retired_items(self.item_table)
         # RUN/index/ when `ganrec index` built one (checked against these embeddings), else the
         # run's index settings; exact search completes rows an ANN index leaves short.
         self.exact = ExactIndex(self.embeddings)
@@ -127,7 +138,9 @@ class Recommender:
         return seq.items[seq.offsets[user] : seq.offsets[user + 1]]
 
     def popular_items(self, k: int, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The k most popular train items not in ``exclude`` (the no-history fallback)."""
+        """The k most popular train items not in ``exclude`` nor retired (the no-history
+        fallback)."""
+        exclude = np.concatenate([exclude, self.retired]) if len(self.retired) else exclude
         candidates = self.popular[: k + len(exclude)]
         chosen = candidates[~np.isin(candidates, exclude)][:k]
         return chosen, self.popularity[chosen].astype(np.float32)
@@ -152,7 +165,10 @@ class Recommender:
     def recommend(
         self, histories: np.ndarray, users: np.ndarray, exclude: list[np.ndarray], k: int
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k item indices and scores per user, ``exclude`` items left out. ``[b, k]`` each."""
+        """Top-k item indices and scores per user, ``exclude`` items (and the retired ones)
+        left out. ``[b, k]`` each."""
+        if len(self.retired):
+            exclude = [np.concatenate([e, self.retired]) for e in exclude]
         return search_excluding(
             self.index, self.vectors(histories, users), exclude, k, exact=self.exact
         )

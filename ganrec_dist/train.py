@@ -10,11 +10,12 @@ RUN/checkpoint).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from typing import Any
 
-from ganrec_dist import shards, storage
+from ganrec_dist import shards, storage, warmstart
 from ganrec_dist.config import TrainConfig, to_dict
 from ganrec_dist.errors import UserError
 from ganrec_dist.history import Progress, write_history
@@ -38,6 +39,35 @@ def _check(cfg: TrainConfig, data: DataDir) -> None:
         raise UserError(f"--heads {model.heads} must divide --dim {model.dim}")
     if data.manifest["train_rows"] == 0:
         raise UserError(f"{data}: no train rows")
+
+
+def lineage(cfg: TrainConfig, data: DataDir) -> tuple[dict, int]:
+    """What the checkpoint records of the run's DATA and parent (``--init``, checked here), and
+    the newest timestamp of the parent's DATA (0 without one)."""
+    record = {
+        "data_version": data.version,
+        "data_max_timestamp": data.max_timestamp,
+        "parent": None,
+    }
+    if not cfg.init:
+        return record, 0
+    parent = warmstart.check_parent(cfg.init, cfg.model, data)
+    record["parent"] = {
+        "run": storage.display(cfg.init),
+        "data_version": warmstart.parent_data_version(parent),
+        "epoch": parent["state"]["epoch"],
+    }
+    return record, warmstart.parent_cutoff(parent)
+
+
+def warm_schedule(cfg: TrainConfig) -> TrainConfig:
+    """Under ``--init`` the search runs ``init_epochs`` with ``init_patience``."""
+    if not cfg.init or cfg.optim.init_epochs <= 0:
+        return cfg
+    optim = dataclasses.replace(
+        cfg.optim, epochs=cfg.optim.init_epochs, patience=cfg.optim.init_patience
+    )
+    return dataclasses.replace(cfg, optim=optim)
 
 
 def _threads(cfg: TrainConfig) -> int:
@@ -70,7 +100,7 @@ def _datasets(cfg: TrainConfig, data: DataDir, files: list[list[str]]) -> dict[s
     return datasets
 
 
-def _trainer(cfg: TrainConfig, data: DataDir, run: RunDir, name: str) -> Any:
+def _trainer(cfg: TrainConfig, data: DataDir, run: RunDir, *, name: str, origin: tuple) -> Any:
     from ray.train import (
         CheckpointConfig,
         DataConfig,
@@ -96,6 +126,8 @@ def _trainer(cfg: TrainConfig, data: DataDir, run: RunDir, name: str) -> Any:
             "threads": _threads(cfg),
             "shards": files,
             "steps": steps,
+            "lineage": origin[0],
+            "cutoff": origin[1],
         },
         scaling_config=ScalingConfig(
             num_workers=ex.workers, use_gpu=ex.gpu, resources_per_worker=resources
@@ -145,7 +177,9 @@ def train(cfg: TrainConfig) -> dict:
     from ganrec_dist.raycluster import ensure_ray
 
     data = DataDir(cfg.data)
+    cfg = warm_schedule(cfg)
     _check(cfg, data)
+    origin = lineage(cfg, data)
     # A URI RUN is worked on in a local cache copy (its published checkpoint fetched for resume);
     # Ray Train's own checkpoints and each published epoch go straight to the object store.
     run = RunDir.open(cfg.out)
@@ -156,7 +190,7 @@ def train(cfg: TrainConfig) -> dict:
     if not run.has_log(data):
         run.write_log(data)
     ensure_ray(cfg.execution.address)
-    trainer = _trainer(cfg, data, run, name)
+    trainer = _trainer(cfg, data, run, name=name, origin=origin)
     start = time.time()
     log.info(
         "training %s: %d worker(s), %s, data %s",

@@ -25,7 +25,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from ganrec_dist import checkpoint, gan, shards
+from ganrec_dist import checkpoint, gan, shards, warmstart
 from ganrec_dist.batches import make_batch
 from ganrec_dist.checkpoint import LoopState
 from ganrec_dist.config import TrainConfig, build, to_dict
@@ -157,12 +157,29 @@ class Rank:
     negatives: int  # shared sampled negatives per step; 0 = full softmax
     popularity: torch.Tensor | None  # [n_items] train share of each item, for mixed negatives
     noise: torch.Generator
+    lineage: dict  # DATA's version and newest timestamp, and the parent run (--init)
 
 
 def fresh_models(cfg: TrainConfig, mcfg: ModelConfig) -> tuple[Generator, Discriminator]:
     """G and D as initialised for ``cfg.seed`` (the start of the search, and of the refit)."""
     torch.manual_seed(cfg.seed)
     return Generator(mcfg), Discriminator(mcfg)
+
+
+def initial_state(cfg: TrainConfig, mcfg: ModelConfig) -> dict | None:
+    """With ``--init``: the parent's weights and optimiser states on this run's tables (what
+    the search and the refit start from, :mod:`ganrec_dist.warmstart`); None for a fresh run."""
+    if not cfg.init:
+        return None
+    gen, _ = fresh_models(cfg, mcfg)
+    return warmstart.inherited(warmstart.parent_payload(cfg.init), gen, mcfg.sparse)
+
+
+def load_inherited_optimizers(start: dict, g_opt: Any, d_opt: Any) -> None:
+    """The parent's optimiser states (G's only when its tables were of the same kind)."""
+    if start["g_optimizer"] is not None:
+        g_opt.load_state_dict(start["g_optimizer"])
+    d_opt.load_state_dict(start["d_optimizer"])
 
 
 # --- collectives (no-ops on one rank) ----------------------------------------------------------
@@ -256,6 +273,11 @@ def setup(config: dict) -> Rank:
     data, run = DataDir(config["data"]), RunDir(config["run"])
     seq = data.sequences(files=config["shards"][rank])  # this rank's users only
     fit_limits = validation_limits(seq, cfg.dataset.val_fraction)
+    if cfg.init:  # validate on held-out rows newer than the parent's data only
+        newer = warmstart.newer_counts(
+            data, config["shards"][rank], int(config["cutoff"]), seq.n_users
+        )
+        fit_limits = warmstart.limits_after(fit_limits, seq.lengths, newer)
     mcfg = model_config(cfg, seq.n_users, seq.n_items)
     # The validation sample is drawn from every rank's users, the same as on one rank; each
     # rank scores the part of it that it holds.
@@ -302,6 +324,7 @@ def setup(config: dict) -> Rank:
         negatives=negatives,
         popularity=popularity,
         noise=torch.Generator(device=device),
+        lineage=config["lineage"],
     )
 
 
@@ -314,10 +337,14 @@ def restore(
 
     gen, disc = fresh_models(cfg, mcfg)
     state, best = LoopState(), None
+    start = initial_state(cfg, mcfg) if payload is None else None
     if payload is not None:
         gen.load_state_dict(payload["generator"])
         disc.load_state_dict(payload["discriminator"])
         state, best = LoopState(**payload["state"]), payload["best_generator"]
+    elif start is not None:
+        gen.load_state_dict(start["generator"])
+        disc.load_state_dict(start["discriminator"])
     if mcfg.sparse:
         keep_out_of_ddp(gen)
     gen_ddp = ray.train.torch.prepare_model(gen)  # DDP-wrapped with several ranks
@@ -329,6 +356,8 @@ def restore(
     if payload is not None:
         g_opt.load_state_dict(payload["g_optimizer"])
         d_opt.load_state_dict(payload["d_optimizer"])
+    elif start is not None:
+        load_inherited_optimizers(start, g_opt, d_opt)
     models = Models(gen=gen_ddp, disc=disc_ddp, g_opt=g_opt, d_opt=d_opt, average=average)
     return models, state, best
 
@@ -496,11 +525,18 @@ def advance_phase(rank: Rank, epoch: int) -> None:
     if state.phase == "search" and searched:
         if cfg.optim.refit and state.best_epoch > 0:
             state.phase, state.epoch = "refit", 0
+            # From fresh models, or under --init from the parent's again.
             fresh_gen, fresh_disc = fresh_models(cfg, rank.mcfg)
-            gan.unwrap(m.gen).load_state_dict(fresh_gen.state_dict())
-            gan.unwrap(m.disc).load_state_dict(fresh_disc.state_dict())
+            start = initial_state(cfg, rank.mcfg) or {
+                "generator": fresh_gen.state_dict(),
+                "discriminator": fresh_disc.state_dict(),
+            }
+            gan.unwrap(m.gen).load_state_dict(start["generator"])
+            gan.unwrap(m.disc).load_state_dict(start["discriminator"])
             m.average = averaged(gan.unwrap(m.gen), cfg.optim.ema_decay)
             m.g_opt, m.d_opt = optimisers(m.gen, m.disc, cfg)
+            if "d_optimizer" in start:
+                load_inherited_optimizers(start, m.g_opt, m.d_opt)
         else:
             state.phase = "done"
             if rank.best_generator is not None:
@@ -533,8 +569,9 @@ def save_and_report(rank: Rank, metrics: dict[str, Any]) -> None:
                 train_config=to_dict(rank.cfg),
                 data=rank.data.root,
                 best_generator=rank.best_generator if state.phase == "search" else None,
-            ),
-            meta=checkpoint.meta(state, mcfg, rank.cfg.game.adv_weight),
+            )
+            | rank.lineage,
+            meta=checkpoint.meta(state, mcfg, rank.cfg.game.adv_weight) | rank.lineage,
         )
         rank.run.publish_checkpoint(Path(tmp))
         ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(tmp))

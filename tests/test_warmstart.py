@@ -1,0 +1,163 @@
+"""`ganrec train --init RUN`: warm start on a newer DATA version, tables grown, parent recorded."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+
+from ganrec_dist import warmstart
+from ganrec_dist.append import prepare_or_append
+from ganrec_dist.cli import main
+from ganrec_dist.config import PrepareConfig, train_config
+from ganrec_dist.layout import DataDir, RunDir
+from ganrec_dist.models import Generator, ModelConfig
+from ganrec_dist.tables import GeneratorOptimizer
+from ganrec_dist.train import train
+from ganrec_dist.worker import initial_state, model_config
+
+TINY = dict(dim=16, hidden=32, history_len=10, noise_dim=4, cpus_per_worker=0.5, lr=5e-3)
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_grown_tables_keep_old_rows_and_optimizer_moments(sparse):
+    torch.manual_seed(0)
+    old = Generator(
+        ModelConfig(n_items=7, n_users=5, dim=8, hidden=16, history_len=3, sparse=sparse)
+    )
+    opt = (
+        GeneratorOptimizer(old, lr=0.01, weight_decay=0)
+        if sparse
+        else torch.optim.Adam(old.parameters(), lr=0.01)
+    )
+    history = torch.tensor([[0, 1, 7], [2, 3, 4]])
+    for _ in range(2):  # moments that are not zero
+        opt.zero_grad()
+        _, _, logits = old(history, torch.tensor([0, 4]), candidates=torch.arange(7))
+        logits.logsumexp(1).sum().backward()
+        opt.step()
+    new = Generator(
+        ModelConfig(n_items=10, n_users=6, dim=8, hidden=16, history_len=3, sparse=sparse)
+    )
+    fresh = {k: v.clone() for k, v in new.state_dict().items()}
+    grown = warmstart.grown_generator(old.state_dict(), new.state_dict())
+    new.load_state_dict(grown)
+    items = new.encoder.items.weight.detach()
+    assert torch.equal(items[:7], old.encoder.items.weight.detach()[:7])  # bit for bit
+    assert torch.equal(items[7:10], fresh["encoder.items.weight"][7:10])  # as a fresh run
+    assert not items[10].any() and not new.encoder.users.weight.detach()[6].any()  # padding
+    assert torch.equal(new.encoder.users.weight.detach()[:5], old.encoder.users.weight[:5])
+    state = warmstart.grown_optimizer(opt.state_dict(), new, sparse)
+    new_opt = (
+        GeneratorOptimizer(new, lr=0.01, weight_decay=0)
+        if sparse
+        else torch.optim.Adam(new.parameters(), lr=0.01)
+    )
+    new_opt.load_state_dict(state)
+    inner = new_opt.sparse if sparse else new_opt
+    table = new.encoder.items.weight
+    moments = inner.state[table]["exp_avg_sq"]
+    assert moments.shape == table.shape and not moments[7:].any() and moments[:7].any()
+    new_opt.zero_grad()
+    _, _, logits = new(torch.tensor([[8, 9, 1]]), torch.tensor([5]), candidates=torch.arange(10))
+    logits.logsumexp(1).sum().backward()
+    new_opt.step()  # the grown state is usable
+
+
+def test_validation_uses_only_rows_newer_than_the_parent():
+    limits = np.array([8, 4, 10, 0])
+    lengths = np.array([10, 5, 10, 0])
+    newer = np.array([1, 5, 0, 0])  # user 0: one new row; user 1: all new; user 2: none
+    assert warmstart.limits_after(limits, lengths, newer).tolist() == [9, 4, 10, 0]
+
+
+@pytest.fixture(scope="module")
+def lineage(ray_local, synthetic_data, tmp_path_factory):
+    """The synthetic DATA, a partition appended to it (later rows of some users, a new user
+    with a new item), a parent RUN on the first and a warm start on the second."""
+    base = tmp_path_factory.mktemp("warm")
+    data = DataDir(synthetic_data)
+    t0 = data.max_timestamp
+    train_rows = data.read("train").to_pydict()
+    rows = [
+        [train_rows["user_id"][i], train_rows["item_id"][i + 1], t0 + 10 + i, 1.0]
+        for i in range(0, 4000, 20)
+    ]
+    rows += [["brand-new-user", "brand-new-item", t0 + 5000 + j, 1.0] for j in range(6)]
+    rows += [["brand-new-user", train_rows["item_id"][j], t0 + 6000 + j, 1.0] for j in range(6)]
+    with open(base / "today.csv", "w", newline="") as handle:
+        csv.writer(handle).writerows([["user_id", "item_id", "timestamp", "weight"], *rows])
+    data2 = base / "data2"
+    prepare_or_append(
+        PrepareConfig(source=str(base / "today.csv"), append_to=str(synthetic_data), out=str(data2))
+    )
+    parent = base / "parent"
+    train(train_config(data=str(synthetic_data), out=str(parent), epochs=2, refit=True, **TINY))
+    child = base / "child"
+    cfg = train_config(
+        data=str(data2), out=str(child), init=str(parent), init_epochs=2, seed=1, **TINY
+    )
+    train(cfg)
+    return {"data": data, "data2": DataDir(data2), "parent": parent, "child": child, "cfg": cfg}
+
+
+@pytest.mark.integration
+def test_init_starts_from_the_parent_with_grown_tables(lineage):
+    cfg, data2 = lineage["cfg"], lineage["data2"]
+    parent = RunDir(lineage["parent"]).payload()
+    mcfg = model_config(cfg, data2.manifest["users"], data2.manifest["items"])
+    start = initial_state(cfg, mcfg)
+    n_old = parent["model_config"]["n_items"]
+    old_items = parent["generator"]["encoder.items.weight"]
+    new_items = start["generator"]["encoder.items.weight"]
+    assert new_items.shape[0] == data2.manifest["items"] + 1 > old_items.shape[0]
+    assert torch.equal(new_items[:n_old], old_items[:n_old])
+    for key, value in parent["generator"].items():
+        if key not in warmstart.TABLES:
+            assert torch.equal(start["generator"][key], value), key
+
+
+@pytest.mark.integration
+def test_warm_started_run_records_its_parent_and_validates_on_new_rows(lineage):
+    child, data2 = RunDir(lineage["child"]), lineage["data2"]
+    payload = child.payload()
+    assert payload["parent"]["run"] == str(lineage["parent"])
+    assert payload["parent"]["data_version"] == lineage["data"].version
+    assert payload["data_version"] == data2.version and child.meta()["parent"]["run"]
+    history = payload["state"]["history"]
+    assert 1 <= sum(h["phase"] == "search" for h in history) <= 2  # init_epochs
+    assert history[-1]["phase"] == "refit"
+    # Validation users are users with held-out rows newer than the parent's data.
+    train_rows = data2.read("train", ["user_idx", "timestamp"]).to_pydict()
+    cutoff = lineage["data"].max_timestamp
+    newer = {u for u, t in zip(train_rows["user_idx"], train_rows["timestamp"]) if t > cutoff}
+    scored = set(payload["state"]["best_val_users"])
+    assert scored and scored <= newer
+
+
+@pytest.mark.integration
+def test_bad_or_incompatible_init_is_one_line(lineage, tmp_path, capsys):
+    data2, parent = lineage["data2"].root, str(lineage["parent"])
+    model = ["--hidden", "32", "--history_len", "10", "--noise_dim", "4"]
+    (tmp_path / "log.csv").write_text("user_id,item_id,timestamp\na,b,1\na,c,2\n")
+    other = tmp_path / "other"  # another DATA, not a version of the parent's
+    prepare_or_append(PrepareConfig(source=str(tmp_path / "log.csv"), out=str(other)))
+    cases = [
+        [data2, "--init", str(tmp_path / "nothing"), "--dim", "16"],
+        [data2, "--init", parent, "--dim", "8"],
+        # The parent's own DATA is not newer than the parent: nothing to validate on.
+        [lineage["data"].root, "--init", parent, "--dim", "16"],
+        [str(tmp_path), "--init", parent, "--dim", "16"],  # not a DATA
+        [str(other), "--init", parent, "--dim", "16"],
+    ]
+    for data, *extra in cases:
+        args = ["train", "--data", data, "--out", str(tmp_path / "x"), *model, *extra]
+        assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 5, err
+    assert "no trained checkpoint" in err[0] and "another model (dim 16 vs 8)" in err[1]
+    assert "no interaction newer" in err[2] and "not a prepared data directory" in err[3]
+    assert "not" in err[4] and "an ancestor of it" in err[4]
+    assert not (tmp_path / "x").exists()
