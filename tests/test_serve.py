@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
+import csv
 import json
 import socket
 import threading
@@ -14,7 +15,9 @@ import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ganrec_dist.append import prepare_or_append
 from ganrec_dist.config import PrepareConfig, ScoreConfig, ServeConfig, train_config
+from ganrec_dist.layout import DataDir, RunDir
 from ganrec_dist.prepare import prepare
 from ganrec_dist.score import score
 from ganrec_dist.serve import start, wait_healthy
@@ -27,6 +30,29 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+NEW_USER, NEW_ITEM = "shop-new-user", "shop-new-item"
+
+
+def _todays_partition(base, data, run):
+    """A CSV of today's rows and a CSV naming the item to retire (the most popular)."""
+    t0 = DataDir(data).max_timestamp
+    train_rows = DataDir(data).read("train", ["user_id", "item_id"]).to_pydict()
+    rows = [
+        [train_rows["user_id"][i], train_rows["item_id"][i + 7], t0 + 1 + i]
+        for i in range(0, 3000, 10)
+    ]
+    rows += [[NEW_USER, NEW_ITEM, t0 + 5000], [NEW_USER, train_rows["item_id"][0], t0 + 5001]]
+    rows += [["u-other", NEW_ITEM, t0 + 5002 + j] for j in range(3)]
+    today = base / "today.csv"
+    with open(today, "w", newline="") as handle:
+        csv.writer(handle).writerows([["user_id", "item_id", "timestamp"], *rows])
+    _, popularity = RunDir(run).sequences()
+    items, _ = RunDir(run).id_maps()
+    retired = base / "retire.csv"
+    retired.write_text(f"item_id\n{items['item_id'][int(popularity.argmax())].as_py()}\n")
+    return today, retired
 
 
 @pytest.fixture(scope="module")
@@ -42,13 +68,24 @@ def service(ray_local, tmp_path_factory):
     )
     small = dict(refit=False, dim=16, hidden=32, history_len=10, noise_dim=4, cpus_per_worker=1)
     train(train_config(data=str(data), out=str(run), epochs=2, **small))
-    train(train_config(data=str(data), out=str(run2), epochs=1, seed=1, **small))
+    # Today's partition: later rows of some users, a new user with a new item; the most popular
+    # item retired. RUN2 is warm-started from RUN on that new DATA version.
+    today, retired = _todays_partition(base, data, run)
+    data2 = base / "data2"
+    prepare_or_append(
+        PrepareConfig(source=str(today), append_to=str(data), out=str(data2), retire=str(retired))
+    )
+    train(train_config(data=str(data2), out=str(run2), init=str(run), init_epochs=1, **small))
     port = _free_port()
     start(ServeConfig(run=str(run), port=port))
     url = f"http://127.0.0.1:{port}"
     wait_healthy(url, timeout=60)
-    yield {"url": url, "data": data, "run": run, "run2": run2}
+    yield {"url": url, "data": data, "run": run, "run2": run2, "retired": _read_retired(base)}
     serve.shutdown()
+
+
+def _read_retired(base) -> str:
+    return (base / "retire.csv").read_text().split()[1]
 
 
 def post(service, body, **kw):
@@ -262,26 +299,68 @@ def test_killing_a_replica_under_load_loses_at_most_one_percent(service):
         pytest.fail("the deployment did not recover")
 
 
-def test_rollout_by_reconfigure_drops_no_request(service):
+def _deploy(run, first):
     from ray import serve
 
     from ganrec_dist.serve import GanRecommender
 
-    result: dict = {}
-    loader = threading.Thread(
-        target=lambda: result.update(zip(("ok", "failed", "v"), _load(service, 10, threads=4)))
-    )
-    loader.start()
-    time.sleep(3)
     serve.run(
-        GanRecommender.options(user_config={"run": str(service["run2"])}).bind(str(service["run"])),
+        GanRecommender.options(user_config={"run": str(run)}).bind(str(first)),
         name="ganrec",
         route_prefix="/",
         blocking=False,
     )
-    loader.join()
-    assert result["failed"] == 0
-    assert {v.split("@")[0] for v in result["v"] if v} == {"run", "run2"}
-    assert (
-        post(service, {"user_id": "x", "history": []}).json()["model_version"].startswith("run2@")
+
+
+def _newcomers(service) -> dict:
+    """What the live service makes of today's user, item and retired item."""
+    new_user = post(service, {"user_id": NEW_USER}).json()
+    with_item = post(service, {"user_id": "x", "history": [NEW_ITEM]}).json()
+    lists = [post(service, {"user_id": u}).json() for u in ("x", *_some_users(service))]
+    return {
+        "version": new_user["model_version"].split("@")[0],
+        "user_known": new_user["fallback"] is None,
+        "item_known": NEW_ITEM not in with_item.get("ignored", []),
+        "retired_shown": any(i["item_id"] == service["retired"] for r in lists for i in r["items"]),
+    }
+
+
+def _some_users(service) -> list:
+    return pq.read_table(service["data"] / "users.parquet")["user_id"].to_pylist()[:20]
+
+
+def _rolled_to(service, run, version, seconds=10):
+    """Roll the live app to ``run`` under load: no request fails, both versions answer."""
+    result: dict = {}
+    loader = threading.Thread(
+        target=lambda: result.update(zip(("ok", "failed", "v"), _load(service, seconds, 4)))
     )
+    loader.start()
+    time.sleep(3)
+    _deploy(run, service["run"])
+    loader.join()
+    assert result["failed"] == 0 and result["ok"] > 20
+    deadline = time.time() + 60
+    while _newcomers(service)["version"] != version and time.time() < deadline:
+        time.sleep(0.5)
+    return {v.split("@")[0] for v in result["v"] if v}
+
+
+def test_rollout_to_a_warm_started_run_and_back_drops_no_request(service):
+    before = _newcomers(service)
+    assert before == {
+        "version": "run",
+        "user_known": False,
+        "item_known": False,
+        "retired_shown": True,  # the most popular item: the no-history fallback shows it
+    }
+    assert _rolled_to(service, service["run2"], "run2") == {"run", "run2"}
+    after = _newcomers(service)
+    assert after == {
+        "version": "run2",
+        "user_known": True,
+        "item_known": True,
+        "retired_shown": False,
+    }
+    assert _rolled_to(service, service["run"], "run") == {"run", "run2"}  # rolling back
+    assert _newcomers(service) == before
