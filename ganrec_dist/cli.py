@@ -32,6 +32,11 @@ COMMANDS: dict[str, tuple[type, str, str]] = {
         "ganrec_dist.train:train",
         "train the GAN recommender on Ray Train",
     ),
+    "update": (
+        cfgmod.UpdateConfig,
+        "ganrec_dist.update:update",
+        "daily update: append a partition, warm-start train, gate, index, roll out",
+    ),
     "evaluate": (
         cfgmod.EvaluateConfig,
         "ganrec_dist.evaluate:evaluate",

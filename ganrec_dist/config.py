@@ -278,6 +278,25 @@ class EvaluateConfig:
 
 
 @dataclasses.dataclass
+class UpdateConfig:
+    """`ganrec update`: append a partition, warm-start train, gate, index, roll out."""
+
+    run: str = setting("runs/movielens-small", "the live RUN (the one being served)")
+    source: str = setting("", "the new partition: a file, directory or glob of logs")
+    data: str = setting("", "the live run's DATA (default: the one it was trained on)")
+    retire: str = setting("", "a CSV/TSV/Parquet file of item ids to retire")
+    out_data: str = setting("", "the new DATA version (default: DATA.v<N> beside DATA)")
+    out: str = setting("", "the new RUN (default: RUN.v<N> beside RUN, N the DATA version)")
+    init_epochs: int = setting(5, "search epochs of the warm start")
+    workers: int = setting(0, "DDP ranks (0: the live run's)")
+    rollout: bool = setting(
+        True, "set the live Serve app's run to the new one if the gate passed (none live: skip)"
+    )
+    app: str = setting("ganrec", "the Serve application to roll out to")
+    address: str = setting("", "Ray cluster address; empty: RAY_ADDRESS, else a local Ray")
+
+
+@dataclasses.dataclass
 class IndexCommandConfig:
     """`ganrec index --run RUN [--kind ...]`: build RUN/index/ from the run's checkpoint."""
 

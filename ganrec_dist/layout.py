@@ -378,8 +378,12 @@ class RunDir:
     # --- other outputs ---
 
     def write_eval(self, result: dict) -> None:
-        storage.write_atomic(self.local / self.EVAL, json.dumps(result, indent=2) + "\n")
-        self.save(self.EVAL)
+        self.write_file(self.EVAL, json.dumps(result, indent=2) + "\n")
+
+    def write_file(self, name: str, text: str) -> None:
+        """A small file of the run's (eval.json, gate.json), written aside then renamed."""
+        storage.write_atomic(self.local / name, text)
+        self.save(name)
 
 
 def write_checkpoint(directory: Path, *, payload: dict, meta: dict) -> None:

@@ -169,6 +169,7 @@ class GanRecommender:
         self, run: str, max_batch_size: int = 32, batch_wait_timeout_s: float = 0.002
     ) -> None:
         self.engine = Engine(run, parts=shared.parts(run))  # one copy per node, not per replica
+        self.args = [run, max_batch_size, batch_wait_timeout_s]
         self.lock = threading.Lock()
         self.recommend_batch.set_max_batch_size(max_batch_size)  # type: ignore[attr-defined]
         self.recommend_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)  # type: ignore[attr-defined]
@@ -202,6 +203,10 @@ class GanRecommender:
     async def recommend(self, body: RecommendRequest) -> dict:
         return await self.recommend_batch(body)
 
+    def init_args(self) -> list:
+        """The arguments this replica was constructed with (a rollout redeploys with them)."""
+        return self.args
+
     @api.get("/health")
     async def health(self) -> dict:
         self.check_health()
@@ -233,6 +238,32 @@ def start(cfg: ServeConfig):
         route_prefix="/",
     )
     return handle
+
+
+def rollout(run: str, app: str = "ganrec", address: str = "") -> bool:
+    """Point the live Serve app ``app`` at ``run``: its replicas load it and swap in place
+    (``GanRecommender.reconfigure``), dropping no request. False when no such app is running.
+
+    The app is redeployed with its own arguments and only ``user_config`` changed, which Serve
+    applies to the running replicas without replacing them."""
+    from ganrec_dist.raycluster import ensure_ray
+
+    RunDir.open(run).meta()  # a bad run fails here, before the live app is touched
+    ensure_ray(address)
+    _quiet_serve_logger()
+    status = serve.status().applications.get(app)
+    if status is None or status.status != "RUNNING":
+        log.warning("rollout: no running Serve app %r; nothing rolled out", app)
+        return False
+    args = serve.get_app_handle(app).init_args.remote().result(timeout_s=30)
+    serve.run(
+        GanRecommender.options(user_config={"run": run}).bind(*args),  # type: ignore[attr-defined]
+        name=app,
+        route_prefix="/",
+        blocking=False,
+    )
+    log.info("rollout: %s now serves %s", app, run)
+    return True
 
 
 def _quiet_serve_logger() -> None:

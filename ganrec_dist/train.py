@@ -41,23 +41,22 @@ def _check(cfg: TrainConfig, data: DataDir) -> None:
         raise UserError(f"{data}: no train rows")
 
 
-def lineage(cfg: TrainConfig, data: DataDir) -> tuple[dict, int]:
-    """What the checkpoint records of the run's DATA and parent (``--init``, checked here), and
-    the newest timestamp of the parent's DATA (0 without one)."""
+def lineage(cfg: TrainConfig, data: DataDir) -> dict:
+    """What the checkpoint records of the run's DATA and its parent (``--init``, checked here)."""
     record = {
         "data_version": data.version,
         "data_max_timestamp": data.max_timestamp,
         "parent": None,
     }
     if not cfg.init:
-        return record, 0
+        return record
     parent = warmstart.check_parent(cfg.init, cfg.model, data)
     record["parent"] = {
         "run": storage.display(cfg.init),
         "data_version": warmstart.parent_data_version(parent),
         "epoch": parent["state"]["epoch"],
     }
-    return record, warmstart.parent_cutoff(parent)
+    return record
 
 
 def warm_schedule(cfg: TrainConfig) -> TrainConfig:
@@ -100,7 +99,7 @@ def _datasets(cfg: TrainConfig, data: DataDir, files: list[list[str]]) -> dict[s
     return datasets
 
 
-def _trainer(cfg: TrainConfig, data: DataDir, run: RunDir, *, name: str, origin: tuple) -> Any:
+def _trainer(cfg: TrainConfig, data: DataDir, run: RunDir, *, name: str, origin: dict) -> Any:
     from ray.train import (
         CheckpointConfig,
         DataConfig,
@@ -126,8 +125,7 @@ def _trainer(cfg: TrainConfig, data: DataDir, run: RunDir, *, name: str, origin:
             "threads": _threads(cfg),
             "shards": files,
             "steps": steps,
-            "lineage": origin[0],
-            "cutoff": origin[1],
+            "lineage": origin,
         },
         scaling_config=ScalingConfig(
             num_workers=ex.workers, use_gpu=ex.gpu, resources_per_worker=resources

@@ -12,8 +12,12 @@ the refit, which starts from the same inherited models (not from fresh ones: tha
 the warm start away) and trains on all of train for the best epoch count.
 
 Validation: the parent's refit has fitted most of the new DATA's train rows, so the search phase
-validates only on held-out rows newer than the parent's DATA (each user's usual validation
-rows, those with a timestamp after the parent's newest); held-out rows the parent saw are fitted.
+validates on the rows it never trained on: each user's train rows after the ones the parent
+fitted (rows newer than the parent's DATA, and the parent's test rows that the re-split moved
+into train). Each user's latest rows are test, as always. A daily partition is small next to a
+user's history, so most of its rows land in test; the parent's test rows are what is left to
+validate on that neither model has fitted. (A late row, older than rows the parent fitted,
+shifts one fitted row into validation: the split is by position.)
 """
 
 from __future__ import annotations
@@ -151,20 +155,19 @@ def inherited(payload: dict, gen: torch.nn.Module, sparse: bool) -> dict:
     return out
 
 
-def newer_counts(data: DataDir, files: list[str], cutoff: int, n_users: int) -> np.ndarray:
-    """Per user, how many of their train rows (in ``files``) are newer than ``cutoff``."""
-    import pyarrow.parquet as pq
-
-    from ganrec_dist import storage
-
-    fs, _ = storage.resolve(data.path(DataDir.TRAIN))
-    table = pq.read_table(files, columns=["user_idx", "timestamp"], filesystem=fs)
-    users = table["user_idx"].to_numpy()
-    newer = table["timestamp"].to_numpy() > cutoff
-    return np.bincount(users[newer], minlength=n_users)
+def parent_lengths(init: str) -> np.ndarray:
+    """Per user of the parent, how many train rows it fitted (from its RUN/log; only the
+    offsets are read)."""
+    run = RunDir.open(init)
+    with np.load(run.log / RunDir.SEQUENCES, allow_pickle=False) as stored:
+        return np.diff(stored["offsets"])
 
 
-def limits_after(limits: np.ndarray, lengths: np.ndarray, newer: np.ndarray) -> np.ndarray:
-    """Validation only on held-out rows newer than the parent's data: a user's rows before
-    ``lengths - newer`` (those the parent could have seen) are fitted even if held out."""
-    return np.maximum(limits, lengths - np.minimum(newer, lengths))
+def warm_limits(lengths: np.ndarray, fitted: np.ndarray) -> np.ndarray:
+    """Per user, how many leading train rows the warm start's search fits: those the parent
+    fitted (``fitted``, per parent user; a new user has none). The rest, the rows the parent
+    never trained on, are the validation rows."""
+    known = np.zeros(len(lengths), np.int64)
+    n = min(len(fitted), len(lengths))
+    known[:n] = fitted[:n]
+    return np.minimum(lengths, known)

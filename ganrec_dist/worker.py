@@ -273,11 +273,8 @@ def setup(config: dict) -> Rank:
     data, run = DataDir(config["data"]), RunDir(config["run"])
     seq = data.sequences(files=config["shards"][rank])  # this rank's users only
     fit_limits = validation_limits(seq, cfg.dataset.val_fraction)
-    if cfg.init:  # validate on held-out rows newer than the parent's data only
-        newer = warmstart.newer_counts(
-            data, config["shards"][rank], int(config["cutoff"]), seq.n_users
-        )
-        fit_limits = warmstart.limits_after(fit_limits, seq.lengths, newer)
+    if cfg.init:  # validate on the rows the parent never trained on
+        fit_limits = warmstart.warm_limits(seq.lengths, warmstart.parent_lengths(cfg.init))
     mcfg = model_config(cfg, seq.n_users, seq.n_items)
     # The validation sample is drawn from every rank's users, the same as on one rank; each
     # rank scores the part of it that it holds.

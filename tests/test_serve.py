@@ -15,13 +15,13 @@ import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ganrec_dist.append import prepare_or_append
-from ganrec_dist.config import PrepareConfig, ScoreConfig, ServeConfig, train_config
+from ganrec_dist.config import PrepareConfig, ScoreConfig, ServeConfig, UpdateConfig, train_config
 from ganrec_dist.layout import DataDir, RunDir
 from ganrec_dist.prepare import prepare
 from ganrec_dist.score import score
 from ganrec_dist.serve import start, wait_healthy
 from ganrec_dist.train import train
+from ganrec_dist.update import update
 
 pytestmark = pytest.mark.integration
 
@@ -71,16 +71,29 @@ def service(ray_local, tmp_path_factory):
     # Today's partition: later rows of some users, a new user with a new item; the most popular
     # item retired. RUN2 is warm-started from RUN on that new DATA version.
     today, retired = _todays_partition(base, data, run)
-    data2 = base / "data2"
-    prepare_or_append(
-        PrepareConfig(source=str(today), append_to=str(data), out=str(data2), retire=str(retired))
+    gate = update(
+        UpdateConfig(
+            run=str(run),
+            source=str(today),
+            retire=str(retired),
+            out_data=str(base / "data2"),
+            out=str(run2),
+            init_epochs=1,
+            rollout=False,
+        )
     )
-    train(train_config(data=str(data2), out=str(run2), init=str(run), init_epochs=1, **small))
     port = _free_port()
     start(ServeConfig(run=str(run), port=port))
     url = f"http://127.0.0.1:{port}"
     wait_healthy(url, timeout=60)
-    yield {"url": url, "data": data, "run": run, "run2": run2, "retired": _read_retired(base)}
+    yield {
+        "url": url,
+        "data": data,
+        "run": run,
+        "run2": run2,
+        "retired": _read_retired(base),
+        "gate": gate,
+    }
     serve.shutdown()
 
 
@@ -299,19 +312,6 @@ def test_killing_a_replica_under_load_loses_at_most_one_percent(service):
         pytest.fail("the deployment did not recover")
 
 
-def _deploy(run, first):
-    from ray import serve
-
-    from ganrec_dist.serve import GanRecommender
-
-    serve.run(
-        GanRecommender.options(user_config={"run": str(run)}).bind(str(first)),
-        name="ganrec",
-        route_prefix="/",
-        blocking=False,
-    )
-
-
 def _newcomers(service) -> dict:
     """What the live service makes of today's user, item and retired item."""
     new_user = post(service, {"user_id": NEW_USER}).json()
@@ -330,6 +330,8 @@ def _some_users(service) -> list:
 
 
 def _rolled_to(service, run, version, seconds=10):
+    from ganrec_dist.serve import rollout
+
     """Roll the live app to ``run`` under load: no request fails, both versions answer."""
     result: dict = {}
     loader = threading.Thread(
@@ -337,13 +339,23 @@ def _rolled_to(service, run, version, seconds=10):
     )
     loader.start()
     time.sleep(3)
-    _deploy(run, service["run"])
+    assert rollout(str(run))
     loader.join()
     assert result["failed"] == 0 and result["ok"] > 20
     deadline = time.time() + 60
     while _newcomers(service)["version"] != version and time.time() < deadline:
         time.sleep(0.5)
     return {v.split("@")[0] for v in result["v"] if v}
+
+
+def test_update_gates_the_warm_started_run_on_rows_newer_than_the_live_data(service):
+    gate = service["gate"]
+    assert gate["users"] > 10 and 0 < gate["live"] <= 1 and 0 < gate["new"] <= 1
+    assert gate["passed"] == (gate["new"] >= gate["live"]) and gate["rolled_out"] is False
+    stored = json.loads((service["run2"] / "gate.json").read_text())
+    assert stored == gate
+    assert (service["run2"] / "index" / "meta.json").exists()
+    assert RunDir(service["run2"]).payload()["parent"]["run"] == str(service["run"])
 
 
 def test_rollout_to_a_warm_started_run_and_back_drops_no_request(service):
