@@ -146,6 +146,7 @@ def gate(live_run: str, new_run: str, data: DataDir) -> dict:
     return {
         "live_run": storage.display(live_run),
         "new_run": storage.display(new_run),
+        "data": data.root,
         "data_version": data.version,
         "users": int(len(users)),
         "new": new_mean,

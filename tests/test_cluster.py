@@ -25,6 +25,7 @@ from ganrec_dist.cluster import (
     rayservice_manifest,
     serve_config_for_cluster,
 )
+from ganrec_dist.layout import DataDir
 
 ROOT = Path(__file__).resolve().parent.parent
 KUBERAY = ROOT / "cluster" / "kuberay"
@@ -48,7 +49,20 @@ def test_manifests_match_the_installed_ray_version():
     ).group(1)
     assert ray.__version__.startswith(pinned.rsplit(".", 1)[0])
     docs = {p.name: yaml.safe_load(p.read_text()) for p in KUBERAY.glob("*.yaml")}
-    assert set(docs) == {"raycluster.yaml", "rayjob.yaml", "rayservice.yaml"}
+    assert set(docs) == {
+        "raycluster.yaml",
+        "rayjob.yaml",
+        "rayjob-update.yaml",
+        "rayservice.yaml",
+    }
+    update = docs.pop("rayjob-update.yaml")  # runs on the serving cluster: it has no spec of one
+    assert update["kind"] == "RayJob" and "jobs/update.py" in update["spec"]["entrypoint"]
+    assert (
+        update["spec"]["clusterSelector"]["ray.io/cluster"]
+        == docs["raycluster.yaml"]["metadata"]["name"]
+    )
+    assert yaml.safe_load(update["spec"]["runtimeEnvYAML"]) == CLUSTER_RUNTIME_ENV
+    assert (ROOT / "jobs" / "update.py").exists()
     for name, doc in docs.items():
         assert doc["apiVersion"] == "ray.io/v1", name
         spec = (
@@ -120,6 +134,18 @@ def _free_port() -> int:
 
 
 @pytest.mark.integration
+def _write_partition(data, path):
+    """Later rows for some of DATA's users and a new user: a day's partition."""
+    t0 = data.max_timestamp
+    rows = data.read("train", ["user_id", "item_id"]).to_pydict()
+    lines = ["user_id,item_id,timestamp"]
+    lines += [
+        f"{rows['user_id'][i]},{rows['item_id'][i + 3]},{t0 + 1 + i}" for i in range(0, 2000, 10)
+    ]
+    lines += [f"day-user,{rows['item_id'][j]},{t0 + 9000 + j}" for j in range(5)]
+    path.write_text("\n".join(lines) + "\n")
+
+
 def test_jobs_training_across_nodes_and_serve_on_a_local_cluster(tmp_path):
     # Ray's socket paths must stay under 107 bytes: keep the cluster's directory short.
     cluster_dir = Path(tempfile.mkdtemp(prefix="grc-", dir="/tmp"))
@@ -193,6 +219,32 @@ def test_jobs_training_across_nodes_and_serve_on_a_local_cluster(tmp_path):
         meta = json.loads((run / "checkpoint" / "meta.json").read_text())
         assert meta["final"] and len(meta["nodes"]) == 2
         assert len(set(meta["nodes"])) == 2, "the two training workers ran on one node"
+
+        # The daily update as a Ray job: today's partition appended, a warm start across the
+        # two nodes, gated and indexed (no live app on this cluster: nothing rolled out).
+        _write_partition(DataDir(data), tmp_path / "today.csv")
+        updated = subprocess.run(
+            ganrec
+            + [
+                "update",
+                f"--run={run}",
+                f"--source={tmp_path / 'today.csv'}",
+                "--init_epochs=1",
+                "--rollout=false",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert updated.returncode == 0 and "SUCCEEDED" in updated.stdout, (
+            updated.stdout[-3000:] + updated.stderr[-2000:]
+        )
+        gate = json.loads((tmp_path / "run.v2" / "gate.json").read_text())
+        assert gate["users"] > 0 and gate["data"] == str(tmp_path / "data.v2")
+        warm = json.loads((tmp_path / "run.v2" / "checkpoint" / "meta.json").read_text())
+        assert warm["parent"]["run"] == str(run) and len(set(warm["nodes"])) == 2
+        assert (tmp_path / "run.v2" / "index" / "meta.json").exists()
 
         # A sweep as a Ray job: its Tune trial trains across the two nodes too, and compare
         # reads the trial's run (paired with itself: a difference of exactly zero).
