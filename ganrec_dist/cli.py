@@ -91,6 +91,11 @@ BENCHES: dict[str, tuple[str, str, str]] = {
         "ganrec_dist.bench.scale:run",
         "training cost against catalogue size, dense and sparse tables",
     ),
+    "update": (
+        "ganrec_dist.bench.update:BenchUpdateConfig",
+        "ganrec_dist.bench.update:run",
+        "warm start after each new partition against training from scratch",
+    ),
     "serve": (
         "ganrec_dist.bench.serve:BenchServeConfig",
         "ganrec_dist.bench.serve:run",

@@ -133,7 +133,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.integration
 def _write_partition(data, path):
     """Later rows for some of DATA's users and a new user: a day's partition."""
     t0 = data.max_timestamp
@@ -146,6 +145,7 @@ def _write_partition(data, path):
     path.write_text("\n".join(lines) + "\n")
 
 
+@pytest.mark.integration
 def test_jobs_training_across_nodes_and_serve_on_a_local_cluster(tmp_path):
     # Ray's socket paths must stay under 107 bytes: keep the cluster's directory short.
     cluster_dir = Path(tempfile.mkdtemp(prefix="grc-", dir="/tmp"))
