@@ -54,17 +54,21 @@ def update(cfg: cfgmod.UpdateConfig) -> dict:
         raise UserError(f"--run {cfg.run}: no trained run there")
     parent_data = DataDir(cfg.data or stored["data"])
     out_data = cfg.out_data or default_out(parent_data)
-    log.info("update 1/4: append %s to %s -> %s", cfg.source, parent_data, out_data)
-    append(
-        PrepareConfig(
-            source=cfg.source,
-            append_to=parent_data.root,
-            out=out_data,
-            retire=cfg.retire,
-            address=cfg.address,
-        )
-    )
     data = DataDir(out_data)
+    if _appended_before(data, parent_data, cfg.source):
+        # A re-run after a failure: the version is there; training resumes its run.
+        log.info("update 1/4: %s is already %s plus a partition: reused", data, parent_data)
+    else:
+        log.info("update 1/4: append %s to %s -> %s", cfg.source, parent_data, out_data)
+        append(
+            PrepareConfig(
+                source=cfg.source,
+                append_to=parent_data.root,
+                out=out_data,
+                retire=cfg.retire,
+                address=cfg.address,
+            )
+        )
     out = cfg.out or next_run(cfg.run, data)
     train_cfg = warm_config(stored, cfg, data=data.root, out=out)
     log.info("update 2/4: warm-start train %s from %s", out, cfg.run)
@@ -90,6 +94,16 @@ def update(cfg: cfgmod.UpdateConfig) -> dict:
         ", rolled out" if record["rolled_out"] else "",
     )
     return record
+
+
+def _appended_before(data: DataDir, parent: DataDir, source: str) -> bool:
+    """``data`` is ``parent`` with ``source`` appended (an update run again after a failure)."""
+    if not storage.exists(data.path(DataDir.MANIFEST)):
+        return False
+    manifest = data.manifest
+    if (manifest.get("parent") or {}).get("version") != parent.version:
+        raise UserError(f"{data}: already exists and is not a version of {parent}")
+    return manifest["partitions"][-1]["source"] == source
 
 
 def warm_config(stored: dict, cfg: cfgmod.UpdateConfig, *, data: str, out: str) -> TrainConfig:
