@@ -60,7 +60,17 @@ def test_a_stopped_training_prints_one_line_and_leaves_no_process(
     tree = psutil.Process(proc.pid).children(recursive=True)
     assert tree  # the local Ray this command started
     proc.send_signal(signum)
-    out, err = proc.communicate(timeout=300)  # a slow host: Ray's own shutdown takes a while
+    try:
+        out, err = proc.communicate(timeout=300)  # a slow host: Ray's shutdown takes a while
+    except subprocess.TimeoutExpired:
+        # Fail without leaving the command and its Ray to slow down every later test.
+        for p in [psutil.Process(proc.pid), *tree]:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        out, err = proc.communicate()
+        pytest.fail(f"still running 300 s after {name}: {err[-2000:]}")
     assert proc.returncode == status, err
     assert err.strip().splitlines()[-1] == f"ganrec train: stopped by {name}"
     assert "search epoch 1/500" in err  # the command's own progress
