@@ -39,6 +39,10 @@ def tiny_data(ray_local, tmp_path_factory):
     return out
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize(
     "signum, status, name", [(signal.SIGTERM, 143, "SIGTERM"), (signal.SIGINT, 130, "Ctrl-C")]
 )
@@ -51,7 +55,14 @@ def test_a_stopped_training_prints_one_line_and_leaves_no_process(
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
     proc = subprocess.Popen(
-        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        command,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # As a terminal starts it: a suite run in the background (`cmd &`) inherits SIGINT
+        # ignored, and Python then never turns Ctrl-C into KeyboardInterrupt.
+        preexec_fn=_default_sigint,
     )
     deadline = time.time() + 180
     while not (run / "checkpoint" / "meta.json").exists():  # an epoch is done: Ray is busy
