@@ -166,13 +166,13 @@ def fresh_models(cfg: TrainConfig, mcfg: ModelConfig) -> tuple[Generator, Discri
     return Generator(mcfg), Discriminator(mcfg)
 
 
-def initial_state(cfg: TrainConfig, mcfg: ModelConfig) -> dict | None:
-    """With ``--init``: the parent's weights and optimiser states on this run's tables (what
-    the search and the refit start from, :mod:`ganrec_dist.warmstart`); None for a fresh run."""
+def initial_state(cfg: TrainConfig, fresh: Generator) -> dict | None:
+    """With ``--init``: the parent's weights and optimiser states on the tables of ``fresh`` (a
+    fresh G of this run: its new rows are where a fresh run starts them), what the search and the
+    refit start from (:mod:`ganrec_dist.warmstart`); None for a fresh run."""
     if not cfg.init:
         return None
-    gen, _ = fresh_models(cfg, mcfg)
-    return warmstart.inherited(warmstart.parent_payload(cfg.init), gen, mcfg.sparse)
+    return warmstart.inherited(warmstart.parent_payload(cfg.init), fresh, fresh.cfg.sparse)
 
 
 def load_inherited_optimizers(start: dict, g_opt: Any, d_opt: Any) -> None:
@@ -334,7 +334,7 @@ def restore(
 
     gen, disc = fresh_models(cfg, mcfg)
     state, best = LoopState(), None
-    start = initial_state(cfg, mcfg) if payload is None else None
+    start = initial_state(cfg, gen) if payload is None else None
     if payload is not None:
         gen.load_state_dict(payload["generator"])
         disc.load_state_dict(payload["discriminator"])
@@ -524,15 +524,15 @@ def advance_phase(rank: Rank, epoch: int) -> None:
             state.phase, state.epoch = "refit", 0
             # From fresh models, or under --init from the parent's again.
             fresh_gen, fresh_disc = fresh_models(cfg, rank.mcfg)
-            start = initial_state(cfg, rank.mcfg) or {
-                "generator": fresh_gen.state_dict(),
-                "discriminator": fresh_disc.state_dict(),
-            }
-            gan.unwrap(m.gen).load_state_dict(start["generator"])
-            gan.unwrap(m.disc).load_state_dict(start["discriminator"])
+            start = initial_state(cfg, fresh_gen)
+            gan.unwrap(m.gen).load_state_dict(
+                (start or {}).get("generator", fresh_gen.state_dict())
+            )
+            disc_state = start["discriminator"] if start else fresh_disc.state_dict()
+            gan.unwrap(m.disc).load_state_dict(disc_state)
             m.average = averaged(gan.unwrap(m.gen), cfg.optim.ema_decay)
             m.g_opt, m.d_opt = optimisers(m.gen, m.disc, cfg)
-            if "d_optimizer" in start:
+            if start is not None:
                 load_inherited_optimizers(start, m.g_opt, m.d_opt)
         else:
             state.phase = "done"

@@ -16,7 +16,7 @@ from ganrec_dist.layout import DataDir, RunDir
 from ganrec_dist.models import Generator, ModelConfig
 from ganrec_dist.tables import GeneratorOptimizer
 from ganrec_dist.train import train
-from ganrec_dist.worker import initial_state, model_config
+from ganrec_dist.worker import fresh_models, initial_state, model_config
 
 TINY = dict(dim=16, hidden=32, history_len=10, noise_dim=4, cpus_per_worker=0.5, lr=5e-3)
 
@@ -107,7 +107,7 @@ def test_init_starts_from_the_parent_with_grown_tables(lineage):
     cfg, data2 = lineage["cfg"], lineage["data2"]
     parent = RunDir(lineage["parent"]).payload()
     mcfg = model_config(cfg, data2.manifest["users"], data2.manifest["items"])
-    start = initial_state(cfg, mcfg)
+    start = initial_state(cfg, fresh_models(cfg, mcfg)[0])
     n_old = parent["model_config"]["n_items"]
     old_items = parent["generator"]["encoder.items.weight"]
     new_items = start["generator"]["encoder.items.weight"]
