@@ -101,9 +101,7 @@ class DataDir:
         """Indices of the items retired from the catalogue (kept, never recommended)."""
         if not self.manifest.get("retired_items"):
             return np.zeros(0, np.int64)
-        items = self.read(self.ITEMS, ["item_idx", "retired"])
-        mask = items["retired"].to_numpy(zero_copy_only=False)
-        return items["item_idx"].to_numpy()[mask.astype(bool)].astype(np.int64)
+        return retired_items(self.read(self.ITEMS))
 
     @property
     def test_fraction(self) -> float:
@@ -158,6 +156,14 @@ class DataDir:
         """``{user_id: user_idx}``."""
         users = self.read(self.USERS)
         return dict(zip(users["user_id"].to_pylist(), users["user_idx"].to_pylist()))
+
+
+def retired_items(item_table: pa.Table) -> np.ndarray:
+    """The retired items' indices in an id map (items.parquet; one without the flag has none)."""
+    if "retired" not in item_table.column_names:
+        return np.zeros(0, np.int64)
+    flags = item_table["retired"].to_numpy(zero_copy_only=False)
+    return np.flatnonzero(flags.astype(bool)).astype(np.int64)
 
 
 def load_payload(path: Path) -> dict:

@@ -19,7 +19,7 @@ import torch
 from ganrec_dist.config import IndexConfig
 from ganrec_dist.index import ExactIndex, build_index, load_index, search_excluding
 from ganrec_dist.interactions import Sequences
-from ganrec_dist.layout import RunDir
+from ganrec_dist.layout import RunDir, retired_items
 from ganrec_dist.models import Generator, generator_from_state
 
 log = logging.getLogger(__name__)
@@ -56,14 +56,6 @@ def _generator(parts: dict[str, Any]) -> Generator:
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         tensors = {k: torch.from_numpy(v) for k, v in parts["generator"].items()}
     return generator_from_state(parts["model_config"], tensors)
-
-
-def retired_items(item_table: pa.Table) -> np.ndarray:
-    """The retired items' indices (an id map without the flag has none)."""
-    if "retired" not in item_table.column_names:
-        return np.zeros(0, np.int64)
-    flags = item_table["retired"].to_numpy(zero_copy_only=False)
-    return np.flatnonzero(flags.astype(bool)).astype(np.int64)
 
 
 class Recommender:
