@@ -27,7 +27,7 @@ import torch
 from ganrec_dist import config as cfgmod
 from ganrec_dist import storage, warmstart
 from ganrec_dist.append import append, default_out
-from ganrec_dist.config import IndexCommandConfig, IndexConfig, PrepareConfig, TrainConfig
+from ganrec_dist.config import IndexCommandConfig, PrepareConfig, TrainConfig
 from ganrec_dist.errors import UserError
 from ganrec_dist.interactions import Sequences
 from ganrec_dist.layout import DataDir, RunDir
@@ -148,7 +148,7 @@ def gate(live_run: str, new_run: str, data: DataDir) -> dict:
         _live_view(seq, live["model_config"]["n_items"]),
         limits=limits,
         truth=truth,
-        index_cfg=IndexConfig(**dataclasses.asdict(train_cfg.index)),
+        index_cfg=train_cfg.index,
         device=torch.device("cpu"),
         users=users,
         per_user=per_user,
