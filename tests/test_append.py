@@ -144,4 +144,8 @@ def test_append_cli_errors_are_one_line(versions, tmp_path, capsys):
     assert main(["prepare", "--source", str(tmp_path / "none.csv"), "--append-to", new.root]) == 2
     assert main(["prepare", "--source", "x.csv", "--append-to", str(tmp_path / "nodata")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 2 and "no manifest.json" in err[1]
+    assert (
+        len(err) == 2
+        and "none.csv: no such file or directory" in err[0]
+        and "no manifest.json" in err[1]
+    )
