@@ -136,6 +136,32 @@ class GameSettings:
 
 
 @dataclasses.dataclass
+class SamplingSettings:
+    """Several samples per user: how G's noise is trained to matter and how inference uses it."""
+
+    samples: int = setting(
+        1,
+        "noise draws per user at inference (validation, evaluate, score, serve): sample 0 is "
+        "z = 0, the others N(0, I) keyed by (seed, user); K searches merged into one list",
+    )
+    merge: str = setting(
+        "round_robin",
+        "how K samples' lists become one: round_robin (each sample's 1st, then 2nd, ...) | max "
+        "(an item's best score over the samples)",
+    )
+    best_of: int = setting(
+        0,
+        "train with a best-of-K softmax: each target's loss is the lowest over K samples (z = 0 "
+        "and K-1 draws), so that samples specialise on interests (0 or 1: off)",
+    )
+    mode_seeking: float = setting(
+        0.0,
+        "weight of a mode-seeking term: two samples' output distance over their noises' "
+        "distance is pushed up (MSGAN); 0: off",
+    )
+
+
+@dataclasses.dataclass
 class DiscriminatorSettings:
     """D's settings: a run with adv_weight 0 takes no D-step, so they do not change it."""
 
@@ -233,6 +259,9 @@ class TrainConfig:
         DiscriminatorSettings, "the discriminator", flat=True
     )
     optim: OptimSettings = section(OptimSettings, "schedule and optimiser", flat=True)
+    sampling: SamplingSettings = section(
+        SamplingSettings, "several samples per user (training and inference)", flat=True
+    )
     dataset: DatasetSettings = section(DatasetSettings, "validation carve and data feed", flat=True)
     execution: ExecutionSettings = section(
         ExecutionSettings, "where it runs (may change on resume)", flat=True
@@ -268,6 +297,15 @@ class EvaluateConfig:
         "trained again without them), given their first 1, 3, 5, 10 interactions",
     )
     cold_fraction: float = setting(0.1, "cold start: the fraction of eligible users held out")
+    samples: int = setting(
+        0, "noise draws per user for the GAN rows (1..32; 0: each run's own --samples)"
+    )
+    diversity: bool = setting(
+        True,
+        "the diversity section (K = 1 and the chosen K per generator) and the accuracy-"
+        "diversity frontier against MMR re-ranking (RUN/frontier.json, RUN/frontier.png)",
+    )
+    frontier_samples: str = setting("1,2,4,8", "frontier: the K of the generators' points")
     max_users: int = setting(
         0,
         "score a seeded sample of this many test users, and tune the baselines on as many "
@@ -317,6 +355,9 @@ class ScoreConfig:
         "", "a file of user ids (one per line, or CSV/Parquet with user_id); default: test users"
     )
     include_seen: bool = setting(False, "allow a user's train items in their recommendations")
+    samples: int = setting(
+        0, "noise draws per user, merged into one list (1..32; 0: the run's own --samples)"
+    )
     batch_size: int = setting(1024, "users per model call")
     actors: int = setting(0, "scoring actors; 0: one per CPU of the cluster, at most 8")
     shared: bool = setting(

@@ -20,12 +20,14 @@ import scipy.sparse as sp
 from ganrec_dist.baselines import BASELINES, Baseline
 from ganrec_dist.companions import ablation_run, sasrec_run
 from ganrec_dist.config import EvaluateConfig, TrainConfig, build
+from ganrec_dist.errors import UserError
 from ganrec_dist.interactions import Sequences, validation_limits
 from ganrec_dist.layout import DataDir, RunDir
 from ganrec_dist.logs import print_table
 from ganrec_dist.metrics import beyond_accuracy, ranking_metrics
 from ganrec_dist.recommender import Recommender
 from ganrec_dist.resume import stored_config
+from ganrec_dist.sampling import MAX_SAMPLES
 from ganrec_dist.validation import sample_users, validation_truth, validation_users
 
 log = logging.getLogger(__name__)
@@ -44,19 +46,25 @@ COLUMNS = [
 ]
 
 
-def gan_recommend(run: str, n_users: int, users: np.ndarray, k: int) -> tuple[np.ndarray, dict]:
-    """The GAN's top-k through the retrieval path, each user's train items excluded; and its
-    parameters for the table."""
+def gan_recommend(
+    run: str, n_users: int, users: np.ndarray, k: int, samples: int = 0
+) -> tuple[np.ndarray, dict]:
+    """The GAN's top-k through the retrieval path, each user's train items excluded, from
+    ``samples`` draws a user (0: the run's own setting); and its parameters for the table."""
     rec = Recommender(run)
+    samples = samples or rec.samples
     out = np.full((n_users, k), -1, dtype=np.int64)
     for start in range(0, len(users), 2048):
         u = users[start : start + 2048]
-        out[u], _ = rec.recommend_known(u, k)
+        out[u], _ = rec.recommend_known(u, k, samples=samples)
     params = {
         "version": rec.version,
         "adv_weight": rec.meta["adv_weight"],
         "best_epoch": rec.meta["best_epoch"],
+        "samples": samples,
     }
+    if samples > 1:
+        params["merge"] = rec.merge
     return out, params
 
 
@@ -151,9 +159,13 @@ def evaluate_models(cfg: EvaluateConfig) -> dict:
     run.meta()  # one line if RUN holds no trained checkpoint
     ks = sorted(int(k) for k in cfg.ks.split(","))
     split = _splits(cfg, data, run)
+    if not 0 <= cfg.samples <= MAX_SAMPLES:
+        raise UserError(f"--samples must be in 0..{MAX_SAMPLES}, got {cfg.samples}")
+    frontier_samples = _frontier_samples(cfg.frontier_samples)
     recs: dict[str, np.ndarray] = {}
     params: dict[str, dict] = {}
     validation: dict[str, dict] = {}
+    fitted: dict[str, Any] = {}
     for name, baseline in BASELINES.items():
         reason = baseline.skip(cfg, split["seq"].n_items)
         if reason:
@@ -163,13 +175,18 @@ def evaluate_models(cfg: EvaluateConfig) -> dict:
         if scores:
             validation[name] = scores
         model = baseline.fit(split["train"], params[name], cfg)
+        fitted[name] = model
         recs[name] = baseline.recommend(model, split["train"], split["users"], max(ks))
     n_users = split["seq"].n_users
-    recs["gan"], params["gan"] = gan_recommend(run.uri, n_users, split["users"], max(ks))
+    generators = {"gan": run.uri}
+    recs["gan"], params["gan"] = gan_recommend(
+        run.uri, n_users, split["users"], max(ks), samples=cfg.samples
+    )
     if cfg.ablation:
-        ablation = ablation_run(cfg, run)
+        generators["gan_ablation"] = ablation = ablation_run(cfg, run)
+        # The ablation is the same model and inference: the GAN row's number of samples.
         recs["gan_ablation"], params["gan_ablation"] = gan_recommend(
-            ablation, n_users, split["users"], max(ks)
+            ablation, n_users, split["users"], max(ks), samples=params["gan"]["samples"]
         )
     if cfg.sasrec:
         # SASRec is a generator too (history -> a vector in its item space): the same retrieval
@@ -184,6 +201,18 @@ def evaluate_models(cfg: EvaluateConfig) -> dict:
         validation=validation,
         ks=ks,
     )
+    if cfg.diversity:
+        from ganrec_dist.diversity import diversity_section, write_frontier
+
+        ease = ("ease", BASELINES["ease"], fitted["ease"]) if "ease" in fitted else None
+        result["diversity"] = diversity_section(
+            split,
+            generators,
+            ease=ease,
+            chosen=params["gan"]["samples"],
+            frontier_samples=frontier_samples,
+        )
+        write_frontier(run, result["diversity"], f"{result['source']}, test")
     if cfg.cold_start:
         from ganrec_dist.coldstart import cold_start
 
@@ -224,6 +253,16 @@ def _result(
     return result
 
 
+def _frontier_samples(text: str) -> list[int]:
+    try:
+        values = sorted({int(v) for v in text.split(",") if v.strip()})
+    except ValueError:
+        raise UserError(f"--frontier_samples {text!r}: expected integers, e.g. 1,2,4,8") from None
+    if not values or not all(1 <= v <= MAX_SAMPLES for v in values):
+        raise UserError(f"--frontier_samples {text!r}: each in 1..{MAX_SAMPLES}")
+    return values
+
+
 def print_results(result: dict) -> None:
     rows = [[name] + [round(m[c], 4) for c in COLUMNS] for name, m in result["models"].items()]
     users = f"{result['users_evaluated']} users"
@@ -234,6 +273,10 @@ def print_results(result: dict) -> None:
         ["model"] + COLUMNS,
         rows,
     )
+    if "diversity" in result:
+        from ganrec_dist.diversity import print_diversity
+
+        print_diversity(result["diversity"])
     if "cold_start" in result:
         from ganrec_dist.coldstart import print_cold_start
 

@@ -8,6 +8,7 @@ softmax cross-entropy over the catalogue that anchors G's vector to the real nex
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -36,8 +37,29 @@ class Forward:
 
     state: torch.Tensor  # [b, hidden] user state
     mean_vector: torch.Tensor  # [b, dim] G(u, z = 0), what inference uses
-    ce: torch.Tensor  # the softmax cross-entropy of the batch's targets
+    ce: torch.Tensor  # the softmax cross-entropy of the batch's targets, at z = 0
     fake: torch.Tensor | None  # [b, dim] G(u, z); None when there is no adversarial term
+    rank_loss: torch.Tensor | None = None  # what G minimises instead of ``ce`` (sampling terms)
+    stats: dict[str, float] = dataclasses.field(default_factory=dict)
+
+
+@dataclass
+class Sampling:
+    """The sampling terms of a G-step (``SamplingSettings``): ``draws`` ``[b, S, noise_dim]``
+    extra noise, S at least ``best_of - 1`` and at least 2 with a mode-seeking term."""
+
+    draws: torch.Tensor
+    best_of: int = 0
+    mode_seeking: float = 0.0
+
+    @staticmethod
+    def draws_needed(best_of: int, mode_seeking: float) -> int:
+        return max(best_of - 1, 2 if mode_seeking > 0 else 0, 0)
+
+
+# The mode-seeking term is 1 / (ratio + eps) (Mao et al., CVPR 2019, MSGAN): eps bounds it (and
+# its gradient) when two samples coincide.
+_MODE_SEEKING_EPS = 1e-2
 
 
 def g_forward(
@@ -48,25 +70,98 @@ def g_forward(
     adv_weight: float,
     negatives: torch.Tensor | Negatives | None = None,
     fused_softmax: bool = True,
+    sampling: Sampling | None = None,
 ) -> Forward:
     """G's forward pass for a G-step (see ``g_step`` for the arguments)."""
     # The ranking loss trains the deterministic output G(u, z = 0) that inference uses; the
     # adversarial loss trains the samples G(u, z), which must look like real next items to D.
-    if negatives is None and fused_softmax:
-        state, mean_vector, ce = gen(batch.history, batch.users, None, targets=batch.targets)
-    elif negatives is None:
-        state, mean_vector, logits = gen(batch.history, batch.users, None)
-        ce = F.cross_entropy(logits, batch.targets)
-    else:
+    best_of = sampling.best_of if sampling is not None else 0
+    shared = None
+    if negatives is not None:
         shared = negatives if isinstance(negatives, Negatives) else Negatives(negatives)
+    n_items = unwrap(gen).cfg.n_items
+    row_ce = None
+    if shared is None and fused_softmax and best_of <= 1:
+        state, mean_vector, ce = gen(batch.history, batch.users, None, targets=batch.targets)
+    elif shared is None:
+        state, mean_vector, logits = gen(batch.history, batch.users, None)
+        if best_of > 1:
+            row_ce = F.cross_entropy(logits, batch.targets, reduction="none")
+            ce = row_ce.mean()
+        else:
+            ce = F.cross_entropy(logits, batch.targets)
+    else:
         candidates = torch.cat([batch.targets, shared.items])
         state, mean_vector, logits = gen(batch.history, batch.users, None, candidates=candidates)
-        n_items = unwrap(gen).cfg.n_items
-        ce = sampled_softmax_ce(
-            logits, batch.targets, shared.items, n_items=n_items, popularity=shared.popularity
-        )
+        row_ce = _sampled_row_ce(logits, batch.targets, shared, n_items)
+        ce = row_ce.mean()
     fake = unwrap(gen).generate(state, z) if adv_weight > 0 else None
-    return Forward(state, mean_vector, ce, fake)
+    forward = Forward(state, mean_vector, ce, fake)
+    if sampling is not None and (best_of > 1 or sampling.mode_seeking > 0):
+        _sampling_terms(gen, batch, forward, sampling, shared=shared, row_ce=row_ce)
+    return forward
+
+
+def _sampled_row_ce(
+    logits: torch.Tensor, targets: torch.Tensor, shared: Negatives, n_items: int
+) -> torch.Tensor:
+    """Each row's sampled-softmax cross-entropy ``[b]`` (the mean is ``sampled_softmax_ce``)."""
+    corrected = sampled_logits(
+        logits, targets, shared.items, n_items=n_items, popularity=shared.popularity
+    )
+    return -F.log_softmax(corrected, dim=1)[:, 0]
+
+
+def _sampling_terms(
+    gen: nn.Module,
+    batch: Batch,
+    forward: Forward,
+    sampling: Sampling,
+    shared: Negatives | None,
+    row_ce: torch.Tensor | None,
+) -> None:
+    """Set ``forward.rank_loss``: the best-of-K softmax (each row's lowest cross-entropy over
+    z = 0 and K-1 draws) in place of the plain one, plus the mode-seeking term."""
+    core = unwrap(gen)
+    state, draws = forward.state, sampling.draws
+    b = len(state)
+    loss = forward.ce
+    if sampling.best_of > 1:
+        assert row_ce is not None
+        extra = sampling.best_of - 1
+        vectors = core.generate(
+            state.repeat_interleave(extra, dim=0), draws[:, :extra].reshape(b * extra, -1)
+        )
+        if shared is None:
+            logits = vectors @ core.catalogue().T
+            per_sample = F.cross_entropy(
+                logits, batch.targets.repeat_interleave(extra), reduction="none"
+            ).view(b, extra)
+        else:
+            table = core.item_embeddings(torch.cat([batch.targets, shared.items]))
+            logits = (vectors @ table.T).view(b, extra, -1)
+            per_sample = torch.stack(
+                [
+                    _sampled_row_ce(logits[:, j], batch.targets, shared, core.cfg.n_items)
+                    for j in range(extra)
+                ],
+                dim=1,
+            )
+        every = torch.cat([row_ce[:, None], per_sample], dim=1)  # [b, K]
+        best, chosen = every.min(dim=1)
+        loss = best.mean()
+        forward.stats["best_of_loss"] = float(loss.detach())
+        # How often z = 0 explains the target best: near 1, the draws are not used.
+        forward.stats["best_of_mean_share"] = float((chosen == 0).float().mean())
+    if sampling.mode_seeking > 0:
+        a = core.generate(state, draws[:, 0])
+        c = core.generate(state, draws[:, 1])
+        out_distance = 1.0 - F.cosine_similarity(a, c, dim=1)
+        noise_distance = (draws[:, 0] - draws[:, 1]).abs().mean(dim=1)
+        ratio = (out_distance / noise_distance.clamp_min(1e-6)).mean()
+        loss = loss + sampling.mode_seeking / (ratio + _MODE_SEEKING_EPS)
+        forward.stats["mode_seeking_ratio"] = float(ratio.detach())
+    forward.rank_loss = loss
 
 
 def d_step(
@@ -189,6 +284,7 @@ def g_step(
     negatives: torch.Tensor | Negatives | None = None,
     fused_softmax: bool = True,
     forward: Forward | None = None,
+    sampling: Sampling | None = None,
 ) -> dict[str, float]:
     """One generator update: softmax cross-entropy + ``adv_weight`` * non-saturating GAN loss.
 
@@ -199,10 +295,17 @@ def g_step(
             ``F.cross_entropy`` on the logits (the same loss; the reference ``bench step`` times).
         forward: G's pass on this batch with G's current weights (``g_forward``; D may have
             been updated since); None runs it here.
+        sampling: the best-of-K and mode-seeking terms (None: neither).
     """
     if forward is None:
         forward = g_forward(
-            gen, batch, z, adv_weight=adv_weight, negatives=negatives, fused_softmax=fused_softmax
+            gen,
+            batch,
+            z,
+            adv_weight=adv_weight,
+            negatives=negatives,
+            fused_softmax=fused_softmax,
+            sampling=sampling,
         )
     state, ce = forward.state, forward.ce
     core = unwrap(disc)
@@ -217,7 +320,8 @@ def g_step(
         with torch.no_grad():
             d_fake = core(state.detach(), forward.mean_vector.detach())
     adv = F.binary_cross_entropy_with_logits(d_fake, torch.ones_like(d_fake))
-    loss = ce + adv_weight * adv
+    rank_loss = ce if forward.rank_loss is None else forward.rank_loss
+    loss = rank_loss + adv_weight * adv
     g_opt.zero_grad(set_to_none=True)
     loss.backward()
     g_opt.step()
@@ -225,6 +329,7 @@ def g_step(
         "g_loss": float(adv.detach()),
         "ce_loss": float(ce.detach()),
         "g_d_fake": float(torch.sigmoid(d_fake).mean().detach()),
+        **forward.stats,
     }
 
 
@@ -242,6 +347,7 @@ def train_step(
     negatives: torch.Tensor | Negatives | None = None,
     fused_softmax: bool = True,
     d_mismatch: float = 0.0,
+    sampling: Sampling | None = None,
 ) -> dict[str, float]:
     """``d_steps`` D-steps then ``g_steps`` G-steps on one batch (no D-step in the ablation).
 
@@ -252,7 +358,13 @@ def train_step(
     forward = None
     if adv_weight > 0:
         forward = g_forward(
-            gen, batch, z, adv_weight=adv_weight, negatives=negatives, fused_softmax=fused_softmax
+            gen,
+            batch,
+            z,
+            adv_weight=adv_weight,
+            negatives=negatives,
+            fused_softmax=fused_softmax,
+            sampling=sampling,
         )
         for _ in range(d_steps):
             stats.update(d_step(gen, disc, d_opt, batch, z=z, forward=forward, mismatch=d_mismatch))
@@ -268,6 +380,7 @@ def train_step(
                 negatives=negatives,
                 fused_softmax=fused_softmax,
                 forward=forward if step == 0 else None,
+                sampling=sampling,
             )
         )
     return stats

@@ -386,8 +386,9 @@ class RunDir:
     def write_eval(self, result: dict) -> None:
         self.write_file(self.EVAL, json.dumps(result, indent=2) + "\n")
 
-    def write_file(self, name: str, text: str) -> None:
-        """A small file of the run's (eval.json, gate.json), written aside then renamed."""
+    def write_file(self, name: str, text: str | bytes) -> None:
+        """A small file of the run's (eval.json, gate.json, frontier.png), written aside then
+        renamed."""
         storage.write_atomic(self.local / name, text)
         self.save(name)
 

@@ -1,4 +1,6 @@
-"""Load a trained run and turn users into items: G(u, z = 0) -> FAISS index -> top-k.
+"""Load a trained run and turn users into items: G(u, z) -> FAISS index -> top-k.
+
+One sample is G(u, z = 0); K samples are K searches merged into one list (``sampling``).
 
 Evaluation, offline scoring and online serving all recommend through this class, so the same
 user gets the same items everywhere.
@@ -21,6 +23,7 @@ from ganrec_dist.index import ExactIndex, build_index, load_index, search_exclud
 from ganrec_dist.interactions import Sequences
 from ganrec_dist.layout import RunDir, retired_items
 from ganrec_dist.models import Generator, generator_from_state
+from ganrec_dist.sampling import MAX_SAMPLES, keys, merge, noise
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +97,11 @@ class Recommender:
             self.index = self.exact if cfg.kind == "flat" else build_index(self.embeddings, cfg)
             self.index_meta = {"kind": cfg.kind}
         self.version = self.run.version()
+        # The run's own inference settings (runs from before sampling: one sample).
+        sampling = self.train_config.get("sampling", {})
+        self.samples = int(sampling.get("samples", 1))
+        self.merge = str(sampling.get("merge", "round_robin"))
+        self.seed = int(self.train_config.get("seed", 0))
 
     # The id maps as Python objects, built on first use (serving's lookups, the demo); scoring
     # takes ids straight from the shared Arrow columns instead.
@@ -147,31 +155,86 @@ class Recommender:
         return f"{self.item_ids[item]} {title}" if title else str(self.item_ids[item])
 
     @torch.no_grad()
-    def vectors(self, histories: np.ndarray, users: np.ndarray) -> np.ndarray:
-        """G(u, z = 0) for ``[b, history_len]`` padded histories and ``[b]`` user indices. ``[b, dim]``"""
+    def vectors(self, histories: np.ndarray, users: np.ndarray, samples: int = 1) -> np.ndarray:
+        """G(u, z_1..z_K) for ``[b, history_len]`` padded histories and ``[b]`` user indices:
+        ``[b, dim]`` for one sample (z = 0), else ``[b, samples, dim]`` (``sampling.noise``)."""
         state = self.generator.encoder(
             torch.as_tensor(histories, dtype=torch.long), torch.as_tensor(users, dtype=torch.long)
         )
-        return self.generator.generate(state, None).numpy()
+        if samples == 1 or self.generator.head is None:  # SASRec takes no noise
+            vector = self.generator.generate(state, None).numpy()
+            return vector if samples == 1 else np.repeat(vector[:, None], samples, axis=1)
+        z = noise(
+            self.seed,
+            keys(users, histories, self.model_config.n_users),
+            samples,
+            self.model_config.noise_dim,
+        )
+        b = len(state)
+        flat = self.generator.generate(
+            state.repeat_interleave(samples, dim=0), torch.from_numpy(z.reshape(b * samples, -1))
+        )
+        return flat.numpy().reshape(b, samples, -1)
 
-    def recommend(
-        self, histories: np.ndarray, users: np.ndarray, exclude: list[np.ndarray], k: int
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k item indices and scores per user, ``exclude`` items (and the retired ones)
-        left out. ``[b, k]`` each."""
+    def sample_lists(
+        self,
+        histories: np.ndarray,
+        users: np.ndarray,
+        exclude: list[np.ndarray],
+        k: int,
+        samples: int,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Each sample's own top-k (before merging): items and scores ``[b, samples, k]``, and
+        the sample vectors ``[b, samples, dim]``; one batched search of ``b * samples``."""
+        if not 1 <= samples <= MAX_SAMPLES:
+            raise ValueError(f"samples {samples}: expected 1..{MAX_SAMPLES}")
         if len(self.retired):
             exclude = [np.concatenate([e, self.retired]) for e in exclude]
-        return search_excluding(
-            self.index, self.vectors(histories, users), exclude, k, exact=self.exact
+        vectors = self.vectors(histories, users, samples).reshape(len(users), samples, -1)
+        queries = vectors.reshape(len(users) * samples, -1)
+        repeated = [e for e in exclude for _ in range(samples)]
+        items, scores = search_excluding(self.index, queries, repeated, k, exact=self.exact)
+        return (
+            items.reshape(len(users), samples, k),
+            scores.reshape(len(users), samples, k),
+            vectors,
         )
 
-    def recommend_known(
-        self, users: np.ndarray, k: int, include_seen: bool = False
+    def recommend(
+        self,
+        histories: np.ndarray,
+        users: np.ndarray,
+        exclude: list[np.ndarray],
+        k: int,
+        samples: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k for known user indices from their train histories, seen items excluded unless
-        ``include_seen``: the path `evaluate`, `score` and the demo share. ``[b, k]`` each."""
+        """Top-k item indices and scores per user, ``exclude`` items (and the retired ones)
+        left out; ``samples`` noise draws merged by the run's rule (None: the run's default).
+        ``[b, k]`` each."""
+        samples = self.samples if samples is None else samples
+        if samples == 1:
+            if len(self.retired):
+                exclude = [np.concatenate([e, self.retired]) for e in exclude]
+            return search_excluding(
+                self.index, self.vectors(histories, users), exclude, k, exact=self.exact
+            )
+        items, scores, _ = self.sample_lists(histories, users, exclude, k, samples=samples)
+        return merge(items, scores, k, self.merge)
+
+    def known_inputs(
+        self, users: np.ndarray, include_seen: bool = False
+    ) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Known users' padded train histories and the items to exclude (their train items,
+        or none with ``include_seen``)."""
         seq = self.sequences
         histories = seq.window(users, seq.lengths[users], self.history_len)
         empty = np.zeros(0, np.int64)
-        seen = [empty if include_seen else self.seen(u) for u in users]
-        return self.recommend(histories, users, seen, k)
+        return histories, [empty if include_seen else self.seen(u) for u in users]
+
+    def recommend_known(
+        self, users: np.ndarray, k: int, include_seen: bool = False, samples: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k for known user indices from their train histories, seen items excluded unless
+        ``include_seen``: the path `evaluate`, `score` and the demo share. ``[b, k]`` each."""
+        histories, seen = self.known_inputs(users, include_seen)
+        return self.recommend(histories, users, seen, k, samples=samples)

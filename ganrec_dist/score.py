@@ -24,6 +24,7 @@ from ganrec_dist import storage
 from ganrec_dist.config import ScoreConfig
 from ganrec_dist.errors import UserError
 from ganrec_dist.layout import DataDir, RunDir
+from ganrec_dist.sampling import MAX_SAMPLES
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ class Scorer:
     object-store reference of :func:`~ganrec_dist.recommender.load_parts` (read zero-copy, one
     copy per node), or None for each actor to load its own copy from RUN."""
 
-    def __init__(self, run: str, parts: Any, k: int, include_seen: bool) -> None:
+    def __init__(self, run: str, parts: Any, k: int, include_seen: bool, samples: int) -> None:
         import ray
         import torch
 
@@ -54,10 +55,13 @@ class Scorer:
             parts = ray.get(parts)
         self.rec = Recommender(run, parts=parts)
         self.k, self.include_seen = k, include_seen
+        self.samples = samples or self.rec.samples
 
     def __call__(self, batch: dict) -> dict:
         users = batch["user_idx"].astype(np.int64)
-        items, scores = self.rec.recommend_known(users, self.k, self.include_seen)
+        items, scores = self.rec.recommend_known(
+            users, self.k, self.include_seen, samples=self.samples
+        )
         valid = items >= 0
         rows, ranks = np.nonzero(valid)
         return {
@@ -130,7 +134,7 @@ def _write_recs(cfg: ScoreConfig, run: RunDir, users: np.ndarray, out: str) -> N
         ds = ray.data.from_numpy(np.array_split(users, blocks)).rename_columns({"data": "user_idx"})
         recs = ds.map_batches(
             Scorer,
-            fn_constructor_args=(run.uri, parts, cfg.k, cfg.include_seen),
+            fn_constructor_args=(run.uri, parts, cfg.k, cfg.include_seen, cfg.samples),
             batch_size=cfg.batch_size,
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=actors),  # all actors from the start
@@ -167,6 +171,8 @@ def score(cfg: ScoreConfig) -> dict:
     run.meta()  # ... and on a RUN without a checkpoint
     if not 1 <= cfg.k <= 10_000:
         raise UserError("--k must be between 1 and 10000")
+    if not 0 <= cfg.samples <= MAX_SAMPLES:
+        raise UserError(f"--samples must be in 0..{MAX_SAMPLES}, got {cfg.samples}")
     out = storage.display(cfg.out)
     if storage.exists(out) and not cfg.overwrite:
         raise UserError(f"{out}: already exists; pass --overwrite to replace it")

@@ -22,6 +22,7 @@ from ganrec_dist import shared
 from ganrec_dist.config import ServeConfig
 from ganrec_dist.layout import RunDir
 from ganrec_dist.recommender import Recommender
+from ganrec_dist.sampling import MAX_SAMPLES
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,8 @@ class RecommendRequest(BaseModel):
     k: StrictInt = Field(10, ge=1, le=MAX_K)
     history: list[ItemId] | None = Field(None, max_length=MAX_LIST)
     exclude: list[ItemId] | None = Field(None, max_length=MAX_LIST)
+    # Noise draws merged into the list (`ganrec_dist.sampling`); None: the run's own setting.
+    samples: StrictInt | None = Field(None, ge=1, le=MAX_SAMPLES)
 
 
 class ScoredItem(BaseModel):
@@ -118,16 +121,27 @@ class Engine:
             users.append(user if user is not None else n_users)
             excludes.append(np.unique(np.concatenate([sequence, exclude])))
             model_rows.append((i, ignored, None if user is not None else "history"))
-        if model_rows:
-            k = max(requests[i].k for i, _, _ in model_rows)
-            items, scores = rec.recommend(np.stack(histories), np.asarray(users), excludes, k)
-            for row, (i, ignored, fallback) in enumerate(model_rows):
+        # One model call per number of samples among the batch's requests.
+        groups: dict[int, list[int]] = {}
+        for row, (i, _, _) in enumerate(model_rows):
+            groups.setdefault(requests[i].samples or rec.samples, []).append(row)
+        for samples, rows in groups.items():
+            k = max(requests[model_rows[r][0]].k for r in rows)
+            items, scores = rec.recommend(
+                np.stack([histories[r] for r in rows]),
+                np.asarray([users[r] for r in rows]),
+                [excludes[r] for r in rows],
+                k,
+                samples=samples,
+            )
+            for at, r in enumerate(rows):
+                i, ignored, fallback = model_rows[r]
                 kk = requests[i].k
-                valid = items[row, :kk] >= 0
+                valid = items[at, :kk] >= 0
                 out[i] = self._response(
                     requests[i],
-                    items[row, :kk][valid],
-                    scores[row, :kk][valid],
+                    items[at, :kk][valid],
+                    scores[at, :kk][valid],
                     fallback=fallback,
                     ignored=ignored,
                 )

@@ -22,6 +22,7 @@ from ganrec_dist.history import Progress, write_history
 from ganrec_dist.layout import DataDir, RunDir
 from ganrec_dist.models import ENCODERS
 from ganrec_dist.resume import check_resumable
+from ganrec_dist.sampling import MAX_SAMPLES, MERGES
 from ganrec_dist.worker import train_loop
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,18 @@ def _check(cfg: TrainConfig, data: DataDir) -> None:
         raise UserError(f"--encoder {model.encoder!r}: expected one of {', '.join(ENCODERS)}")
     if model.encoder == "sasrec" and (model.heads < 1 or model.dim % model.heads):
         raise UserError(f"--heads {model.heads} must divide --dim {model.dim}")
+    sampling = cfg.sampling
+    if not 1 <= sampling.samples <= MAX_SAMPLES:
+        raise UserError(f"--samples must be in 1..{MAX_SAMPLES}, got {sampling.samples}")
+    if sampling.merge not in MERGES:
+        raise UserError(f"--merge {sampling.merge!r}: expected one of {', '.join(MERGES)}")
+    if not 0 <= sampling.best_of <= MAX_SAMPLES:
+        raise UserError(f"--best_of must be in 0..{MAX_SAMPLES}, got {sampling.best_of}")
+    if sampling.mode_seeking < 0:
+        raise UserError(f"--mode_seeking must be at least 0, got {sampling.mode_seeking}")
+    uses_noise = sampling.samples > 1 or sampling.best_of > 1 or sampling.mode_seeking > 0
+    if model.encoder == "sasrec" and uses_noise:
+        raise UserError("--samples, --best_of and --mode_seeking need G's noise: encoder mlp")
     if data.manifest["train_rows"] == 0:
         raise UserError(f"{data}: no train rows")
 

@@ -34,6 +34,7 @@ from ganrec_dist.layout import DataDir, RunDir, write_checkpoint
 from ganrec_dist.models import Discriminator, Generator, ModelConfig
 from ganrec_dist.tables import GeneratorOptimizer, LazyAverage, keep_out_of_ddp
 from ganrec_dist.validation import (
+    DIAGNOSTIC_USERS,
     sample_users,
     validation_metrics,
     validation_truth,
@@ -417,6 +418,16 @@ def step(
         if rank.negatives
         else None
     )
+    sampling = None
+    draws = gan.Sampling.draws_needed(cfg.sampling.best_of, cfg.sampling.mode_seeking)
+    if draws:  # drawn after the negatives: runs without sampling terms keep their stream
+        sampling = gan.Sampling(
+            torch.randn(
+                len(users), draws, cfg.model.noise_dim, device=rank.device, generator=rank.noise
+            ),
+            best_of=cfg.sampling.best_of,
+            mode_seeking=cfg.sampling.mode_seeking,
+        )
     m = rank.models
     stats = gan.train_step(
         m.gen,
@@ -430,6 +441,7 @@ def step(
         g_steps=cfg.game.g_steps,
         negatives=negatives,
         d_mismatch=cfg.discriminator.d_mismatch,
+        sampling=sampling,
     )
     update_average(m)
     return stats, len(users)
@@ -483,6 +495,8 @@ def validate(rank: Rank, metrics: dict[str, Any], epoch: int) -> None:
     sample (their per-user mean over all ranks is the one-rank number); the same decision on
     every rank."""
     per_user: dict = {}
+    diagnostics: dict = {}
+    sampling = rank.cfg.sampling
     val = validation_metrics(
         rank.models.model,
         rank.seq,
@@ -492,9 +506,20 @@ def validate(rank: Rank, metrics: dict[str, Any], epoch: int) -> None:
         device=rank.device,
         users=rank.val_users,
         per_user=per_user,
+        samples=sampling.samples,
+        merge_rule=sampling.merge,
+        seed=rank.cfg.seed,
+        diagnostics=diagnostics if rank.cfg.model.encoder == "mlp" else None,
     )
     val = _weighted_mean(val, float(len(rank.val_users)), rank.device)
     metrics.update({f"val_{k}": v for k, v in val.items()})
+    if rank.cfg.model.encoder == "mlp":
+        # Every rank takes part (a collective), one with no validation users with weight 0.
+        weight = float(min(len(rank.val_users), DIAGNOSTIC_USERS)) if diagnostics else 0.0
+        filled = diagnostics or {"sample_cosine": 0.0, "top10_overlap": 0.0}
+        metrics.update(
+            {f"val_{k}": v for k, v in _weighted_mean(filled, weight, rank.device).items()}
+        )
     if rank.val_sampled:
         metrics["val_users"] = rank.val_sampled  # a sample: history.csv says so
     value = val["ndcg@10"]

@@ -185,3 +185,73 @@ def test_scoring_actors_read_the_object_store_copy(trained):
     rec = Recommender(run)  # its own copy, from RUN: the same items
     items, _ = rec.recommend_known(np.arange(3), 5)
     assert found[0]["scores"] == [str(rec.item_ids[i]) for i in items.reshape(-1) if i >= 0]
+
+
+def test_one_sample_is_the_z_zero_path_exactly(trained):
+    import torch
+
+    from ganrec_dist.index import search_excluding
+
+    data, run = trained
+    rec = Recommender(run)
+    users = np.arange(40)
+    histories, seen = rec.known_inputs(users)
+    with torch.no_grad():
+        state = rec.generator.encoder(torch.as_tensor(histories), torch.as_tensor(users))
+        mean = rec.generator.generate(state, torch.zeros(len(users), rec.model_config.noise_dim))
+    expected = search_excluding(rec.index, mean.numpy(), seen, 10, exact=rec.exact)
+    for got in (rec.recommend_known(users, 10), rec.recommend_known(users, 10, samples=1)):
+        assert np.array_equal(got[0], expected[0]) and np.array_equal(got[1], expected[1])
+    items, scores, _ = rec.sample_lists(histories, users, seen, 10, samples=1)
+    assert np.array_equal(items[:, 0], expected[0])
+
+
+def test_k_samples_give_k_unseen_items_whatever_the_batch(trained):
+    data, run = trained
+    rec = Recommender(run)
+    users = np.arange(60)
+    one, _ = rec.recommend_known(users, 10)
+    items, scores = rec.recommend_known(users, 10, samples=4)
+    assert items.shape == (60, 10) and (items >= 0).all()
+    for u, row in zip(users, items):
+        assert len(set(row)) == 10 and not set(row) & set(rec.seen(u))
+    # The same users in other batches and orders get the same lists (noise keyed by user).
+    order = np.random.default_rng(0).permutation(60)
+    parts = [
+        rec.recommend_known(users[order][i : i + 7], 10, samples=4)[0] for i in range(0, 60, 7)
+    ]
+    assert np.array_equal(np.concatenate(parts), items[order])
+    assert (items != one).any(axis=1).sum() > 0  # the draws move some lists
+    histories, seen = rec.known_inputs(users)
+    _, _, vectors = rec.sample_lists(histories, users, seen, 10, samples=4)
+    assert np.array_equal(vectors[:, 0], rec.vectors(histories, users))  # sample 0: z = 0
+
+
+def test_score_with_samples_equals_the_direct_computation(trained, tmp_path):
+    data, run = trained
+    out = tmp_path / "recs.parquet"
+    score(ScoreConfig(data=str(data), run=str(run), out=str(out), k=6, samples=3, batch_size=50))
+    table = _as_lists(pq.read_table(out))
+    rec = Recommender(run)
+    users = np.unique(pq.read_table(data / "test")["user_idx"].to_numpy()).astype(np.int64)
+    items, _ = rec.recommend_known(users, 6, samples=3)
+    ids = pq.read_table(data / "users.parquet")["user_id"].to_pylist()
+    assert table == {ids[u]: [str(rec.item_ids[i]) for i in row] for u, row in zip(users, items)}
+    assert (
+        main(
+            [
+                "score",
+                "--data",
+                str(data),
+                "--run",
+                str(run),
+                "--out",
+                str(out),
+                "--samples",
+                "33",
+                "--overwrite",
+                "true",
+            ]
+        )
+        == 2
+    )

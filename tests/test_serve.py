@@ -143,6 +143,25 @@ def test_online_equals_offline_score(service, tmp_path):
         assert [i["item_id"] for i in online["items"]] == offline[user]
 
 
+def test_online_samples_equal_offline_score_with_as_many_samples(service, tmp_path):
+    out = tmp_path / "recs.parquet"
+    score(
+        ScoreConfig(
+            data=str(service["data"]), run=str(service["run"]), out=str(out), k=8, samples=4
+        )
+    )
+    offline = {}
+    for row in sorted(pq.read_table(out).to_pylist(), key=lambda r: r["rank"]):
+        offline.setdefault(row["user_id"], []).append(row["item_id"])
+    differs = 0
+    for user in list(offline)[:25]:
+        online = post(service, {"user_id": user, "k": 8, "samples": 4}).json()
+        assert [i["item_id"] for i in online["items"]] == offline[user]
+        one = post(service, {"user_id": user, "k": 8}).json()
+        differs += [i["item_id"] for i in one["items"]] != offline[user]
+    assert differs > 0  # the samples change some lists: the field is not ignored
+
+
 @pytest.mark.parametrize(
     "body, field",
     [
@@ -156,6 +175,10 @@ def test_online_equals_offline_score(service, tmp_path):
         ({"user_id": "a", "history": [1, 2]}, "history.0"),
         ({"user_id": "a", "history": ["x"] * 10_001}, "history"),
         ({"user_id": "a", "surprise": 1}, "surprise"),
+        ({"user_id": "a", "samples": 0}, "samples"),
+        ({"user_id": "a", "samples": 33}, "samples"),
+        ({"user_id": "a", "samples": "4"}, "samples"),
+        ({"user_id": "a", "samples": 2.5}, "samples"),
     ],
 )
 def test_invalid_bodies_are_422_naming_the_field(service, body, field):

@@ -33,7 +33,7 @@ local users = {USERS}
 local n = 0
 request = function()
   n = n + 1
-  return wrk.format(nil, "/recommend", nil, '{"user_id":"' .. users[n % #users + 1] .. '","k":10}')
+  return wrk.format(nil, "/recommend", nil, '{"user_id":"' .. users[n % #users + 1] .. '","k":10,"samples":{SAMPLES}}')
 end
 done = function(summary, latency, requests)
   local e = summary.errors
@@ -51,6 +51,9 @@ class BenchServeConfig:
     data: str = setting("demo/data", "its DATA (for user ids)")
     concurrency: str = setting("1,8,32,64", "load levels (open connections), comma-separated")
     seconds: int = setting(10, "seconds per level")
+    samples: str = setting(
+        "1,4", "noise draws per request (the body's samples), comma-separated: each a pass"
+    )
     cooldown_s: int = setting(40, "keep tracing replicas after the load, to see them scale down")
     out: str = setting("bench/serve.json", "results JSON (and a PNG beside it)")
 
@@ -104,19 +107,19 @@ def _replicas() -> int:
     )
 
 
-def _compute_ms(run: str, user: str, n: int = 200) -> float:
+def _compute_ms(run: str, user: str, samples: int, n: int = 200) -> float:
     """In-process cost of one request's model + index work (the floor under any HTTP stack)."""
     from ganrec_dist.serve import Engine, RecommendRequest
 
     engine = Engine(run)
-    req = RecommendRequest(user_id=user, k=10, history=None, exclude=None)
+    req = RecommendRequest(user_id=user, k=10, history=None, exclude=None, samples=samples)
     start = time.perf_counter()
     for _ in range(n):
         engine.answer([req])
     return (time.perf_counter() - start) / n * 1e3
 
 
-def _bare(cfg: BenchServeConfig, script: Path, levels: list[int]) -> list[dict]:
+def _bare(cfg: BenchServeConfig, scripts: dict[int, Path], levels: list[int]) -> dict:
     """The baseline: the same logic in one uvicorn process, no Ray."""
     from ganrec_dist.serve import wait_healthy
 
@@ -129,14 +132,20 @@ def _bare(cfg: BenchServeConfig, script: Path, levels: list[int]) -> list[dict]:
     )
     try:
         wait_healthy(f"http://127.0.0.1:{port}")
-        return [wrk(f"http://127.0.0.1:{port}", script, c, cfg.seconds) for c in levels]
+        url = f"http://127.0.0.1:{port}"
+        return {
+            k: [wrk(url, script, c, cfg.seconds) for c in levels] for k, script in scripts.items()
+        }
     finally:
         bare.terminate()
         bare.wait(timeout=30)
 
 
-def _served(cfg: BenchServeConfig, script: Path, levels: list[int]) -> tuple[list[dict], list]:
-    """The Ray Serve app under the same load; and its replica count every 0.5 s."""
+def _served(
+    cfg: BenchServeConfig, scripts: dict[int, Path], levels: list[int]
+) -> tuple[dict, list]:
+    """The Ray Serve app under the same load (every K's levels in turn); and its replica count
+    every 0.5 s."""
 
     from ganrec_dist.serve import start, wait_healthy
     from ganrec_dist.serve import stop as stop_app
@@ -155,13 +164,15 @@ def _served(cfg: BenchServeConfig, script: Path, levels: list[int]) -> tuple[lis
             stop.wait(0.5)
 
     thread = threading.Thread(target=tracer, daemon=True)
-    results = []
+    results: dict[int, list[dict]] = {}
     try:
         wait_healthy(url)
         thread.start()
-        for c in levels:
-            phase["concurrency"] = c
-            results.append(wrk(url, script, c, cfg.seconds))
+        for k, script in scripts.items():
+            results[k] = []
+            for c in levels:
+                phase["concurrency"] = c
+                results[k].append(wrk(url, script, c, cfg.seconds))
         phase["concurrency"] = 0
         time.sleep(cfg.cooldown_s)
     finally:
@@ -172,52 +183,76 @@ def _served(cfg: BenchServeConfig, script: Path, levels: list[int]) -> tuple[lis
 
 
 def _report(cfg: BenchServeConfig, results: dict) -> None:
-    rows = []
-    for b, s in zip(results["bare"], results["serve"]):
-        s["ratio_vs_bare"] = s["rps"] / b["rps"]
-        rows.append(
-            [b["concurrency"], b["rps"], b["p50_ms"], b["p99_ms"], s["rps"], s["p50_ms"]]
-            + [s["p95_ms"], s["p99_ms"], s["errors"], s["ratio_vs_bare"]]
+    for k, part in results["by_samples"].items():
+        rows = []
+        for b, s in zip(part["bare"], part["serve"]):
+            s["ratio_vs_bare"] = s["rps"] / b["rps"]
+            rows.append(
+                [b["concurrency"], b["rps"], b["p50_ms"], b["p99_ms"], s["rps"], s["p50_ms"]]
+                + [s["p95_ms"], s["p99_ms"], s["errors"], s["ratio_vs_bare"]]
+            )
+        header = ["conc.", "bare req/s", "bare p50", "bare p99", "serve req/s", "serve p50"]
+        header += ["serve p95", "serve p99", "errors", "serve/bare"]
+        print_table(
+            f"serve, samples={k}: closed-loop wrk on 127.0.0.1, {cfg.seconds}s per level "
+            f"(model+index {part['compute_ms']:.2f} ms/request)",
+            header,
+            rows,
         )
-    header = ["conc.", "bare req/s", "bare p50", "bare p99", "serve req/s", "serve p50"]
-    header += ["serve p95", "serve p99", "errors", "serve/bare"]
-    print_table(
-        f"serve: closed-loop wrk on 127.0.0.1, {cfg.seconds}s per level "
-        f"(model+index {results['compute_ms']:.2f} ms/request)",
-        header,
-        rows,
-    )
     print(
         "breakdown at concurrency 1 (ms):",
         json.dumps({k: round(v, 2) for k, v in results["breakdown_ms_at_concurrency_1"].items()}),
     )
+    for k, cost in results["samples_cost"].items():
+        print(
+            f"samples={k} vs 1: model+index {cost['compute_ratio']:.2f}x the time; serve "
+            f"throughput {cost['serve_rps_ratio_at_max_concurrency']:.2f}x at the highest load"
+        )
 
 
 def run(cfg: BenchServeConfig) -> dict:
     users = DataDir(cfg.data).read(DataDir.USERS)["user_id"].to_pylist()[:200]
     work = Path(tempfile.mkdtemp(prefix="ganrec-bench-serve-"))
-    script = work / "load.lua"
-    script.write_text(LUA.replace("{USERS}", "{" + ",".join(json.dumps(u) for u in users) + "}"))
+    ids = "{" + ",".join(json.dumps(u) for u in users) + "}"
+    samples = [int(k) for k in cfg.samples.split(",")]
+    if 1 not in samples:
+        samples = [1, *samples]  # the baseline: one search a request, in the same run
+    scripts = {}
+    for k in samples:
+        scripts[k] = work / f"load-{k}.lua"
+        scripts[k].write_text(LUA.replace("{USERS}", ids).replace("{SAMPLES}", str(k)))
     levels = [int(c) for c in cfg.concurrency.split(",")]
-    compute_ms = _compute_ms(cfg.run, users[0])
+    compute_ms = {k: _compute_ms(cfg.run, users[0], k) for k in samples}
     try:
-        bare = _bare(cfg, script, levels)
-        served, trace = _served(cfg, script, levels)
+        bare = _bare(cfg, scripts, levels)
+        served, trace = _served(cfg, scripts, levels)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    by_samples = {
+        k: {"compute_ms": compute_ms[k], "bare": bare[k], "serve": served[k]} for k in samples
+    }
     results: dict = {
         "run": cfg.run,
         "seconds_per_level": cfg.seconds,
-        "compute_ms": compute_ms,
-        "bare": bare,
-        "serve": served,
+        "compute_ms": compute_ms[1],
+        "bare": bare[1],
+        "serve": served[1],
+        "by_samples": by_samples,
+        "samples_cost": {
+            k: {
+                "compute_ratio": compute_ms[k] / compute_ms[1],
+                "serve_rps_ratio_at_max_concurrency": served[k][-1]["rps"] / served[1][-1]["rps"],
+            }
+            for k in samples
+            if k != 1
+        },
         "autoscaling_trace": [{"t": t, "replicas": r, "concurrency": c} for t, r, c in trace],
         "max_replicas_seen": max((r for _, r, _ in trace), default=0),
         "replicas_at_end": trace[-1][1] if trace else 0,
         "breakdown_ms_at_concurrency_1": {
-            "model_and_index": compute_ms,
-            "http_and_fastapi": max(0.0, bare[0]["p50_ms"] - compute_ms),
-            "serve_proxy_routing_batching": max(0.0, served[0]["p50_ms"] - bare[0]["p50_ms"]),
+            "model_and_index": compute_ms[1],
+            "http_and_fastapi": max(0.0, bare[1][0]["p50_ms"] - compute_ms[1]),
+            "serve_proxy_routing_batching": max(0.0, served[1][0]["p50_ms"] - bare[1][0]["p50_ms"]),
         },
     }
     _report(cfg, results)
