@@ -59,7 +59,10 @@ def noise(seed: int, row_keys: np.ndarray, samples: int, dim: int) -> np.ndarray
     if samples <= 1 or b == 0:
         return out
     with np.errstate(over="ignore"):
-        base = _mix(np.asarray(row_keys, dtype=np.uint64) ^ _mix(np.asarray([seed % 2**64], dtype=np.uint64) + _GOLDEN))
+        base = _mix(
+            np.asarray(row_keys, dtype=np.uint64)
+            ^ _mix(np.asarray([seed % 2**64], dtype=np.uint64) + _GOLDEN)
+        )
         counter = np.arange(1, (samples - 1) * dim + 1, dtype=np.uint64) * np.uint64(2)
         a = _mix(base[:, None] + counter[None, :] * _GOLDEN)
         c = _mix(base[:, None] + (counter[None, :] + np.uint64(1)) * _GOLDEN)

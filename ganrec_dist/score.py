@@ -42,9 +42,10 @@ EMPTY_RECS = pa.table(
 class Scorer:
     """One per actor: the model, its index and the users' train histories. ``parts`` is the
     object-store reference of :func:`~ganrec_dist.recommender.load_parts` (read zero-copy, one
-    copy per node), or None for each actor to load its own copy from RUN."""
+    copy per node), or None for each actor to load its own copy from RUN. ``samples`` 0 takes the
+    run's own setting."""
 
-    def __init__(self, run: str, parts: Any, k: int, include_seen: bool, samples: int) -> None:
+    def __init__(self, run: str, parts: Any, k: int, include_seen: bool, samples: int = 0) -> None:
         import ray
         import torch
 
