@@ -93,9 +93,11 @@ def diversity_at(curve: list[dict[str, float]], ndcg: float) -> float | None:
 
 
 def verdict(point: dict[str, float], curves: dict[str, list[dict[str, float]]]) -> dict[str, Any]:
-    """Whether ``point`` (the GAN's chosen K) is more diverse than each re-ranking curve at the
-    same NDCG@10; a curve that never reaches the point's NDCG is beaten on accuracy outright
-    (then ``beats`` compares the curve's most accurate point's diversity)."""
+    """Whether ``point`` (a GAN K) is more diverse than each re-ranking curve at the same
+    NDCG@10. A curve that never reaches the point's NDCG is beaten on accuracy outright (then
+    ``beats`` compares the curve's most accurate point's diversity); a point less accurate than
+    the curve's least accurate one is outside the swept range: ``beats`` is None (re-ranking
+    further might reach any diversity there, so no claim either way)."""
     out: dict[str, Any] = {}
     for name, curve in curves.items():
         reached = diversity_at(curve, point["ndcg@10"])
@@ -105,6 +107,12 @@ def verdict(point: dict[str, float], curves: dict[str, list[dict[str, float]]]) 
                 "curve_diversity_at_ndcg": None,
                 "beats": bool(point["diversity@10"] > top["diversity@10"]),
                 "note": "the curve does not reach this NDCG@10",
+            }
+        elif point["ndcg@10"] < min(p["ndcg@10"] for p in curve):
+            out[name] = {
+                "curve_diversity_at_ndcg": None,
+                "beats": None,
+                "note": "below the curve's NDCG@10 range: not comparable",
             }
         else:
             out[name] = {
@@ -253,6 +261,11 @@ def diversity_section(
         },
         "gan_point": gan_point,
         "verdict": verdict(gan_point, curves),
+        # Every K of the GAN's curve, not only the chosen one: a larger K may buy diversity
+        # that re-ranking cannot at its (lower) NDCG.
+        "verdict_by_samples": {
+            str(point["samples"]): verdict(point, curves) for point in frontier.get("gan", [])
+        },
     }
 
 
@@ -281,7 +294,13 @@ def write_frontier(run: Any, section: dict[str, Any], title: str) -> None:
 
     run.write_file(
         "frontier.json",
-        json.dumps({k: section[k] for k in ("frontier", "gan_point", "verdict", "mmr")}, indent=2)
+        json.dumps(
+            {
+                k: section[k]
+                for k in ("frontier", "gan_point", "verdict", "verdict_by_samples", "mmr")
+            },
+            indent=2,
+        )
         + "\n",
     )
     with tempfile.TemporaryDirectory() as tmp:
@@ -303,9 +322,19 @@ def print_diversity(section: dict[str, Any]) -> None:
     point = section["gan_point"]
     for name, v in section["verdict"].items():
         reached = v["curve_diversity_at_ndcg"]
-        at = "does not reach it" if reached is None else f"reaches diversity {reached:.4f}"
+        at = v["note"] if reached is None else f"the curve reaches diversity {reached:.4f}"
+        said = {True: "more diverse", False: "not more diverse", None: "no verdict"}[v["beats"]]
         print(
             f"frontier: gan K={point['samples']} (NDCG@10 {point['ndcg@10']:.4f}, diversity "
-            f"{point['diversity@10']:.4f}) vs {name}: at that NDCG the curve {at}; "
-            f"{'more diverse' if v['beats'] else 'not more diverse'} than re-ranking"
+            f"{point['diversity@10']:.4f}) vs {name}: {at}; "
+            f"{said} than re-ranking"
+        )
+    by_k = section.get("verdict_by_samples", {})
+    for name in section["verdict"]:
+        beaten = [k for k, v in by_k.items() if v[name]["beats"]]
+        outside = [k for k, v in by_k.items() if v[name]["beats"] is None]
+        print(
+            f"frontier: gan K={','.join(by_k)} vs {name}: more diverse than re-ranking at the "
+            f"same NDCG@10 for K={','.join(beaten) or 'none'}"
+            + (f"; below its NDCG range for K={','.join(outside)}" if outside else "")
         )

@@ -131,6 +131,9 @@ def test_diversity_at_interpolates_the_curves_upper_envelope():
         0.525
     )
     assert verdict["low"]["curve_diversity_at_ndcg"] is None and not verdict["low"]["beats"]
+    # Less accurate than every re-ranked list: outside the swept range, no verdict either way.
+    below = diversity.verdict({"ndcg@10": 0.05, "diversity@10": 0.99}, {"mmr": curve})
+    assert below["mmr"]["beats"] is None and below["mmr"]["curve_diversity_at_ndcg"] is None
 
 
 def _batch(n_items: int, b: int = 12, length: int = 5) -> gan.Batch:

@@ -107,6 +107,8 @@ def test_two_workers_learn_and_beat_popularity(synthetic_data, tmp_path):
     assert curve[-1]["diversity@10"] > curve[0]["diversity@10"]  # re-ranking diversifies
     assert [p["samples"] for p in diversity["frontier"]["gan"]] == [1, 2, 4, 8]
     assert set(diversity["verdict"]) == {"ease+mmr"}
+    assert set(diversity["verdict_by_samples"]) == {"1", "2", "4", "8"}
+    assert diversity["verdict_by_samples"]["1"] == diversity["verdict"]  # the chosen K is 1
     assert (run / "frontier.png").stat().st_size > 0
     assert json.loads((run / "frontier.json").read_text())["verdict"] == diversity["verdict"]
 
