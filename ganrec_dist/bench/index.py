@@ -185,8 +185,8 @@ def run(cfg: BenchIndexConfig) -> dict:
         )
         results.setdefault("baseline", res["baseline"])
         results.setdefault("points", res["points"])
+    write_json(cfg.out, results)  # first: it creates the folder, and the numbers outlive a plot
     _plot(results, cfg.out.replace(".json", ".png"))
-    write_json(cfg.out, results)
     return results
 
 

@@ -163,8 +163,8 @@ def run(cfg: BenchScaleConfig) -> dict:
             if not cfg.workdir:
                 shutil.rmtree(work, ignore_errors=True)
         _print_train(results["train"])
+    write_json(cfg.out, results)  # first: it creates the folder, and the numbers outlive a plot
     _plot(results, cfg.out.replace(".json", ".png"))
-    write_json(cfg.out, results)
     return results
 
 

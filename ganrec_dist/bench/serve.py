@@ -256,8 +256,8 @@ def run(cfg: BenchServeConfig) -> dict:
         },
     }
     _report(cfg, results)
+    write_json(cfg.out, results)  # first: it creates the folder, and the numbers outlive a plot
     _plot(results, cfg.out.replace(".json", ".png"))
-    write_json(cfg.out, results)
     return results
 
 
