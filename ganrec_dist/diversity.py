@@ -19,7 +19,9 @@ import scipy.sparse as sp
 
 log = logging.getLogger(__name__)
 
-LAMBDAS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.3)
+# Down to 0 (pure dissimilarity after the top item): the curve must reach the NDCG of sampled
+# lists, which give up more accuracy than light re-ranking does.
+LAMBDAS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.0)
 CANDIDATES = 100
 K = 10
 
@@ -323,11 +325,14 @@ def print_diversity(section: dict[str, Any]) -> None:
     for name, v in section["verdict"].items():
         reached = v["curve_diversity_at_ndcg"]
         at = v["note"] if reached is None else f"the curve reaches diversity {reached:.4f}"
-        said = {True: "more diverse", False: "not more diverse", None: "no verdict"}[v["beats"]]
+        said = {
+            True: "more diverse than re-ranking",
+            False: "not more diverse than re-ranking",
+            None: "no verdict",
+        }[v["beats"]]
         print(
             f"frontier: gan K={point['samples']} (NDCG@10 {point['ndcg@10']:.4f}, diversity "
-            f"{point['diversity@10']:.4f}) vs {name}: {at}; "
-            f"{said} than re-ranking"
+            f"{point['diversity@10']:.4f}) vs {name}: {at}; {said}"
         )
     by_k = section.get("verdict_by_samples", {})
     for name in section["verdict"]:
