@@ -133,9 +133,11 @@ def _bare(cfg: BenchServeConfig, scripts: dict[int, Path], levels: list[int]) ->
     try:
         wait_healthy(f"http://127.0.0.1:{port}")
         url = f"http://127.0.0.1:{port}"
-        return {
-            k: [wrk(url, script, c, cfg.seconds) for c in levels] for k, script in scripts.items()
-        }
+        out: dict[int, list[dict]] = {k: [] for k in scripts}
+        for c in levels:  # the same order as the served app's
+            for k, script in scripts.items():
+                out[k].append(wrk(url, script, c, cfg.seconds))
+        return out
     finally:
         bare.terminate()
         bare.wait(timeout=30)
@@ -144,8 +146,8 @@ def _bare(cfg: BenchServeConfig, scripts: dict[int, Path], levels: list[int]) ->
 def _served(
     cfg: BenchServeConfig, scripts: dict[int, Path], levels: list[int]
 ) -> tuple[dict, list]:
-    """The Ray Serve app under the same load (every K's levels in turn); and its replica count
-    every 0.5 s."""
+    """The Ray Serve app under the same load (each level for every K in turn), with the replica
+    count after each measurement; and the replica count every 0.5 s."""
 
     from ganrec_dist.serve import start, wait_healthy
     from ganrec_dist.serve import stop as stop_app
@@ -164,15 +166,19 @@ def _served(
             stop.wait(0.5)
 
     thread = threading.Thread(target=tracer, daemon=True)
-    results: dict[int, list[dict]] = {}
     try:
         wait_healthy(url)
         thread.start()
-        for k, script in scripts.items():
-            results[k] = []
-            for c in levels:
-                phase["concurrency"] = c
-                results[k].append(wrk(url, script, c, cfg.seconds))
+        # Every K at one level before the next level: K's passes then meet the same replica
+        # count (run one K after another and the later K inherits the replicas the load on the
+        # earlier one scaled up to).
+        results: dict[int, list[dict]] = {k: [] for k in scripts}
+        for c in levels:
+            phase["concurrency"] = c
+            for k, script in scripts.items():
+                point = wrk(url, script, c, cfg.seconds)
+                point["replicas"] = _replicas()
+                results[k].append(point)
         phase["concurrency"] = 0
         time.sleep(cfg.cooldown_s)
     finally:
@@ -189,10 +195,16 @@ def _report(cfg: BenchServeConfig, results: dict) -> None:
             s["ratio_vs_bare"] = s["rps"] / b["rps"]
             rows.append(
                 [b["concurrency"], b["rps"], b["p50_ms"], b["p99_ms"], s["rps"], s["p50_ms"]]
-                + [s["p95_ms"], s["p99_ms"], s["errors"], s["ratio_vs_bare"]]
+                + [
+                    s["p95_ms"],
+                    s["p99_ms"],
+                    s["errors"],
+                    s.get("replicas", "-"),
+                    s["ratio_vs_bare"],
+                ]
             )
         header = ["conc.", "bare req/s", "bare p50", "bare p99", "serve req/s", "serve p50"]
-        header += ["serve p95", "serve p99", "errors", "serve/bare"]
+        header += ["serve p95", "serve p99", "errors", "replicas", "serve/bare"]
         print_table(
             f"serve, samples={k}: closed-loop wrk on 127.0.0.1, {cfg.seconds}s per level "
             f"(model+index {part['compute_ms']:.2f} ms/request)",
@@ -206,7 +218,8 @@ def _report(cfg: BenchServeConfig, results: dict) -> None:
     for k, cost in results["samples_cost"].items():
         print(
             f"samples={k} vs 1: model+index {cost['compute_ratio']:.2f}x the time; serve "
-            f"throughput {cost['serve_rps_ratio_at_max_concurrency']:.2f}x at the highest load"
+            f"throughput {cost['serve_rps_ratio_at_max_concurrency']:.2f}x at the highest load "
+            f"(bare app {cost['bare_rps_ratio_at_max_concurrency']:.2f}x)"
         )
 
 
@@ -242,6 +255,7 @@ def run(cfg: BenchServeConfig) -> dict:
             k: {
                 "compute_ratio": compute_ms[k] / compute_ms[1],
                 "serve_rps_ratio_at_max_concurrency": served[k][-1]["rps"] / served[1][-1]["rps"],
+                "bare_rps_ratio_at_max_concurrency": bare[k][-1]["rps"] / bare[1][-1]["rps"],
             }
             for k in samples
             if k != 1
