@@ -266,7 +266,7 @@ def diversity_section(
         # Every K of the GAN's curve, not only the chosen one: a larger K may buy diversity
         # that re-ranking cannot at its (lower) NDCG.
         "verdict_by_samples": {
-            str(point["samples"]): verdict(point, curves) for point in frontier.get("gan", [])
+            str(point["samples"]): verdict(point, curves) for point in frontier["gan"]
         },
     }
 
@@ -334,7 +334,7 @@ def print_diversity(section: dict[str, Any]) -> None:
             f"frontier: gan K={point['samples']} (NDCG@10 {point['ndcg@10']:.4f}, diversity "
             f"{point['diversity@10']:.4f}) vs {name}: {at}; {said}"
         )
-    by_k = section.get("verdict_by_samples", {})
+    by_k = section["verdict_by_samples"]
     for name in section["verdict"]:
         beaten = [k for k, v in by_k.items() if v[name]["beats"]]
         outside = [k for k, v in by_k.items() if v[name]["beats"] is None]
