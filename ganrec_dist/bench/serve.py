@@ -15,6 +15,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -133,14 +134,51 @@ def _bare(cfg: BenchServeConfig, scripts: dict[int, Path], levels: list[int]) ->
     try:
         wait_healthy(f"http://127.0.0.1:{port}")
         url = f"http://127.0.0.1:{port}"
-        out: dict[int, list[dict]] = {k: [] for k in scripts}
-        for c in levels:  # the same order as the served app's
-            for k, script in scripts.items():
-                out[k].append(wrk(url, script, c, cfg.seconds))
-        return out
+        return _load(url, scripts, levels, cfg.seconds)
     finally:
         bare.terminate()
         bare.wait(timeout=30)
+
+
+def _load(
+    url: str,
+    scripts: dict[int, Path],
+    levels: list[int],
+    seconds: int,
+    phase: dict | None = None,
+    replicas: Callable[[], int] | None = None,
+) -> dict[int, list[dict]]:
+    """wrk at each level for every K in turn, ``{K: [point per level]}``. Every K at one level
+    before the next: K's passes then meet the same replica count (run one K's levels after
+    another's and the later K inherits the replicas the earlier load scaled up to). With
+    ``replicas``, each point records the count before and after it."""
+    out: dict[int, list[dict]] = {k: [] for k in scripts}
+    for c in levels:
+        if phase is not None:
+            phase["concurrency"] = c
+        for k, script in scripts.items():
+            before = replicas() if replicas else None
+            point = wrk(url, script, c, seconds)
+            if replicas:
+                point["replicas_before"], point["replicas"] = before, replicas()
+            out[k].append(point)
+    return out
+
+
+def _same_replica_ratios(served: dict[int, list[dict]], k: int) -> list[float]:
+    """K's Serve throughput over K = 1's at each level whose replica count held through both
+    passes: a level where replicas came up is no comparison."""
+    ratios = []
+    for one, many in zip(served[1], served[k]):
+        counts = {
+            one["replicas_before"],
+            one["replicas"],
+            many["replicas_before"],
+            many["replicas"],
+        }
+        if len(counts) == 1:
+            ratios.append(many["rps"] / one["rps"])
+    return ratios
 
 
 def _served(
@@ -169,16 +207,7 @@ def _served(
     try:
         wait_healthy(url)
         thread.start()
-        # Every K at one level before the next level: K's passes then meet the same replica
-        # count (run one K after another and the later K inherits the replicas the load on the
-        # earlier one scaled up to).
-        results: dict[int, list[dict]] = {k: [] for k in scripts}
-        for c in levels:
-            phase["concurrency"] = c
-            for k, script in scripts.items():
-                point = wrk(url, script, c, cfg.seconds)
-                point["replicas"] = _replicas()
-                results[k].append(point)
+        results = _load(url, scripts, levels, cfg.seconds, phase=phase, replicas=_replicas)
         phase["concurrency"] = 0
         time.sleep(cfg.cooldown_s)
     finally:
@@ -199,7 +228,7 @@ def _report(cfg: BenchServeConfig, results: dict) -> None:
                     s["p95_ms"],
                     s["p99_ms"],
                     s["errors"],
-                    s.get("replicas", "-"),
+                    s["replicas"],
                     s["ratio_vs_bare"],
                 ]
             )
@@ -217,10 +246,17 @@ def _report(cfg: BenchServeConfig, results: dict) -> None:
     )
     for k, cost in results["samples_cost"].items():
         print(
-            f"samples={k} vs 1: model+index {cost['compute_ratio']:.2f}x the time; serve "
-            f"throughput {cost['serve_rps_ratio_at_max_concurrency']:.2f}x at the highest load "
-            f"(bare app {cost['bare_rps_ratio_at_max_concurrency']:.2f}x)"
+            f"samples={k} vs 1: model+index {cost['compute_ratio']:.2f}x the time; bare app "
+            f"throughput {cost['bare_rps_ratio_at_max_concurrency']:.2f}x at the highest load; "
+            f"serve throughput {_span(cost['serve_rps_ratios_same_replicas'])} at the levels "
+            "whose replica count held"
         )
+
+
+def _span(ratios: list[float]) -> str:
+    if not ratios:
+        return "(no level)"
+    return f"{min(ratios):.2f}-{max(ratios):.2f}x"
 
 
 def run(cfg: BenchServeConfig) -> dict:
@@ -254,8 +290,8 @@ def run(cfg: BenchServeConfig) -> dict:
         "samples_cost": {
             k: {
                 "compute_ratio": compute_ms[k] / compute_ms[1],
-                "serve_rps_ratio_at_max_concurrency": served[k][-1]["rps"] / served[1][-1]["rps"],
                 "bare_rps_ratio_at_max_concurrency": bare[k][-1]["rps"] / bare[1][-1]["rps"],
+                "serve_rps_ratios_same_replicas": _same_replica_ratios(served, k),
             }
             for k in samples
             if k != 1
