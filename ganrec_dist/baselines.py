@@ -34,10 +34,18 @@ def ease_weights(train: sp.csr_matrix, lam: float) -> np.ndarray:
     Returns:
         ``[items, items]`` item-item weights with a zero diagonal.
     """
+    from scipy.linalg import lapack
+
     x = (train > 0).astype(np.float64)
     gram = np.asarray((x.T @ x).todense())
     gram[np.diag_indices_from(gram)] += lam
-    inverse = np.linalg.inv(gram)
+    # The Gram matrix plus lambda I is symmetric positive definite: a Cholesky factor and its
+    # inverse (LAPACK potrf/potri) take about a third of the arithmetic of a general inverse.
+    factor, info = lapack.dpotrf(gram, lower=True, overwrite_a=True)
+    inverse, info2 = lapack.dpotri(factor, lower=True, overwrite_c=True)
+    if info or info2:
+        raise np.linalg.LinAlgError(f"EASE: the Gram matrix is not positive definite ({lam=})")
+    inverse = np.tril(inverse) + np.tril(inverse, -1).T  # potri fills one triangle
     weights = -inverse / np.diag(inverse)
     weights[np.diag_indices_from(weights)] = 0.0
     return weights

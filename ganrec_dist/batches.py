@@ -47,3 +47,34 @@ def make_batch(
         targets=torch.as_tensor(targets, device=device),
         future=future,
     )
+
+
+def chunk_ends(
+    positions: np.ndarray, limits: np.ndarray, users: np.ndarray, length: int
+) -> np.ndarray:
+    """Which rows end a chunk of ``length`` targets: a user's fitted rows (before
+    ``limits[u]``) cut into consecutive chunks counted back from the last, so that an epoch
+    over the rows trains every fitted row once as a target of its chunk's sequence."""
+    last = limits[users] - 1
+    return (positions <= last) & ((last - positions) % length == 0)
+
+
+def make_sequence_batch(
+    seq: Sequences,
+    *,
+    users: np.ndarray,
+    ends: np.ndarray,
+    length: int,
+    device: torch.device,
+) -> Batch:
+    """Chunks of ``length`` targets for every-position training (SASRec's own way): the
+    ``targets`` ``[c, length]`` are each user's items up to and including position ``ends``,
+    the ``history`` the same items one step back (the input at a position is the item before its
+    target); both padded on the left with ``n_items``, a padded target is not trained."""
+    history = seq.window(users, ends, length)
+    targets = seq.window(users, ends + 1, length)
+    return Batch(
+        history=torch.as_tensor(history, device=device),
+        users=torch.as_tensor(users.astype(np.int64), device=device),
+        targets=torch.as_tensor(targets, device=device),
+    )

@@ -170,6 +170,11 @@ class DiscriminatorSettings:
     d_mismatch: float = setting(
         1.0, "weight of D's matching-aware term (another user's real item is fake); 0 = plain GAN"
     )
+    d_rows: int = setting(
+        0,
+        "the game (D's step, G's adversarial term) is played on each batch's first N rows "
+        "(0: all of them); the softmax still trains on every row",
+    )
 
 
 @dataclasses.dataclass
@@ -181,13 +186,34 @@ class OptimSettings:
     refit: bool = setting(
         True, "after the search, retrain on all of train for the best epoch count"
     )
+    refit_epochs: int = setting(
+        0,
+        "0: the refit starts from scratch and trains the best epoch count; N > 0: it continues "
+        "the best search model for N epochs over all of train (a schedule of its own)",
+    )
     init_epochs: int = setting(5, "with --init: most search epochs (instead of `epochs`)")
     init_patience: int = setting(2, "with --init: patience (instead of `patience`)")
     batch_size: int = setting(256, "rows per step and rank")
-    lr: float = setting(2e-3, "G's Adam learning rate")
+    lr: float = setting(2e-3, "G's Adam learning rate (the peak of a cosine schedule)")
+    table_lr: float = setting(
+        5.0,
+        "the item and user tables' learning rate as a multiple of `lr`: their rows get a "
+        "gradient only from the batches that read them, so they need longer strides",
+    )
+    schedule: str = setting(
+        "constant",
+        "G's learning rate over each phase: constant, or cosine (a linear warm-up over "
+        "`warmup_epochs`, then a cosine decay to zero at the phase's last epoch)",
+    )
+    warmup_epochs: float = setting(1.0, "cosine schedule: epochs of linear warm-up")
     weight_decay: float = setting(0.0, "G's Adam weight decay")
     ema_decay: float = setting(
         0.998, "the model is an average of G's weights over steps with this decay (0: off)"
+    )
+    train_positions: str = setting(
+        "last",
+        "sasrec: train one prefix a row, its last position (last), or every position of a "
+        "user's chunk of `history_len` rows in one forward (all)",
     )
     ce_horizon: int = setting(
         1, "the softmax target is one of the user's next N interactions (1 = the next)"
@@ -240,6 +266,12 @@ class ExecutionSettings:
     )
     max_failures: int = setting(2, "worker-group restarts from the last checkpoint")
     address: str = setting("", "Ray cluster address; empty: RAY_ADDRESS, else a local Ray")
+    row_update: str = setting(
+        "fused",
+        "sparse tables: fused (each touched row's weights, Adam moments and average read and "
+        "written once a step) or reference (torch's SparseAdam, then the average: the same "
+        "numbers, more passes; what `bench scale` compares against)",
+    )
     fail_at_epoch: int = setting(-1, "test hook: the last rank exits once at this search epoch")
 
 
@@ -383,11 +415,14 @@ class ServeConfig:
 
 @dataclasses.dataclass
 class DemoConfig:
-    """`ganrec demo`: the whole pipeline on the embedded data, on a short training schedule."""
+    """`ganrec demo`: the whole pipeline on the embedded data, with `train`'s and `evaluate`'s
+    defaults."""
 
     workdir: str = setting("demo", "where DATA, RUN and recs.parquet go")
-    epochs: int = setting(8, "training epochs (no refit): the demo's short schedule")
-    ablation: bool = setting(False, "also train the adv_weight=0 ablation (as long again)")
+    seed: int = setting(
+        0, "the training seed (the GAN row equals `ganrec train --seed` then `ganrec evaluate`)"
+    )
+    ablation: bool = setting(False, "also train the adv_weight=0 ablation (about as long again)")
     users_to_show: int = setting(3, "users whose top-10 lists are printed")
     port: int = setting(8000, "port of the live Serve app on 127.0.0.1")
     overwrite: bool = setting(True, "replace an earlier demo's files")

@@ -22,8 +22,17 @@ from torch import nn
 class Batch:
     history: torch.Tensor  # [b, L] item indices, padded with n_items, most recent last
     users: torch.Tensor  # [b] user indices (n_users = unknown)
-    targets: torch.Tensor  # [b] the real next item
+    # [b] the real next item; or [b, L], every position's next item (SASRec trained at every
+    # position in one forward), n_items where a position has none
+    targets: torch.Tensor
     future: torch.Tensor | None = None  # [b] a real item of the next few (D's); None = targets
+
+    def trained_targets(self, n_items: int) -> torch.Tensor:
+        """``[T]``: the targets trained, in the order of G's outputs (row-major when
+        every position is a target)."""
+        if self.targets.dim() == 2:
+            return self.targets[self.targets != n_items]
+        return self.targets
 
 
 def unwrap(module: nn.Module) -> Any:
@@ -71,6 +80,7 @@ def g_forward(
     negatives: torch.Tensor | Negatives | None = None,
     fused_softmax: bool = True,
     sampling: Sampling | None = None,
+    adv_rows: int = 0,
 ) -> Forward:
     """G's forward pass for a G-step (see ``g_step`` for the arguments)."""
     # The ranking loss trains the deterministic output G(u, z = 0) that inference uses; the
@@ -80,22 +90,30 @@ def g_forward(
     if negatives is not None:
         shared = negatives if isinstance(negatives, Negatives) else Negatives(negatives)
     n_items = unwrap(gen).cfg.n_items
+    targets = batch.trained_targets(n_items)
+    every = batch.targets if batch.targets.dim() == 2 else None  # every position a target
     row_ce = None
     if shared is None and fused_softmax and best_of <= 1:
         state, mean_vector, ce = gen(batch.history, batch.users, None, targets=batch.targets)
     elif shared is None:
-        state, mean_vector, logits = gen(batch.history, batch.users, None)
+        everything = None if every is None else torch.arange(n_items, device=targets.device)
+        state, mean_vector, logits = gen(
+            batch.history, batch.users, None, candidates=everything, targets=every
+        )
         if best_of > 1:
-            row_ce = F.cross_entropy(logits, batch.targets, reduction="none")
+            row_ce = F.cross_entropy(logits, targets, reduction="none")
             ce = row_ce.mean()
         else:
-            ce = F.cross_entropy(logits, batch.targets)
+            ce = F.cross_entropy(logits, targets)
     else:
-        candidates = torch.cat([batch.targets, shared.items])
-        state, mean_vector, logits = gen(batch.history, batch.users, None, candidates=candidates)
-        row_ce = _sampled_row_ce(logits, batch.targets, shared, n_items)
+        candidates = torch.cat([targets, shared.items])
+        state, mean_vector, logits = gen(
+            batch.history, batch.users, None, candidates=candidates, targets=every
+        )
+        row_ce = _sampled_row_ce(logits, targets, shared, n_items)
         ce = row_ce.mean()
-    fake = unwrap(gen).generate(state, z) if adv_weight > 0 else None
+    rows = adv_rows or len(state)  # the rows of the batch the game is played on
+    fake = unwrap(gen).generate(state[:rows], z[:rows]) if adv_weight > 0 else None
     forward = Forward(state, mean_vector, ce, fake)
     if sampling is not None and (best_of > 1 or sampling.mode_seeking > 0):
         _sampling_terms(gen, batch, forward, sampling, shared=shared, row_ce=row_ce)
@@ -192,7 +210,10 @@ def d_step(
         else:
             state = core.encoder(batch.history, batch.users)
             fake = core.generate(state, z)
-        real = core.item_embeddings(batch.targets if batch.future is None else batch.future)
+        state = state[: len(fake)]  # G's samples of the rows the game is played on
+        n_items = core.cfg.n_items
+        real_items = batch.trained_targets(n_items) if batch.future is None else batch.future
+        real = core.item_embeddings(real_items[: len(fake)])
     d_real = disc(state, real)
     d_fake = disc(state, fake)
     loss = F.binary_cross_entropy_with_logits(
@@ -200,7 +221,10 @@ def d_step(
     ) + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake))
     stats: dict[str, float] = {}
     if mismatch > 0 and len(real) > 1:
-        d_other = disc(state, real.roll(1, 0))
+        # Another row's real item: the next row's, or with every position a target (where
+        # the next row is mostly the same user's next position) the row half a batch away.
+        shift = len(real) // 2 if batch.targets.dim() == 2 else 1
+        d_other = disc(state, real.roll(shift, 0))
         loss = loss + mismatch * F.binary_cross_entropy_with_logits(
             d_other, torch.zeros_like(d_other)
         )
@@ -285,6 +309,7 @@ def g_step(
     fused_softmax: bool = True,
     forward: Forward | None = None,
     sampling: Sampling | None = None,
+    adv_rows: int = 0,
 ) -> dict[str, float]:
     """One generator update: softmax cross-entropy + ``adv_weight`` * non-saturating GAN loss.
 
@@ -296,6 +321,8 @@ def g_step(
         forward: G's pass on this batch with G's current weights (``g_forward``; D may have
             been updated since); None runs it here.
         sampling: the best-of-K and mode-seeking terms (None: neither).
+        adv_rows: the adversarial game (D's judgement of G's samples) is played on the batch's
+            first ``adv_rows`` rows only (0: all): it then costs a fraction of the step.
     """
     if forward is None:
         forward = g_forward(
@@ -306,6 +333,7 @@ def g_step(
             negatives=negatives,
             fused_softmax=fused_softmax,
             sampling=sampling,
+            adv_rows=adv_rows,
         )
     state, ce = forward.state, forward.ce
     core = unwrap(disc)
@@ -313,7 +341,7 @@ def g_step(
         assert forward.fake is not None
         for p in core.parameters():
             p.requires_grad_(False)
-        d_fake = core(state.detach(), forward.fake)
+        d_fake = core(state[: len(forward.fake)].detach(), forward.fake)
         for p in core.parameters():
             p.requires_grad_(True)
     else:  # the ablation: no adversarial term, nothing for D to judge
@@ -348,6 +376,7 @@ def train_step(
     fused_softmax: bool = True,
     d_mismatch: float = 0.0,
     sampling: Sampling | None = None,
+    adv_rows: int = 0,
 ) -> dict[str, float]:
     """``d_steps`` D-steps then ``g_steps`` G-steps on one batch (no D-step in the ablation).
 
@@ -365,6 +394,7 @@ def train_step(
             negatives=negatives,
             fused_softmax=fused_softmax,
             sampling=sampling,
+            adv_rows=adv_rows,
         )
         for _ in range(d_steps):
             stats.update(d_step(gen, disc, d_opt, batch, z=z, forward=forward, mismatch=d_mismatch))
@@ -381,6 +411,7 @@ def train_step(
                 fused_softmax=fused_softmax,
                 forward=forward if step == 0 else None,
                 sampling=sampling,
+                adv_rows=adv_rows,
             )
         )
     return stats

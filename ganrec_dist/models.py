@@ -27,10 +27,13 @@ class ModelConfig:
     dropout: float = 0.3
     # "mlp": UserEncoder (history mean and recency, plus a user-id embedding); "sasrec":
     # SequenceEncoder (causal self-attention over the history, no user id), G's vector is then
-    # its last position's state, without noise or head (SASRec's own scoring).
+    # its last position's state (SASRec's own scoring; samples around it with `noise_head`).
     encoder: str = "mlp"
     blocks: int = 2
     heads: int = 1
+    # SASRec with G's noise (its adversarial variant): samples around its vector,
+    # :class:`NoiseHead`; without it SASRec takes no noise.
+    noise_head: bool = False
     # The item and user tables give row-sparse gradients (lookups through sparse embeddings), so
     # that a step updates only the rows it read. The full-catalogue softmax reads every row.
     sparse: bool = False
@@ -212,6 +215,21 @@ class SequenceEncoder(nn.Module):
         return self.norm(self._blocks(x, pad, last=True))[:, -1]
 
 
+class NoiseHead(nn.Module):
+    """G's samples around a vector that is already the prediction (SASRec's state): ``state +
+    (A z) * scale(state)``, a learned set of directions scaled per user. At ``z = 0`` it is the
+    state itself, so the model's ranking is SASRec's own; the adversarial term then shapes where
+    the samples go, and reaches the encoder through the state they start from."""
+
+    def __init__(self, dim: int, noise_dim: int, hidden: int) -> None:
+        super().__init__()
+        self.directions = nn.Linear(noise_dim, dim, bias=False)
+        self.scale = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+
+    def forward(self, state: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return state + self.directions(z) * F.softplus(self.scale(state))
+
+
 def generator_from_state(model_config: dict, state: dict[str, torch.Tensor]) -> Generator:
     """G of ``model_config`` in eval mode, its parameters the ``state`` tensors themselves
     (assigned, not copied; built on the meta device, so no weights are allocated only to be
@@ -234,6 +252,8 @@ class Generator(nn.Module):
         if cfg.encoder == "sasrec":
             self.encoder: UserEncoder | SequenceEncoder = SequenceEncoder(cfg)
             self.head: nn.Module | None = None
+            if cfg.noise_head:
+                self.head = NoiseHead(cfg.dim, cfg.noise_dim, cfg.hidden)
             return
         self.encoder = UserEncoder(cfg)
         self.head = nn.Sequential(
@@ -244,9 +264,11 @@ class Generator(nn.Module):
 
     def generate(self, state: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
         """``[batch, hidden]`` user state and ``[batch, noise_dim]`` noise -> ``[batch, dim]``.
-        SASRec's state is already the vector (it takes no noise)."""
+        SASRec's state is already the vector (its noise head, if any, moves it by ``z``)."""
         if self.head is None:
             return state
+        if isinstance(self.head, NoiseHead):
+            return state if z is None else self.head(state, z)
         if z is None:  # deterministic inference: the noise's mean
             z = state.new_zeros(state.shape[0], self.cfg.noise_dim)
         return self.head(torch.cat([state, z], dim=1))
@@ -265,8 +287,18 @@ class Generator(nn.Module):
         Given ``targets`` ``[b]`` (and no candidates), the third output is instead the mean
         full-catalogue softmax cross-entropy of the targets (``catalogue_cross_entropy``); it is
         computed inside ``forward`` so that DDP sees every parameter it uses.
+
+        Targets ``[b, L]`` (SASRec, every position trained in one forward): position ``t``'s
+        state predicts ``targets[:, t]``, padded targets are left out, and the outputs are those
+        of the ``T`` targets kept, in row-major order (``[T, dim]``, ``[T, dim]``, logits
+        ``[T, ...]`` or the loss).
         """
-        state = self.encoder(history, users)
+        if targets is not None and targets.dim() == 2:
+            keep = targets != self.cfg.n_items
+            state = self.encoder.states(history)[keep]
+            targets = targets[keep]
+        else:
+            state = self.encoder(history, users)
         vector = self.generate(state, z)
         if self.cfg.sparse and candidates is None:
             raise ValueError(

@@ -76,24 +76,70 @@ def union_gradient(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return union, dense.div_(world)
 
 
+@torch.no_grad()
+def row_adam(
+    table: torch.Tensor,
+    state: dict[str, Any],
+    rows: torch.Tensor,
+    grad: torch.Tensor,
+    *,
+    lr: float,
+    betas: tuple[float, float],
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lazy Adam on ``rows`` of ``table`` in one pass: each of the weights and both moments is
+    read once and written once at those rows (``torch.optim.SparseAdam``'s arithmetic, its
+    state layout and its one step count per table; it reads and writes each moment twice and
+    builds a sparse tensor per write). Returns the rows' weights before and after the step."""
+    if not state:
+        state.update(step=0, exp_avg=torch.zeros_like(table), exp_avg_sq=torch.zeros_like(table))
+    state["step"] += 1
+    beta1, beta2 = betas
+    exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+    old_avg, old_sq = exp_avg.index_select(0, rows), exp_avg_sq.index_select(0, rows)
+    new_avg = grad.sub(old_avg).mul_(1 - beta1).add_(old_avg)
+    new_sq = grad.pow(2).sub_(old_sq).mul_(1 - beta2).add_(old_sq)
+    exp_avg.index_copy_(0, rows, new_avg)
+    exp_avg_sq.index_copy_(0, rows, new_sq)
+    step = state["step"]
+    step_size = lr * math.sqrt(1 - beta2**step) / (1 - beta1**step)
+    before = table.index_select(0, rows)
+    after = before + -step_size * new_avg.div_(new_sq.sqrt_().add_(eps))
+    table.index_copy_(0, rows, after)
+    return before, after
+
+
 class GeneratorOptimizer:
     """G's optimiser with sparse tables: fused Adam for the dense parameters, lazy Adam for the
     tables. The same ``zero_grad`` / ``step`` / ``state_dict`` as a torch optimiser.
 
     After each ``step``, ``touched`` maps each table's name to (the rows it changed, their values
-    before the step): what :class:`LazyAverage` needs to catch those rows up.
+    before the step, and after it): what :class:`LazyAverage` needs to catch those rows up.
+    ``fused``: one kernel for the dense parameters' Adam and the tables' rows updated in one pass
+    (:func:`row_adam`); False: the references, per-parameter Adam and ``torch.optim.SparseAdam``.
+    ``fused_rows`` sets the tables' alone (default: as ``fused``). The tables learn at
+    ``table_lr`` times ``lr``.
     """
 
     def __init__(
-        self, gen: nn.Module, *, lr: float, weight_decay: float, fused: bool = True
+        self,
+        gen: nn.Module,
+        *,
+        lr: float,
+        weight_decay: float,
+        fused: bool = True,
+        fused_rows: bool | None = None,
+        table_lr: float = 1.0,
     ) -> None:
         named = dict(gen.named_parameters())
         self.tables = {name: named[name] for name in tables(gen)}
         dense = [p for name, p in named.items() if name not in self.tables]
         self.dense = torch.optim.Adam(dense, lr=lr, weight_decay=weight_decay, fused=fused or None)
-        self.sparse = torch.optim.SparseAdam(list(self.tables.values()), lr=lr)
+        self.sparse = torch.optim.SparseAdam(list(self.tables.values()), lr=lr * table_lr)
+        self.sparse.param_groups[0]["scale"] = table_lr  # `table_lr` x G's learning rate
         self.weight_decay = weight_decay
-        self.touched: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.fused = fused if fused_rows is None else fused_rows
+        self.touched: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.dense.zero_grad(set_to_none=set_to_none)
@@ -102,17 +148,35 @@ class GeneratorOptimizer:
     def step(self) -> None:
         self.dense.step()
         self.touched = {}
+        group = self.sparse.param_groups[0]
         for name, table in self.tables.items():
             if table.grad is None:
                 continue
             rows, values = union_gradient(table.grad)
             if self.weight_decay:
                 values = values + self.weight_decay * table.detach()[rows]  # L2, as Adam's
+            if self.fused:
+                table.grad = None
+                before, after = row_adam(
+                    table.detach(),
+                    self.sparse.state[table],
+                    rows,
+                    values,
+                    lr=group["lr"],
+                    betas=group["betas"],
+                    eps=group["eps"],
+                )
+                self.touched[name] = (rows, before, after)
+                continue
             table.grad = torch.sparse_coo_tensor(
                 rows[None], values, table.shape, is_coalesced=True, check_invariants=False
             )  # the union is sorted and unique
-            self.touched[name] = (rows, table.detach()[rows].clone())
-        self.sparse.step()
+            self.touched[name] = (rows, table.detach()[rows].clone(), None)  # type: ignore[assignment]
+        if not self.fused:
+            self.sparse.step()
+            for name, (rows, before, _) in self.touched.items():
+                after = self.tables[name].detach()[rows]
+                self.touched[name] = (rows, before, after)
 
     def state_dict(self) -> dict[str, Any]:
         return {"dense": self.dense.state_dict(), "sparse": self.sparse.state_dict()}
@@ -164,9 +228,14 @@ class LazyAverage:
 
     @torch.no_grad()
     def update_parameters(
-        self, model: nn.Module, touched: dict[str, tuple[torch.Tensor, torch.Tensor]]
+        self,
+        model: nn.Module,
+        touched: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
     ) -> None:
-        """One update after an optimiser step that changed the ``touched`` table rows."""
+        """One update after an optimiser step that changed the ``touched`` table rows
+        (``(rows, their weights before the step, after it)``): each row's average is read and
+        written once, caught up over the steps it stayed at ``before`` and moved towards
+        ``after``."""
         current = dict(model.named_parameters())
         if self.n_averaged == 0:
             for name, average in self._params.items():
@@ -177,13 +246,14 @@ class LazyAverage:
             torch._foreach_lerp_(
                 [self._params[n] for n in dense], [current[n].detach() for n in dense], weight
             )
-            for name, (rows, before) in touched.items():
-                self._catch_up(name, rows, before)  # constant at `before` until this step
-                average = self._params[name]
-                average[rows] = average[rows].lerp(current[name].detach()[rows], weight)
-            self.log_keep += math.log(1.0 - weight)
-            for name, (rows, _) in touched.items():
-                self._since[name][rows] = self.log_keep
+            log_keep = self.log_keep + math.log(1.0 - weight)
+            for name, (rows, before, after) in touched.items():
+                average, since = self._params[name], self._since[name]
+                keep = torch.exp(self.log_keep - since[rows]).to(average.dtype)[:, None]
+                caught_up = before + (average.index_select(0, rows) - before) * keep
+                average.index_copy_(0, rows, caught_up.lerp_(after, weight))
+                since[rows] = log_keep
+            self.log_keep = log_keep
         self.n_averaged += 1
 
     @torch.no_grad()

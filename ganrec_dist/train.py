@@ -27,12 +27,20 @@ from ganrec_dist.worker import train_loop
 
 log = logging.getLogger(__name__)
 
+SCHEDULES = ("constant", "cosine")
+TRAIN_POSITIONS = ("last", "all")
+ROW_UPDATES = ("fused", "reference")
+
 
 def _check(cfg: TrainConfig, data: DataDir) -> None:
     if cfg.execution.workers < 1:
         raise UserError("--workers must be at least 1")
     if not 0 <= cfg.optim.ema_decay < 1:
         raise UserError(f"--ema_decay must be in [0, 1), got {cfg.optim.ema_decay}")
+    if cfg.optim.schedule not in SCHEDULES:
+        raise UserError(
+            f"--schedule {cfg.optim.schedule!r}: expected one of {', '.join(SCHEDULES)}"
+        )
     model = cfg.model
     if model.encoder not in ENCODERS:
         raise UserError(f"--encoder {model.encoder!r}: expected one of {', '.join(ENCODERS)}")
@@ -48,6 +56,15 @@ def _check(cfg: TrainConfig, data: DataDir) -> None:
     if sampling.mode_seeking < 0:
         raise UserError(f"--mode_seeking must be at least 0, got {sampling.mode_seeking}")
     uses_noise = sampling.samples > 1 or sampling.best_of > 1 or sampling.mode_seeking > 0
+    if cfg.execution.row_update not in ROW_UPDATES:
+        raise UserError(
+            f"--row_update {cfg.execution.row_update!r}: expected one of {', '.join(ROW_UPDATES)}"
+        )
+    if cfg.optim.train_positions not in TRAIN_POSITIONS:
+        raise UserError(
+            f"--train_positions {cfg.optim.train_positions!r}: expected one of "
+            f"{', '.join(TRAIN_POSITIONS)}"
+        )
     if model.encoder == "sasrec" and uses_noise:
         raise UserError("--samples, --best_of and --mode_seeking need G's noise: encoder mlp")
     if data.manifest["train_rows"] == 0:
@@ -210,7 +227,7 @@ def train(cfg: TrainConfig) -> dict:
         "GPU" if cfg.execution.gpu else "CPU",
         data,
     )
-    with Progress(run, cfg.optim.epochs):
+    with Progress(run, cfg.optim.epochs, cfg.optim.refit_epochs):
         result = _fit(trainer)
     if result.error:
         raise RuntimeError(f"training failed: {result.error}")

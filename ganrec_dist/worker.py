@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+import math
 import os
 import tempfile
 import time
@@ -26,13 +27,13 @@ import scipy.sparse as sp
 import torch
 
 from ganrec_dist import checkpoint, gan, shards, warmstart
-from ganrec_dist.batches import make_batch
+from ganrec_dist.batches import chunk_ends, make_batch, make_sequence_batch
 from ganrec_dist.checkpoint import LoopState
 from ganrec_dist.config import TrainConfig, build, to_dict
 from ganrec_dist.interactions import Sequences, validation_limits
 from ganrec_dist.layout import DataDir, RunDir, write_checkpoint
 from ganrec_dist.models import Discriminator, Generator, ModelConfig
-from ganrec_dist.tables import GeneratorOptimizer, LazyAverage, keep_out_of_ddp
+from ganrec_dist.tables import GeneratorOptimizer, LazyAverage, keep_out_of_ddp, tables
 from ganrec_dist.validation import (
     DIAGNOSTIC_USERS,
     sample_users,
@@ -62,8 +63,14 @@ def model_config(cfg: TrainConfig, n_users: int, n_items: int) -> ModelConfig:
     """G's and D's shapes; the tables are sparse when the softmax is sampled (a full softmax
     reads every item row anyway) and ``sparse_tables`` is on."""
     sparse = cfg.optim.sparse_tables and negatives_for(cfg, n_items) > 0
+    # SASRec's adversarial variant needs samples of G: its noise head.
+    noise_head = cfg.model.encoder == "sasrec" and cfg.game.adv_weight > 0
     return ModelConfig(
-        n_items=n_items, n_users=n_users, sparse=sparse, **dataclasses.asdict(cfg.model)
+        n_items=n_items,
+        n_users=n_users,
+        sparse=sparse,
+        noise_head=noise_head,
+        **dataclasses.asdict(cfg.model),
     )
 
 
@@ -74,14 +81,24 @@ def optimisers(
     parameter; False is the reference ``bench step`` times. A G with sparse tables gets lazy
     Adam on them (:class:`~ganrec_dist.tables.GeneratorOptimizer`)."""
     lr, weight_decay = cfg.optim.lr, cfg.optim.weight_decay
-    if gan.unwrap(gen).cfg.sparse:
+    core = gan.unwrap(gen)
+    if core.cfg.sparse:
         g_opt: Any = GeneratorOptimizer(
-            gan.unwrap(gen), lr=lr, weight_decay=weight_decay, fused=fused
+            core,
+            lr=lr,
+            weight_decay=weight_decay,
+            fused=fused,
+            fused_rows=fused and cfg.execution.row_update == "fused",
+            table_lr=cfg.optim.table_lr,
         )
     else:
         g_opt = torch.optim.Adam(
-            gen.parameters(), lr=lr, weight_decay=weight_decay, fused=fused or None
+            table_groups(core, cfg.optim.table_lr),
+            lr=lr,
+            weight_decay=weight_decay,
+            fused=fused or None,
         )
+        set_learning_rate(g_opt, lr)
     d_opt = torch.optim.Adam(
         disc.parameters(), lr=cfg.discriminator.d_lr, betas=(0.5, 0.999), fused=fused or None
     )
@@ -108,6 +125,41 @@ def averaged(gen: Generator, decay: float) -> Any:
         torch._foreach_lerp_(averages, currents, weight)  # one call, not one per tensor
 
     return AveragedModel(gen, multi_avg_fn=update, use_buffers=True)
+
+
+def learning_rate(cfg: TrainConfig, *, progress: float, phase_epochs: int) -> float:
+    """G's learning rate at ``progress`` epochs into a phase of ``phase_epochs`` epochs: a pure
+    function of where the run is, so that a resumed run takes the same steps."""
+    optim = cfg.optim
+    if optim.schedule == "constant":
+        return optim.lr
+    warmup = min(optim.warmup_epochs, phase_epochs / 2)
+    if progress < warmup:
+        return optim.lr * (progress + 1e-3) / warmup
+    span = max(phase_epochs - warmup, 1e-9)
+    return optim.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, (progress - warmup) / span)))
+
+
+def table_groups(gen: torch.nn.Module, scale: float) -> list[dict]:
+    """G's parameters as Adam's groups, the tables' at ``scale`` times G's learning rate: runs
+    of consecutive parameters of one kind, so that the parameters stay in ``parameters()``
+    order, by which the optimiser's state is indexed (a checkpoint of one group still fits)."""
+    names = set(tables(gen))
+    groups: list[dict] = []
+    for name, param in gen.named_parameters():
+        kind = scale if name in names else 1.0
+        if not groups or groups[-1]["scale"] != kind:
+            groups.append({"params": [], "scale": kind})
+        groups[-1]["params"].append(param)
+    return groups
+
+
+def set_learning_rate(g_opt: Any, lr: float) -> None:
+    """Set G's learning rate, each group's ``lr`` times its ``scale`` (the tables')."""
+    inner = [g_opt.dense, g_opt.sparse] if isinstance(g_opt, GeneratorOptimizer) else [g_opt]
+    for opt in inner:
+        for group in opt.param_groups:
+            group["lr"] = lr * group.get("scale", 1.0)
 
 
 def update_average(models: Models) -> None:
@@ -161,6 +213,11 @@ class Rank:
     lineage: dict  # DATA's version and newest timestamp, and the parent run (--init)
 
 
+def every_position(cfg: TrainConfig) -> bool:
+    """SASRec trained at every position of a chunk in one forward."""
+    return cfg.model.encoder == "sasrec" and cfg.optim.train_positions == "all"
+
+
 def fresh_models(cfg: TrainConfig, mcfg: ModelConfig) -> tuple[Generator, Discriminator]:
     """G and D as initialised for ``cfg.seed`` (the start of the search, and of the refit)."""
     torch.manual_seed(cfg.seed)
@@ -177,9 +234,19 @@ def initial_state(cfg: TrainConfig, fresh: Generator) -> dict | None:
 
 
 def load_inherited_optimizers(start: dict, g_opt: Any, d_opt: Any) -> None:
-    """The parent's optimiser states (G's only when its tables were of the same kind)."""
+    """The parent's optimiser states (G's only when its tables were of the same kind): its
+    moments and step counts, under this run's parameter groups and learning rates (the state
+    is indexed by parameter, in the same order, whatever the groups)."""
     if start["g_optimizer"] is not None:
-        g_opt.load_state_dict(start["g_optimizer"])
+        inherited, own = start["g_optimizer"], g_opt.state_dict()
+        if isinstance(g_opt, GeneratorOptimizer):
+            inherited = {
+                half: {**inherited[half], "param_groups": own[half]["param_groups"]}
+                for half in ("dense", "sparse")
+            }
+        else:
+            inherited = {**inherited, "param_groups": own["param_groups"]}
+        g_opt.load_state_dict(inherited)
     d_opt.load_state_dict(start["d_optimizer"])
 
 
@@ -383,10 +450,12 @@ def seed_epoch(rank: Rank, epoch: int) -> np.random.Generator:
 
 
 def step(
-    rank: Rank, raw: dict, limits: np.ndarray, horizon_rng: np.random.Generator
+    rank: Rank, raw: dict, limits: np.ndarray, horizon_rng: np.random.Generator, lr: float
 ) -> tuple[dict, int]:
-    """One D-step(s) + G-step(s) on a batch of rows; returns (losses, rows used)."""
+    """One D-step(s) + G-step(s) on a batch of rows at G's learning rate ``lr``; returns
+    (losses, rows used)."""
     cfg = rank.cfg
+    set_learning_rate(rank.models.g_opt, lr)
     users, items, positions = raw["user_idx"], raw["item_idx"], raw["position"]
     keep = positions < limits[users]  # validation rows stay out of the fit
     users, items, positions = users[keep], items[keep], positions[keep]
@@ -395,19 +464,31 @@ def step(
         # fitted, rather than the held-out row itself.
         users, positions = raw["user_idx"][:1], raw["position"][:1] * 0
         items = rank.seq.items[rank.seq.offsets[users]]
-    batch = make_batch(
-        rank.seq,
-        users=users,
-        items=items,
-        positions=positions,
-        history_len=cfg.model.history_len,
-        device=rank.device,
-        limits=limits,
-        horizon=cfg.game.adv_horizon,
-        rng=horizon_rng,
-        ce_horizon=cfg.optim.ce_horizon,
-    )
-    z = torch.randn(len(users), cfg.model.noise_dim, device=rank.device, generator=rank.noise)
+    if every_position(cfg):
+        ends = chunk_ends(positions, limits, users, cfg.model.history_len)
+        ends[0] |= not ends.any()  # a batch with no chunk's end trains the first row's chunk
+        batch = make_sequence_batch(
+            rank.seq,
+            users=users[ends],
+            ends=positions[ends],
+            length=cfg.model.history_len,
+            device=rank.device,
+        )
+    else:
+        batch = make_batch(
+            rank.seq,
+            users=users,
+            items=items,
+            positions=positions,
+            history_len=cfg.model.history_len,
+            device=rank.device,
+            limits=limits,
+            horizon=cfg.game.adv_horizon,
+            rng=horizon_rng,
+            ce_horizon=cfg.optim.ce_horizon,
+        )
+    rows = len(batch.trained_targets(rank.seq.n_items))  # each target's sample of G
+    z = torch.randn(rows, cfg.model.noise_dim, device=rank.device, generator=rank.noise)
     negatives = (
         gan.Negatives(
             torch.randint(
@@ -422,9 +503,7 @@ def step(
     draws = gan.Sampling.draws_needed(cfg.sampling.best_of, cfg.sampling.mode_seeking)
     if draws:  # drawn after the negatives: runs without sampling terms keep their stream
         sampling = gan.Sampling(
-            torch.randn(
-                len(users), draws, cfg.model.noise_dim, device=rank.device, generator=rank.noise
-            ),
+            torch.randn(rows, draws, cfg.model.noise_dim, device=rank.device, generator=rank.noise),
             best_of=cfg.sampling.best_of,
             mode_seeking=cfg.sampling.mode_seeking,
         )
@@ -442,9 +521,10 @@ def step(
         negatives=negatives,
         d_mismatch=cfg.discriminator.d_mismatch,
         sampling=sampling,
+        adv_rows=cfg.discriminator.d_rows,
     )
     update_average(m)
-    return stats, len(users)
+    return stats, rows
 
 
 def run_epoch(rank: Rank, shard: Any, epoch: int) -> dict[str, Any]:
@@ -459,6 +539,8 @@ def run_epoch(rank: Rank, shard: Any, epoch: int) -> dict[str, Any]:
     steps_this_epoch = rank.steps
     if cfg.optim.max_steps_per_epoch:
         steps_this_epoch = min(steps_this_epoch, cfg.optim.max_steps_per_epoch)
+    search = rank.state.phase == "search"
+    phase_epochs = cfg.optim.epochs if search else refit_length(cfg, rank.state)
     for raw in shards.epoch_batches(
         shard,
         steps=steps_this_epoch,
@@ -468,7 +550,9 @@ def run_epoch(rank: Rank, shard: Any, epoch: int) -> dict[str, Any]:
     ):
         started = time.perf_counter()
         wait += started - tick
-        stats, used = step(rank, raw, limits, horizon_rng)
+        progress = epoch - 1 + steps / steps_this_epoch
+        lr = learning_rate(cfg, progress=progress, phase_epochs=phase_epochs)
+        stats, used = step(rank, raw, limits, horizon_rng, lr=lr)
         for key, value in stats.items():
             sums[key] = sums.get(key, 0.0) + value
         steps += 1
@@ -533,9 +617,9 @@ def validate(rank: Rank, metrics: dict[str, Any], epoch: int) -> None:
         order = np.argsort(users, kind="stable")
         state.best_val_users = users[order].tolist()
         state.best_val_ndcg = np.concatenate([v for _, v in scored])[order].tolist()
-        rank.best_generator = (
-            copy.deepcopy(rank.models.model.state_dict()) if rank.rank == 0 else None
-        )
+        # Rank 0 saves it; every rank continues from it when the refit does.
+        keep = rank.rank == 0 or rank.cfg.optim.refit_epochs > 0
+        rank.best_generator = copy.deepcopy(rank.models.model.state_dict()) if keep else None
     else:
         state.bad_epochs += 1
 
@@ -545,7 +629,10 @@ def advance_phase(rank: Rank, epoch: int) -> None:
     cfg, state, m = rank.cfg, rank.state, rank.models
     searched = state.bad_epochs >= cfg.optim.patience or epoch >= cfg.optim.epochs
     if state.phase == "search" and searched:
-        if cfg.optim.refit and state.best_epoch > 0:
+        if cfg.optim.refit and state.best_epoch > 0 and cfg.optim.refit_epochs > 0:
+            state.phase, state.epoch = "refit", 0
+            continue_from_best(rank)
+        elif cfg.optim.refit and state.best_epoch > 0:
             state.phase, state.epoch = "refit", 0
             # From fresh models, or under --init from the parent's again.
             fresh_gen, fresh_disc = fresh_models(cfg, rank.mcfg)
@@ -563,10 +650,25 @@ def advance_phase(rank: Rank, epoch: int) -> None:
             state.phase = "done"
             if rank.best_generator is not None:
                 gan.unwrap(m.gen).load_state_dict(rank.best_generator)
-    elif state.phase == "refit" and epoch >= state.best_epoch:
+    elif state.phase == "refit" and epoch >= refit_length(cfg, state):
         state.phase = "done"
         if m.average is not None:
             gan.unwrap(m.gen).load_state_dict(m.average.module.state_dict())
+
+
+def refit_length(cfg: TrainConfig, state: LoopState) -> int:
+    """The refit's epochs: its own count when it continues the search, else the best epoch's."""
+    return cfg.optim.refit_epochs or state.best_epoch
+
+
+def continue_from_best(rank: Rank) -> None:
+    """Start the refit from the best search model: G's weights and their average from it, G's
+    optimiser afresh (the schedule warms it up again), D where the search left it."""
+    cfg, m = rank.cfg, rank.models
+    assert rank.best_generator is not None
+    gan.unwrap(m.gen).load_state_dict(rank.best_generator)
+    m.average = averaged(gan.unwrap(m.gen), cfg.optim.ema_decay)
+    m.g_opt, _ = optimisers(m.gen, m.disc, cfg)
 
 
 def save_and_report(rank: Rank, metrics: dict[str, Any]) -> None:

@@ -319,7 +319,7 @@ def test_the_ablation_takes_no_d_step_whatever_d_settings():
     """evaluate shares one ablation among GANs that differ only in D's settings (the
     `discriminator` section of TrainConfig): with adv_weight 0 they must not change G's updates."""
     results = []
-    for d_steps, d_mismatch, d_lr in ((1, 0.0, 1e-3), (3, 1.0, 5e-2)):
+    for d_steps, d_mismatch, d_lr, d_rows in ((1, 0.0, 1e-3, 0), (3, 1.0, 5e-2, 4)):
         torch.manual_seed(0)
         gen, disc = Generator(CFG), Discriminator(CFG)
         g_opt = torch.optim.Adam(gen.parameters(), lr=1e-2)
@@ -337,9 +337,10 @@ def test_the_ablation_takes_no_d_step_whatever_d_settings():
                 adv_weight=0.0,
                 d_steps=d_steps,
                 d_mismatch=d_mismatch,
+                adv_rows=d_rows,
             )
         assert all(torch.equal(a, b) for a, b in zip(d_before, disc.parameters()))
         results.append([p.detach().clone() for p in gen.parameters()])
     assert all(torch.equal(a, b) for a, b in zip(*results))
-    varied = {"d_lr", "d_steps", "d_mismatch"}  # the settings varied above
+    varied = {"d_lr", "d_steps", "d_mismatch", "d_rows"}  # the settings varied above
     assert {f.name for f in dataclasses.fields(TrainConfig().discriminator)} == varied

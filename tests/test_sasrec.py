@@ -1,9 +1,13 @@
 """SASRec, the sequential baseline: the encoder's causal masking and its training step (the
 same `gan.train_step` the ablation takes), in one process."""
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ganrec_dist import gan
+from ganrec_dist.batches import chunk_ends, make_sequence_batch
+from ganrec_dist.interactions import Sequences
 from ganrec_dist.models import Discriminator, Generator, ModelConfig
 from ganrec_dist.tables import GeneratorOptimizer
 
@@ -91,3 +95,113 @@ def test_the_last_state_alone_is_the_last_of_every_state():
     enc = Generator(ModelConfig(**{**CFG.__dict__, "heads": 2})).encoder.eval()
     history = torch.randint(0, CFG.n_items + 1, (8, CFG.history_len))
     assert torch.allclose(enc(history, torch.zeros(8)), enc.states(history)[:, -1], atol=1e-6)
+
+
+def _random_sequences(rng: np.random.Generator, n_users: int, n_items: int) -> Sequences:
+    lengths = rng.integers(1, 3 * CFG.history_len, n_users)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    items = rng.integers(0, n_items, offsets[-1]).astype(np.int32)
+    return Sequences(offsets, items, n_users, n_items)
+
+
+def test_chunks_cover_every_fitted_row_once_as_a_target():
+    rng = np.random.default_rng(0)
+    seq = _random_sequences(rng, 40, CFG.n_items)
+    limits = np.maximum(seq.lengths - rng.integers(0, 4, seq.n_users), 1)
+    users = np.repeat(np.arange(seq.n_users), seq.lengths)
+    positions = np.arange(len(seq.items)) - np.repeat(seq.offsets[:-1], seq.lengths)
+    ends = chunk_ends(positions, limits, users, CFG.history_len)
+    batch = make_sequence_batch(
+        seq, users=users[ends], ends=positions[ends], length=CFG.history_len, device="cpu"
+    )
+    # Each chunk's targets are the rows up to its end; together, each fitted row exactly once.
+    covered = []
+    for row, (u, end) in enumerate(zip(users[ends], positions[ends])):
+        kept = (batch.targets[row] != CFG.n_items).numpy()
+        first = end - kept.sum() + 1
+        covered += [(u, p) for p in range(first, end + 1)]
+        expected = seq.items[seq.offsets[u] + first : seq.offsets[u] + end + 1]
+        assert np.array_equal(batch.targets[row][kept].numpy(), expected)
+        # The input at a position is the item before its target (padding before the first).
+        start = seq.offsets[u] + max(first - 1, 0)
+        before = [CFG.n_items] * int(first == 0) + list(seq.items[start : seq.offsets[u] + end])
+        assert np.array_equal(batch.history[row][kept].numpy(), before)
+    fitted = sorted((u, p) for u, p in zip(users, positions) if p < limits[u])
+    assert sorted(covered) == fitted
+
+
+def test_every_position_step_is_the_mean_of_the_one_prefix_losses():
+    """One forward over a chunk gives, at each position, the loss (and gradient) of the same
+    model run on the prefix ending there alone: causal, aligned with its targets, padding left
+    out, averaged over the targets kept."""
+    torch.manual_seed(0)
+    rng = np.random.default_rng(1)
+    seq = _random_sequences(rng, 6, CFG.n_items)
+    users = np.arange(seq.n_users)
+    ends = seq.lengths - 1 - rng.integers(0, 3, seq.n_users).clip(max=seq.lengths - 1)
+    batch = make_sequence_batch(seq, users=users, ends=ends, length=CFG.history_len, device="cpu")
+    gen = Generator(CFG)
+    _, _, loss = gen(batch.history, batch.users, targets=batch.targets)
+    grads = torch.autograd.grad(loss, list(gen.parameters()), allow_unused=True)
+    pad = CFG.n_items
+    losses = []
+    for row in range(len(users)):
+        for t in range(CFG.history_len):
+            if batch.targets[row, t] == pad:
+                continue
+            prefix = batch.history[row].clone()
+            prefix[t + 1 :] = pad  # nothing after position t
+            state = gen.encoder.states(prefix[None])[0, t]
+            losses.append(
+                F.cross_entropy((state @ gen.catalogue().T)[None], batch.targets[row, t][None])
+            )
+    reference = torch.stack(losses).mean()
+    ref_grads = torch.autograd.grad(reference, list(gen.parameters()), allow_unused=True)
+    assert len(losses) == int((batch.targets != pad).sum()) > len(users)
+    assert torch.allclose(loss, reference, atol=1e-5)
+    for g, r in zip(grads, ref_grads):
+        assert (g is None) == (r is None)
+        if g is not None:
+            assert torch.allclose(g, r, atol=1e-5)
+    # A sampled softmax's logits are the full one's on the candidates, target by target.
+    candidates = torch.tensor([1, 7, 3])
+    some = gen(batch.history, batch.users, candidates=candidates, targets=batch.targets)[2]
+    full = gen(
+        batch.history, batch.users, candidates=torch.arange(CFG.n_items), targets=batch.targets
+    )[2]
+    assert torch.allclose(some, full[:, candidates], atol=1e-6)
+
+
+def test_adversarial_sasrec_samples_around_its_own_vector_and_trains_at_every_position():
+    """SASRec's noise head: at z = 0 the vector is SASRec's state (its ranking is unchanged),
+    other draws move it, and an adversarial step on a chunk batch reaches the encoder."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(**{**CFG.__dict__, "noise_head": True})
+    gen, disc = Generator(cfg), Discriminator(cfg)
+    history = torch.randint(0, cfg.n_items, (4, cfg.history_len))
+    state = gen.encoder(history, torch.zeros(4, dtype=torch.long))
+    assert torch.equal(gen.generate(state, None), state)
+    assert torch.equal(gen.generate(state, torch.zeros(4, cfg.noise_dim)), state)
+    assert not torch.allclose(gen.generate(state, torch.randn(4, cfg.noise_dim)), state)
+    rng = np.random.default_rng(2)
+    seq = _random_sequences(rng, 5, cfg.n_items)
+    batch = make_sequence_batch(
+        seq, users=np.arange(5), ends=seq.lengths - 1, length=cfg.history_len, device="cpu"
+    )
+    rows = int((batch.targets != cfg.n_items).sum())
+    g_opt = torch.optim.Adam(gen.parameters(), lr=1e-3)
+    d_opt = torch.optim.Adam(disc.parameters(), lr=1e-3)
+    before = {n: p.detach().clone() for n, p in gen.named_parameters()}
+    stats = gan.train_step(
+        gen,
+        disc,
+        d_opt,
+        g_opt,
+        batch=batch,
+        z=torch.randn(rows, cfg.noise_dim),
+        adv_weight=0.5,
+        d_mismatch=1.0,
+    )
+    assert {"d_loss", "g_loss", "ce_loss", "d_other"} <= set(stats)
+    for name in ("head.directions.weight", "encoder.blocks.0.qkv.weight"):
+        assert not torch.equal(dict(gen.named_parameters())[name], before[name]), name

@@ -80,7 +80,7 @@ def test_touched_rows_update_like_dense_adam_on_those_rows():
     table = gen.encoder.items.weight
     rows = torch.tensor([3, 17, 18, 250])
     reference = torch.nn.Parameter(table.detach()[rows].clone())
-    adam = torch.optim.Adam([reference], lr=TRAIN.optim.lr)
+    adam = torch.optim.Adam([reference], lr=TRAIN.optim.lr * TRAIN.optim.table_lr)
     untouched = table.detach()[100:200].clone()
     g = torch.Generator().manual_seed(3)
     for _ in range(3):
@@ -92,6 +92,43 @@ def test_touched_rows_update_like_dense_adam_on_those_rows():
         adam.step()
     torch.testing.assert_close(table.detach()[rows], reference.detach())
     assert torch.equal(table.detach()[100:200], untouched)
+
+
+def test_the_fused_row_update_equals_the_reference_lazy_adam_and_average():
+    """The one-pass row update (weights, both moments, the average) against torch's SparseAdam
+    and the average's reference arithmetic, over steps whose batches read different rows: the
+    same weights, moments and average, bit for bit, and untouched rows never written."""
+    runs = {}
+    for fused in (True, False):
+        torch.manual_seed(0)
+        gen, disc = Generator(CFG), Discriminator(CFG)
+        g_opt = GeneratorOptimizer(gen, lr=TRAIN.optim.lr, weight_decay=0.0, fused_rows=fused)
+        d_opt = torch.optim.Adam(disc.parameters(), lr=1e-3)
+        lazy = averaged(gen, 0.9)
+        lazy.update_parameters(gen, {})
+        before = gen.encoder.items.weight.detach().clone()
+        for step in range(6):
+            _step(gen, disc, g_opt, d_opt, _batch(step % 3, items=30 + 5 * (step % 2)), step)
+            lazy.update_parameters(gen, g_opt.touched)
+        runs[fused] = (gen, g_opt, lazy, before)
+    (gen, g_opt, lazy, before), (ref, ref_opt, ref_lazy, _) = runs[True], runs[False]
+    for name, value in gen.state_dict().items():
+        assert torch.equal(value, ref.state_dict()[name]), name
+    for table in TABLES:
+        ours, theirs = (
+            g_opt.sparse.state[dict(gen.named_parameters())[table]],
+            ref_opt.sparse.state[dict(ref.named_parameters())[table]],
+        )
+        assert ours["step"] == theirs["step"] == 6
+        assert torch.equal(ours["exp_avg"], theirs["exp_avg"])
+        assert torch.equal(ours["exp_avg_sq"], theirs["exp_avg_sq"])
+    for name, value in lazy.module.state_dict().items():
+        assert torch.equal(value, ref_lazy.module.state_dict()[name]), name
+    assert torch.equal(lazy._since["encoder.items.weight"], ref_lazy._since["encoder.items.weight"])
+    # Rows no batch read (items 35 and on, outside the negatives' 40..59) were never written.
+    items = gen.encoder.items.weight.detach()
+    assert torch.equal(items[60:], before[60:]) and not torch.equal(items[:35], before[:35])
+    assert not g_opt.sparse.state[gen.encoder.items.weight]["exp_avg"][60:].any()
 
 
 def test_the_lazy_average_equals_the_dense_average_of_the_same_weights():

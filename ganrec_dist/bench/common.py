@@ -132,6 +132,7 @@ def random_step(
                 adv_weight=adv_weight,
                 negatives=shared,
                 d_mismatch=train_cfg.discriminator.d_mismatch,
+                adv_rows=train_cfg.discriminator.d_rows,
             )
         update_average(models)
 
