@@ -50,13 +50,13 @@ def make_batch(
 
 
 def chunk_ends(
-    positions: np.ndarray, limits: np.ndarray, users: np.ndarray, length: int
+    positions: np.ndarray, limits: np.ndarray, users: np.ndarray, stride: int
 ) -> np.ndarray:
-    """Which rows end a chunk of ``length`` targets: a user's fitted rows (before
-    ``limits[u]``) cut into consecutive chunks counted back from the last, so that an epoch
-    over the rows trains every fitted row once as a target of its chunk's sequence."""
+    """Which rows end a chunk: a user's fitted rows (before ``limits[u]``) counted back from the
+    last in steps of ``stride``, so that an epoch over the rows trains every fitted row once as
+    a target of the chunk that ends within ``stride`` after it."""
     last = limits[users] - 1
-    return (positions <= last) & ((last - positions) % length == 0)
+    return (positions <= last) & ((last - positions) % stride == 0)
 
 
 def make_sequence_batch(
@@ -65,14 +65,23 @@ def make_sequence_batch(
     users: np.ndarray,
     ends: np.ndarray,
     length: int,
+    stride: int,
     device: torch.device,
 ) -> Batch:
-    """Chunks of ``length`` targets for every-position training (SASRec's own way): the
-    ``targets`` ``[c, length]`` are each user's items up to and including position ``ends``,
-    the ``history`` the same items one step back (the input at a position is the item before its
-    target); both padded on the left with ``n_items``, a padded target is not trained."""
+    """Chunks for every-position training (SASRec's own way): each row is a window of ``length``
+    items up to position ``ends``; its ``targets`` ``[c, length]`` are those items, its
+    ``history`` the same items one step back (the input at a position is the item before its
+    target), both padded on the left with ``n_items``. Only the window's last ``stride`` targets
+    are trained (the others are padded: the chunk ``stride`` earlier trains them with a longer
+    history), except in a user's first chunk, which trains all of its own. Chunks ``stride``
+    apart therefore train each row once, each with at least ``length - stride`` items before it
+    in the window, or all there are."""
     history = seq.window(users, ends, length)
     targets = seq.window(users, ends + 1, length)
+    first = ends < stride  # no chunk ends `stride` earlier
+    positions = ends[:, None] - length + 1 + np.arange(length)[None, :]
+    trained = (positions > (ends - stride)[:, None]) | first[:, None]
+    targets = np.where(trained, targets, seq.n_items)
     return Batch(
         history=torch.as_tensor(history, device=device),
         users=torch.as_tensor(users.astype(np.int64), device=device),

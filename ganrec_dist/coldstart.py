@@ -202,6 +202,8 @@ def cold_start(cfg: EvaluateConfig, run: RunDir, params: dict[str, dict]) -> dic
         variants["gan_ablation"] = {"adv_weight": 0.0}
     if cfg.sasrec:
         variants["sasrec"] = SASREC
+    if cfg.cold_user_dropout > 0:  # the GAN whose history path learnt to stand alone
+        variants["gan_user_dropout"] = {"user_dropout": cfg.cold_user_dropout}
     runs, seconds = {}, {}
     for name, changes in variants.items():
         tick = time.time()

@@ -115,6 +115,11 @@ class ModelSettings:
     history_len: int = setting(50, "recent items a user is encoded from")
     noise_dim: int = setting(16, "dimension of G's noise z")
     dropout: float = setting(0.3, "dropout on the user encoder's input (sasrec: in every block)")
+    user_dropout: float = setting(
+        0.0,
+        "mlp: in training, a user's id is replaced by the unknown user's with this probability, "
+        "so that the history path new users are encoded from learns to stand alone",
+    )
     encoder: str = setting(
         "mlp",
         "mlp: history mean and recency plus a user-id embedding, G's head on top; sasrec: "
@@ -171,7 +176,7 @@ class DiscriminatorSettings:
         1.0, "weight of D's matching-aware term (another user's real item is fake); 0 = plain GAN"
     )
     d_rows: int = setting(
-        0,
+        64,
         "the game (D's step, G's adversarial term) is played on each batch's first N rows "
         "(0: all of them); the softmax still trains on every row",
     )
@@ -181,39 +186,29 @@ class DiscriminatorSettings:
 class OptimSettings:
     """The schedule and G's optimiser."""
 
-    epochs: int = setting(30, "most search epochs")
-    patience: int = setting(8, "stop the search after this many epochs without a better validation")
+    epochs: int = setting(8, "most search epochs")
+    patience: int = setting(3, "stop the search after this many epochs without a better validation")
     refit: bool = setting(
         True, "after the search, retrain on all of train for the best epoch count"
-    )
-    refit_epochs: int = setting(
-        0,
-        "0: the refit starts from scratch and trains the best epoch count; N > 0: it continues "
-        "the best search model for N epochs over all of train (a schedule of its own)",
     )
     init_epochs: int = setting(5, "with --init: most search epochs (instead of `epochs`)")
     init_patience: int = setting(2, "with --init: patience (instead of `patience`)")
     batch_size: int = setting(256, "rows per step and rank")
-    lr: float = setting(2e-3, "G's Adam learning rate (the peak of a cosine schedule)")
+    lr: float = setting(2e-3, "G's Adam learning rate")
     table_lr: float = setting(
         5.0,
         "the item and user tables' learning rate as a multiple of `lr`: their rows get a "
         "gradient only from the batches that read them, so they need longer strides",
     )
-    schedule: str = setting(
-        "constant",
-        "G's learning rate over each phase: constant, or cosine (a linear warm-up over "
-        "`warmup_epochs`, then a cosine decay to zero at the phase's last epoch)",
-    )
-    warmup_epochs: float = setting(1.0, "cosine schedule: epochs of linear warm-up")
     weight_decay: float = setting(0.0, "G's Adam weight decay")
     ema_decay: float = setting(
         0.998, "the model is an average of G's weights over steps with this decay (0: off)"
     )
-    train_positions: str = setting(
-        "last",
-        "sasrec: train one prefix a row, its last position (last), or every position of a "
-        "user's chunk of `history_len` rows in one forward (all)",
+    train_positions: int = setting(
+        4,
+        "sasrec: targets trained in one forward per row drawn: 1 = the row alone (one prefix "
+        "a row); N = the last N positions of the window ending at it, rows N apart (each fitted "
+        "row is still trained once an epoch)",
     )
     ce_horizon: int = setting(
         1, "the softmax target is one of the user's next N interactions (1 = the next)"
@@ -329,6 +324,11 @@ class EvaluateConfig:
         "trained again without them), given their first 1, 3, 5, 10 interactions",
     )
     cold_fraction: float = setting(0.1, "cold start: the fraction of eligible users held out")
+    cold_user_dropout: float = setting(
+        0.0,
+        "cold start: also the GAN trained with this --user_dropout (its row gan_user_dropout); "
+        "0: not trained",
+    )
     samples: int = setting(
         0, "noise draws per user for the GAN rows (1..32; 0: each run's own --samples)"
     )

@@ -66,10 +66,10 @@ def _plot(history: list[dict], run: RunDir) -> None:
     tmp.replace(run.local / RunDir.HISTORY_PNG)
 
 
-def epoch_line(row: dict, epochs: int, refit_epochs: int) -> str:
-    """One progress line for an epoch's row of the history (``refit_epochs``: the refit's)."""
+def epoch_line(row: dict, epochs: int, best_epoch: int) -> str:
+    """One progress line for an epoch's row of the history."""
     phase, epoch = row.get("phase", "?"), row.get("epoch", 0)
-    total = epochs if phase == "search" else refit_epochs
+    total = epochs if phase == "search" else best_epoch
     line = f"{phase} epoch {epoch}/{total}: "
     line += ", ".join(f"{k} {row[k]:.4f}" for k in ("ce_loss", "d_real", "d_fake") if k in row)
     if "val_ndcg@10" in row:
@@ -81,12 +81,8 @@ class Progress:
     """Logs a line per finished epoch, polled from the ``meta.json`` each epoch publishes: the
     driver's own view of the run, whatever Ray forwards of its workers' output."""
 
-    def __init__(
-        self, run: RunDir, epochs: int, refit_epochs: int = 0, interval: float = 1.0
-    ) -> None:
-        """``refit_epochs``: the refit's own count, 0 when it trains the best epoch's."""
+    def __init__(self, run: RunDir, epochs: int, interval: float = 1.0) -> None:
         self.run, self.epochs, self.interval = run, epochs, interval
-        self.refit_epochs = refit_epochs
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True, name="ganrec-progress")
         self._printed = 0
@@ -105,8 +101,7 @@ class Progress:
         meta = self._read()
         history = (meta or {}).get("history", [])
         for row in history[self._printed :]:
-            refit = self.refit_epochs or meta["best_epoch"]  # type: ignore[index]
-            log.info(epoch_line(row, self.epochs, refit))
+            log.info(epoch_line(row, self.epochs, meta["best_epoch"]))  # type: ignore[index]
         self._printed = max(self._printed, len(history))
 
     def _loop(self) -> None:

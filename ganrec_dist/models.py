@@ -34,6 +34,9 @@ class ModelConfig:
     # SASRec with G's noise (its adversarial variant): samples around its vector,
     # :class:`NoiseHead`; without it SASRec takes no noise.
     noise_head: bool = False
+    # In training, a user's id is replaced by the unknown user's with this probability, so that
+    # the history path (what a new user is encoded from) learns to stand alone.
+    user_dropout: float = 0.0
     # The item and user tables give row-sparse gradients (lookups through sparse embeddings), so
     # that a step updates only the rows it read. The full-catalogue softmax reads every row.
     sparse: bool = False
@@ -123,7 +126,12 @@ class UserEncoder(nn.Module):
         logits = self.recency.unsqueeze(0).masked_fill(~mask, float("-inf"))
         weights = torch.nan_to_num(torch.softmax(logits, dim=1))  # all-padding rows -> 0
         recent = torch.einsum("bl,bld->bd", weights, emb)
-        users = torch.where((users < 0) | (users > self.cfg.n_users), self.cfg.n_users, users)
+        unknown = (users < 0) | (users > self.cfg.n_users)
+        if self.training and self.cfg.user_dropout > 0:
+            unknown = unknown | (
+                torch.rand(users.shape, device=users.device) < self.cfg.user_dropout
+            )
+        users = torch.where(unknown, self.cfg.n_users, users)
         return self.mlp(torch.cat([mean, recent, self.users(users)], dim=1))
 
 

@@ -180,9 +180,12 @@ def sweep(path: str, *, address: str = "", test: bool = False, max_concurrent: i
             run_config=ray.tune.RunConfig(name=spec["name"], storage_path=str(storage)),
         )
     grid = tuner.fit()
-    results = []
+    results, unstarted = [], 0
     for result in (grid[i] for i in range(len(grid))):
-        trial = (result.config or {})["trial"]
+        trial = (result.config or {}).get("trial")
+        if trial is None:  # the sweep was stopped before Tune started this trial
+            unstarted += 1
+            continue
         metrics = {
             k: v
             for k, v in (result.metrics or {}).items()
@@ -210,6 +213,11 @@ def sweep(path: str, *, address: str = "", test: bool = False, max_concurrent: i
     tmp.replace(out / "sweep.json")
     print_summary(summary)
     failed = [r for r in results if r["error"]]
+    if unstarted:
+        raise UserError(
+            f"the sweep stopped with {unstarted} trial(s) not started: run the same command "
+            "again to resume it"
+        )
     if failed:
         raise UserError(
             f"{len(failed)} trial(s) failed, first {failed[0]['run']}: "

@@ -136,7 +136,6 @@ class GeneratorOptimizer:
         dense = [p for name, p in named.items() if name not in self.tables]
         self.dense = torch.optim.Adam(dense, lr=lr, weight_decay=weight_decay, fused=fused or None)
         self.sparse = torch.optim.SparseAdam(list(self.tables.values()), lr=lr * table_lr)
-        self.sparse.param_groups[0]["scale"] = table_lr  # `table_lr` x G's learning rate
         self.weight_decay = weight_decay
         self.fused = fused if fused_rows is None else fused_rows
         self.touched: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}

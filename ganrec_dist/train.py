@@ -27,8 +27,6 @@ from ganrec_dist.worker import train_loop
 
 log = logging.getLogger(__name__)
 
-SCHEDULES = ("constant", "cosine")
-TRAIN_POSITIONS = ("last", "all")
 ROW_UPDATES = ("fused", "reference")
 
 
@@ -37,10 +35,6 @@ def _check(cfg: TrainConfig, data: DataDir) -> None:
         raise UserError("--workers must be at least 1")
     if not 0 <= cfg.optim.ema_decay < 1:
         raise UserError(f"--ema_decay must be in [0, 1), got {cfg.optim.ema_decay}")
-    if cfg.optim.schedule not in SCHEDULES:
-        raise UserError(
-            f"--schedule {cfg.optim.schedule!r}: expected one of {', '.join(SCHEDULES)}"
-        )
     model = cfg.model
     if model.encoder not in ENCODERS:
         raise UserError(f"--encoder {model.encoder!r}: expected one of {', '.join(ENCODERS)}")
@@ -60,10 +54,10 @@ def _check(cfg: TrainConfig, data: DataDir) -> None:
         raise UserError(
             f"--row_update {cfg.execution.row_update!r}: expected one of {', '.join(ROW_UPDATES)}"
         )
-    if cfg.optim.train_positions not in TRAIN_POSITIONS:
+    if not 1 <= cfg.optim.train_positions <= model.history_len:
         raise UserError(
-            f"--train_positions {cfg.optim.train_positions!r}: expected one of "
-            f"{', '.join(TRAIN_POSITIONS)}"
+            f"--train_positions must be in 1..history_len ({model.history_len}), got "
+            f"{cfg.optim.train_positions}"
         )
     if model.encoder == "sasrec" and uses_noise:
         raise UserError("--samples, --best_of and --mode_seeking need G's noise: encoder mlp")
@@ -227,7 +221,7 @@ def train(cfg: TrainConfig) -> dict:
         "GPU" if cfg.execution.gpu else "CPU",
         data,
     )
-    with Progress(run, cfg.optim.epochs, cfg.optim.refit_epochs):
+    with Progress(run, cfg.optim.epochs):
         result = _fit(trainer)
     if result.error:
         raise RuntimeError(f"training failed: {result.error}")

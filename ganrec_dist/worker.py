@@ -15,7 +15,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
-import math
 import os
 import tempfile
 import time
@@ -93,12 +92,11 @@ def optimisers(
         )
     else:
         g_opt = torch.optim.Adam(
-            table_groups(core, cfg.optim.table_lr),
+            table_groups(core, lr, cfg.optim.table_lr),
             lr=lr,
             weight_decay=weight_decay,
             fused=fused or None,
         )
-        set_learning_rate(g_opt, lr)
     d_opt = torch.optim.Adam(
         disc.parameters(), lr=cfg.discriminator.d_lr, betas=(0.5, 0.999), fused=fused or None
     )
@@ -127,39 +125,18 @@ def averaged(gen: Generator, decay: float) -> Any:
     return AveragedModel(gen, multi_avg_fn=update, use_buffers=True)
 
 
-def learning_rate(cfg: TrainConfig, *, progress: float, phase_epochs: int) -> float:
-    """G's learning rate at ``progress`` epochs into a phase of ``phase_epochs`` epochs: a pure
-    function of where the run is, so that a resumed run takes the same steps."""
-    optim = cfg.optim
-    if optim.schedule == "constant":
-        return optim.lr
-    warmup = min(optim.warmup_epochs, phase_epochs / 2)
-    if progress < warmup:
-        return optim.lr * (progress + 1e-3) / warmup
-    span = max(phase_epochs - warmup, 1e-9)
-    return optim.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, (progress - warmup) / span)))
-
-
-def table_groups(gen: torch.nn.Module, scale: float) -> list[dict]:
-    """G's parameters as Adam's groups, the tables' at ``scale`` times G's learning rate: runs
-    of consecutive parameters of one kind, so that the parameters stay in ``parameters()``
+def table_groups(gen: torch.nn.Module, lr: float, table_lr: float) -> list[dict]:
+    """G's parameters as Adam's groups, the tables' at ``table_lr`` times ``lr``: runs of
+    consecutive parameters of one kind, so that the parameters stay in ``parameters()``
     order, by which the optimiser's state is indexed (a checkpoint of one group still fits)."""
     names = set(tables(gen))
     groups: list[dict] = []
     for name, param in gen.named_parameters():
-        kind = scale if name in names else 1.0
-        if not groups or groups[-1]["scale"] != kind:
-            groups.append({"params": [], "scale": kind})
+        group_lr = lr * table_lr if name in names else lr
+        if not groups or groups[-1]["lr"] != group_lr:
+            groups.append({"params": [], "lr": group_lr})
         groups[-1]["params"].append(param)
     return groups
-
-
-def set_learning_rate(g_opt: Any, lr: float) -> None:
-    """Set G's learning rate, each group's ``lr`` times its ``scale`` (the tables')."""
-    inner = [g_opt.dense, g_opt.sparse] if isinstance(g_opt, GeneratorOptimizer) else [g_opt]
-    for opt in inner:
-        for group in opt.param_groups:
-            group["lr"] = lr * group.get("scale", 1.0)
 
 
 def update_average(models: Models) -> None:
@@ -214,8 +191,13 @@ class Rank:
 
 
 def every_position(cfg: TrainConfig) -> bool:
-    """SASRec trained at every position of a chunk in one forward."""
-    return cfg.model.encoder == "sasrec" and cfg.optim.train_positions == "all"
+    """SASRec trained at several positions of a window in one forward."""
+    return cfg.model.encoder == "sasrec" and cfg.optim.train_positions > 1
+
+
+def chunk_stride(cfg: TrainConfig) -> int:
+    """The positions trained per window (and the rows between two windows' ends)."""
+    return min(cfg.optim.train_positions, cfg.model.history_len)
 
 
 def fresh_models(cfg: TrainConfig, mcfg: ModelConfig) -> tuple[Generator, Discriminator]:
@@ -450,12 +432,10 @@ def seed_epoch(rank: Rank, epoch: int) -> np.random.Generator:
 
 
 def step(
-    rank: Rank, raw: dict, limits: np.ndarray, horizon_rng: np.random.Generator, lr: float
+    rank: Rank, raw: dict, limits: np.ndarray, horizon_rng: np.random.Generator
 ) -> tuple[dict, int]:
-    """One D-step(s) + G-step(s) on a batch of rows at G's learning rate ``lr``; returns
-    (losses, rows used)."""
+    """One D-step(s) + G-step(s) on a batch of rows; returns (losses, rows used)."""
     cfg = rank.cfg
-    set_learning_rate(rank.models.g_opt, lr)
     users, items, positions = raw["user_idx"], raw["item_idx"], raw["position"]
     keep = positions < limits[users]  # validation rows stay out of the fit
     users, items, positions = users[keep], items[keep], positions[keep]
@@ -465,13 +445,15 @@ def step(
         users, positions = raw["user_idx"][:1], raw["position"][:1] * 0
         items = rank.seq.items[rank.seq.offsets[users]]
     if every_position(cfg):
-        ends = chunk_ends(positions, limits, users, cfg.model.history_len)
+        stride = chunk_stride(cfg)
+        ends = chunk_ends(positions, limits, users, stride)
         ends[0] |= not ends.any()  # a batch with no chunk's end trains the first row's chunk
         batch = make_sequence_batch(
             rank.seq,
             users=users[ends],
             ends=positions[ends],
             length=cfg.model.history_len,
+            stride=stride,
             device=rank.device,
         )
     else:
@@ -539,8 +521,6 @@ def run_epoch(rank: Rank, shard: Any, epoch: int) -> dict[str, Any]:
     steps_this_epoch = rank.steps
     if cfg.optim.max_steps_per_epoch:
         steps_this_epoch = min(steps_this_epoch, cfg.optim.max_steps_per_epoch)
-    search = rank.state.phase == "search"
-    phase_epochs = cfg.optim.epochs if search else refit_length(cfg, rank.state)
     for raw in shards.epoch_batches(
         shard,
         steps=steps_this_epoch,
@@ -550,9 +530,7 @@ def run_epoch(rank: Rank, shard: Any, epoch: int) -> dict[str, Any]:
     ):
         started = time.perf_counter()
         wait += started - tick
-        progress = epoch - 1 + steps / steps_this_epoch
-        lr = learning_rate(cfg, progress=progress, phase_epochs=phase_epochs)
-        stats, used = step(rank, raw, limits, horizon_rng, lr=lr)
+        stats, used = step(rank, raw, limits, horizon_rng)
         for key, value in stats.items():
             sums[key] = sums.get(key, 0.0) + value
         steps += 1
@@ -617,9 +595,9 @@ def validate(rank: Rank, metrics: dict[str, Any], epoch: int) -> None:
         order = np.argsort(users, kind="stable")
         state.best_val_users = users[order].tolist()
         state.best_val_ndcg = np.concatenate([v for _, v in scored])[order].tolist()
-        # Rank 0 saves it; every rank continues from it when the refit does.
-        keep = rank.rank == 0 or rank.cfg.optim.refit_epochs > 0
-        rank.best_generator = copy.deepcopy(rank.models.model.state_dict()) if keep else None
+        rank.best_generator = (
+            copy.deepcopy(rank.models.model.state_dict()) if rank.rank == 0 else None
+        )
     else:
         state.bad_epochs += 1
 
@@ -629,10 +607,7 @@ def advance_phase(rank: Rank, epoch: int) -> None:
     cfg, state, m = rank.cfg, rank.state, rank.models
     searched = state.bad_epochs >= cfg.optim.patience or epoch >= cfg.optim.epochs
     if state.phase == "search" and searched:
-        if cfg.optim.refit and state.best_epoch > 0 and cfg.optim.refit_epochs > 0:
-            state.phase, state.epoch = "refit", 0
-            continue_from_best(rank)
-        elif cfg.optim.refit and state.best_epoch > 0:
+        if cfg.optim.refit and state.best_epoch > 0:
             state.phase, state.epoch = "refit", 0
             # From fresh models, or under --init from the parent's again.
             fresh_gen, fresh_disc = fresh_models(cfg, rank.mcfg)
@@ -650,25 +625,10 @@ def advance_phase(rank: Rank, epoch: int) -> None:
             state.phase = "done"
             if rank.best_generator is not None:
                 gan.unwrap(m.gen).load_state_dict(rank.best_generator)
-    elif state.phase == "refit" and epoch >= refit_length(cfg, state):
+    elif state.phase == "refit" and epoch >= state.best_epoch:
         state.phase = "done"
         if m.average is not None:
             gan.unwrap(m.gen).load_state_dict(m.average.module.state_dict())
-
-
-def refit_length(cfg: TrainConfig, state: LoopState) -> int:
-    """The refit's epochs: its own count when it continues the search, else the best epoch's."""
-    return cfg.optim.refit_epochs or state.best_epoch
-
-
-def continue_from_best(rank: Rank) -> None:
-    """Start the refit from the best search model: G's weights and their average from it, G's
-    optimiser afresh (the schedule warms it up again), D where the search left it."""
-    cfg, m = rank.cfg, rank.models
-    assert rank.best_generator is not None
-    gan.unwrap(m.gen).load_state_dict(rank.best_generator)
-    m.average = averaged(gan.unwrap(m.gen), cfg.optim.ema_decay)
-    m.g_opt, _ = optimisers(m.gen, m.disc, cfg)
 
 
 def save_and_report(rank: Rank, metrics: dict[str, Any]) -> None:

@@ -79,6 +79,6 @@ def test_every_setting_has_help_and_the_cli_shows_it_with_its_default(capsys):
         main(["train", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "model settings" in text and "execution settings" in text  # grouped by section
-    assert "--patience" in text and "without a better validation (default: 8)" in text
+    assert "--patience" in text and "without a better validation (default: 3)" in text
     assert "--dim INT, --model.dim INT" in text  # flat and dotted names
     assert main(["train", "--cpus-per-worker=x"]) == 2  # either spelling, a one-line error

@@ -344,3 +344,20 @@ def test_the_ablation_takes_no_d_step_whatever_d_settings():
     assert all(torch.equal(a, b) for a, b in zip(*results))
     varied = {"d_lr", "d_steps", "d_mismatch", "d_rows"}  # the settings varied above
     assert {f.name for f in dataclasses.fields(TrainConfig().discriminator)} == varied
+
+
+def test_user_dropout_hides_ids_in_training_only():
+    torch.manual_seed(0)
+    cfg = ModelConfig(**{**CFG.__dict__, "user_dropout": 1.0})
+    enc = Generator(cfg).encoder
+    history = torch.randint(0, cfg.n_items, (6, cfg.history_len))
+    users, unknown = torch.arange(6), torch.full((6,), cfg.n_users)
+    enc.train()
+    assert torch.equal(enc(history, users), enc(history, unknown))  # every id dropped
+    enc.eval()
+    assert not torch.allclose(enc(history, users), enc(history, unknown))
+    half = ModelConfig(**{**CFG.__dict__, "user_dropout": 0.5})
+    torch.manual_seed(1)
+    enc = Generator(half).encoder.train()
+    hidden = (enc(history, users) == enc(history, unknown)).all(dim=1)
+    assert 0 < int(hidden.sum()) < 6  # some ids, not all

@@ -2,6 +2,7 @@
 same `gan.train_step` the ablation takes), in one process."""
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -104,21 +105,27 @@ def _random_sequences(rng: np.random.Generator, n_users: int, n_items: int) -> S
     return Sequences(offsets, items, n_users, n_items)
 
 
-def test_chunks_cover_every_fitted_row_once_as_a_target():
+@pytest.mark.parametrize("stride", [CFG.history_len, CFG.history_len // 2, 1])
+def test_chunks_cover_every_fitted_row_once_as_a_target(stride):
     rng = np.random.default_rng(0)
     seq = _random_sequences(rng, 40, CFG.n_items)
     limits = np.maximum(seq.lengths - rng.integers(0, 4, seq.n_users), 1)
     users = np.repeat(np.arange(seq.n_users), seq.lengths)
     positions = np.arange(len(seq.items)) - np.repeat(seq.offsets[:-1], seq.lengths)
-    ends = chunk_ends(positions, limits, users, CFG.history_len)
+    ends = chunk_ends(positions, limits, users, stride)
     batch = make_sequence_batch(
-        seq, users=users[ends], ends=positions[ends], length=CFG.history_len, device="cpu"
+        seq,
+        users=users[ends],
+        ends=positions[ends],
+        length=CFG.history_len,
+        stride=stride,
+        device="cpu",
     )
-    # Each chunk's targets are the rows up to its end; together, each fitted row exactly once.
     covered = []
     for row, (u, end) in enumerate(zip(users[ends], positions[ends])):
         kept = (batch.targets[row] != CFG.n_items).numpy()
         first = end - kept.sum() + 1
+        assert kept[-(end - first + 1) :].all()  # the trained targets are the window's last
         covered += [(u, p) for p in range(first, end + 1)]
         expected = seq.items[seq.offsets[u] + first : seq.offsets[u] + end + 1]
         assert np.array_equal(batch.targets[row][kept].numpy(), expected)
@@ -126,6 +133,9 @@ def test_chunks_cover_every_fitted_row_once_as_a_target():
         start = seq.offsets[u] + max(first - 1, 0)
         before = [CFG.n_items] * int(first == 0) + list(seq.items[start : seq.offsets[u] + end])
         assert np.array_equal(batch.history[row][kept].numpy(), before)
+        # Each target has at least length - stride items before it in the window, or all.
+        history_before_first = CFG.history_len - kept.sum()
+        assert history_before_first >= min(CFG.history_len - stride, first)
     fitted = sorted((u, p) for u, p in zip(users, positions) if p < limits[u])
     assert sorted(covered) == fitted
 
@@ -139,7 +149,9 @@ def test_every_position_step_is_the_mean_of_the_one_prefix_losses():
     seq = _random_sequences(rng, 6, CFG.n_items)
     users = np.arange(seq.n_users)
     ends = seq.lengths - 1 - rng.integers(0, 3, seq.n_users).clip(max=seq.lengths - 1)
-    batch = make_sequence_batch(seq, users=users, ends=ends, length=CFG.history_len, device="cpu")
+    batch = make_sequence_batch(
+        seq, users=users, ends=ends, length=CFG.history_len, stride=CFG.history_len, device="cpu"
+    )
     gen = Generator(CFG)
     _, _, loss = gen(batch.history, batch.users, targets=batch.targets)
     grads = torch.autograd.grad(loss, list(gen.parameters()), allow_unused=True)
@@ -186,7 +198,12 @@ def test_adversarial_sasrec_samples_around_its_own_vector_and_trains_at_every_po
     rng = np.random.default_rng(2)
     seq = _random_sequences(rng, 5, cfg.n_items)
     batch = make_sequence_batch(
-        seq, users=np.arange(5), ends=seq.lengths - 1, length=cfg.history_len, device="cpu"
+        seq,
+        users=np.arange(5),
+        ends=seq.lengths - 1,
+        length=cfg.history_len,
+        stride=cfg.history_len // 2,
+        device="cpu",
     )
     rows = int((batch.targets != cfg.n_items).sum())
     g_opt = torch.optim.Adam(gen.parameters(), lr=1e-3)
