@@ -196,7 +196,7 @@ class OptimSettings:
     batch_size: int = setting(256, "rows per step and rank")
     lr: float = setting(2e-3, "G's Adam learning rate")
     table_lr: float = setting(
-        5.0,
+        12.0,
         "the item and user tables' learning rate as a multiple of `lr`: their rows get a "
         "gradient only from the batches that read them, so they need longer strides",
     )

@@ -15,11 +15,12 @@ from ganrec_dist.train import train
 
 pytestmark = [pytest.mark.quality, pytest.mark.integration]
 
-# Measured with this schedule: popularity 0.0857, EASE 0.1415, ALS 0.1228, GAN 0.1164, ablation
-# 0.1190. One seed's GAN moves by about ±0.005 with the last bits of the arithmetic alone (another
-# machine, other kernels); the tolerance is about twice that.
-MEASURED_GAN_NDCG10 = 0.1164
-TOLERANCE = 0.012
+# Measured with this schedule (seed 0, AMD EPYC, docs/results.md *The quality test's level*): GAN
+# 0.1448. One seed's GAN moves with the last bits of the arithmetic alone: by ±0.005 between
+# runs that round differently, by up to 0.01 between an Intel and an AMD host (the default run of
+# seed 0: 0.1403 and 0.1501); the tolerance is a little above the larger.
+MEASURED_GAN_NDCG10 = 0.1448
+TOLERANCE = 0.015
 
 
 def test_gan_quality_on_movielens(movielens_data, tmp_path):
