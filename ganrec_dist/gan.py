@@ -110,8 +110,11 @@ def g_forward(
         state, mean_vector, logits = gen(
             batch.history, batch.users, None, candidates=candidates, targets=every
         )
-        row_ce = _sampled_row_ce(logits, targets, shared, n_items)
-        ce = row_ce.mean()
+        if fused_softmax and best_of <= 1:
+            ce = fused_sampled_ce(logits, targets, shared, n_items)
+        else:
+            row_ce = _sampled_row_ce(logits, targets, shared, n_items)
+            ce = row_ce.mean()
     rows = adv_rows or len(state)  # the rows of the batch the game is played on
     fake = unwrap(gen).generate(state[:rows], z[:rows]) if adv_weight > 0 else None
     forward = Forward(state, mean_vector, ce, fake)
@@ -280,6 +283,55 @@ def sampled_logits(
         neg = logits - torch.log(expected.to(logits.dtype))[None, :]
     neg = neg.masked_fill(candidates[None, :] == targets[:, None], float("-inf"))
     return torch.cat([pos, neg], dim=1)
+
+
+class _SampledCrossEntropy(torch.autograd.Function):
+    """Mean sampled-softmax cross-entropy (:func:`sampled_softmax_ce`) straight from the logits
+    ``[b, b + c]`` against ``[targets; negatives]``: one buffer, corrected, masked and turned into
+    probabilities in place, which the backward pass turns into the gradient in place. The
+    reference builds the corrected, masked, concatenated logits and their log-softmax, each a
+    new ``[b, b + c]`` tensor, and as many again backwards: memory traffic that is most of a
+    sampled step at a million items."""
+
+    @staticmethod
+    def forward(ctx: Any, logits: torch.Tensor, same_item: torch.Tensor, correction: torch.Tensor):
+        b = len(logits)
+        positive = logits[:, :b].diagonal()
+        probs = logits - correction[None, :]
+        probs.masked_fill_(same_item, float("-inf"))
+        top = torch.maximum(probs.max(dim=1).values, positive)
+        probs.sub_(top[:, None]).exp_()
+        p_positive = (positive - top).exp()
+        total = probs.sum(dim=1) + p_positive
+        probs.div_(total[:, None])
+        p_positive = p_positive / total
+        ctx.save_for_backward(probs, p_positive)
+        return (top + total.log() - positive).mean()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable  # the buffer is overwritten in place
+    def backward(ctx: Any, grad: torch.Tensor):
+        probs, p_positive = ctx.saved_tensors
+        b = len(probs)
+        # The positive's logit is logits[i, i], whose masked negative column has probability 0.
+        probs.diagonal()[:] += p_positive - 1.0
+        return probs.mul_(grad / b), None, None
+
+
+def fused_sampled_ce(
+    logits: torch.Tensor, targets: torch.Tensor, shared: Negatives, n_items: int
+) -> torch.Tensor:
+    """:func:`sampled_softmax_ce` of ``logits`` ``[b, b + c]`` against ``[targets;
+    shared.items]``, with the lean backward pass of :class:`_SampledCrossEntropy`."""
+    b, c = len(targets), len(shared.items)
+    if shared.popularity is None:
+        correction = torch.full((b + c,), math.log(c / n_items), device=logits.device)
+        correction[:b] = float("inf")
+    else:
+        candidates = torch.cat([targets, shared.items])
+        correction = torch.log((b - 1) * shared.popularity[candidates] + c / n_items)
+    same_item = torch.cat([targets, shared.items])[None, :] == targets[:, None]
+    return _SampledCrossEntropy.apply(logits, same_item, correction.to(logits.dtype))
 
 
 def sampled_softmax_ce(

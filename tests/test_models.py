@@ -207,6 +207,27 @@ def test_mixed_negatives_estimate_the_full_normaliser_without_bias():
     assert row.shape == (3, 3)
 
 
+@pytest.mark.parametrize("mixed", [True, False])
+def test_fused_sampled_softmax_matches_the_reference_and_its_gradients(mixed):
+    """The in-place sampled cross-entropy against ``sampled_softmax_ce``: the same loss and the
+    same gradients at the logits, with repeated targets, a negative equal to a target, large
+    logits, mixed (popularity) and uniform-only negatives."""
+    torch.manual_seed(0)
+    n = 50
+    targets = torch.tensor([3, 0, 49, 3, 17, 8])  # a repeated target
+    negatives = torch.tensor([17, 5, 9, 33, 41, 2, 12])  # 17 is also a target
+    popularity = torch.distributions.Dirichlet(torch.full((n,), 0.5)).sample() if mixed else None
+    logits = (6 * torch.randn(len(targets), len(targets) + len(negatives))).requires_grad_()
+    upstream = torch.tensor(0.7)
+    reference = gan.sampled_softmax_ce(logits, targets, negatives, n, popularity)
+    (expected,) = torch.autograd.grad(reference * upstream, logits)
+    fused = gan.fused_sampled_ce(logits, targets, gan.Negatives(negatives, popularity), n)
+    (got,) = torch.autograd.grad(fused * upstream, logits)
+    torch.testing.assert_close(fused, reference, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-7)
+    assert torch.equal(got == 0, expected == 0)  # masked columns get no gradient
+
+
 def test_catalogue_cross_entropy_matches_cross_entropy_and_its_gradients():
     torch.manual_seed(0)
     targets = torch.tensor([3, 0, 39, 3, 17])  # a repeated target; the first and last item
