@@ -61,7 +61,7 @@ def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
 def print_table(title: str, header: list[str], rows: list[list[Any]]) -> None:
     """Print a plain fixed-width table to stdout."""
     cells = [[_fmt(c) for c in row] for row in rows]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(header)]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(header)]
     print(f"\n{title}")
     print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
     print("  ".join("-" * w for w in widths))

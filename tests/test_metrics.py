@@ -197,3 +197,14 @@ def test_per_user_ndcg_averages_to_the_tables_ndcg():
     assert users.tolist() == np.flatnonzero(np.diff(truth.indptr)).tolist()
     assert ndcg.mean() == pytest.approx(ranking_metrics(recs, truth, [10])["ndcg@10"])
     assert (ndcg > 0).any() and (ndcg < 1).all()
+
+
+def test_an_empty_table_prints_its_header(capsys):
+    # A sweep interrupted before its first trial finished has no rows to summarise.
+    from ganrec_dist.logs import print_table
+
+    print_table("runs", ["trial", "NDCG@10"], [])
+    print_table("runs", ["trial", "NDCG@10"], [["gan-seed0", 0.1543]])
+    out = capsys.readouterr().out.splitlines()
+    assert out[1:4] == ["runs", "trial  NDCG@10", "-----  -------"]
+    assert "gan-seed0  0.154" in [line.rstrip() for line in out]

@@ -45,7 +45,10 @@ class BenchScaleConfig:
     train: bool = setting(True, "also run `ganrec train` at the smallest and largest size")
     train_rows: int = setting(3_000_000, "synthetic interactions of the train runs")
     train_users: int = setting(20_000, "synthetic users of the train runs")
-    train_steps: int = setting(150, "steps of the train runs' one epoch")
+    train_steps: int = setting(300, "steps of the train runs' one epoch")
+    train_repeats: int = setting(
+        3, "runs of each train variant, alternating with the others (the median is reported)"
+    )
     workdir: str = setting("", "where data and runs go (default: a temporary directory)")
     out: str = setting("bench/scale.json", "results JSON (and a PNG beside it)")
 
@@ -101,10 +104,15 @@ def _train_run(
         "sparse_tables": sparse,
         "workers": workers,
         "row_update": rows,
+        # The loop's rate is what is measured: validation on a sample, by exact search.
+        "val_users": 2000,
+        "index": {"kind": "flat"},
     }
     if workers > 1:
         settings["cpus_per_worker"] = 0.5  # two workers and Ray Data share two CPUs
-    with PeakMemory(each="RayTrainWorker") as mem:
+    # Reading a process's memory map stalls it (the kernel walks its page tables): sampled
+    # every 2 s, the training loop's rate is not the sampler's.
+    with PeakMemory(each="RayTrainWorker", interval=2.0) as mem:
         train(build(TrainConfig, settings))
     payload = RunDir(out).payload()
     last = payload["state"]["history"][-1]
@@ -126,17 +134,22 @@ def _train_run(
 
 
 def train_costs(cfg: BenchScaleConfig, work: Path) -> list[dict]:
-    """`ganrec train` at the smallest and the largest size (and the dense path, 2 workers)."""
+    """`ganrec train` at the smallest and the largest size (and there the reference row update,
+    the dense path and 2 workers), each variant ``train_repeats`` times in alternation: one
+    run's rate moves by 10-20% on a shared machine, the median much less."""
     from ganrec_dist.prepare import prepare
 
     sizes = [int(n) for n in cfg.items.split(",")]
-    runs = []
-    for n_items in (min(sizes), max(sizes)):
-        data = work / f"data-{n_items}"
+    variants: list[tuple[int, dict[str, Any]]] = [(min(sizes), {}), (max(sizes), {})]
+    # Today's row update (torch's SparseAdam, then the average), the dense tables and two
+    # workers, at the largest size.
+    variants += [(max(sizes), v) for v in ({"rows": "reference"}, {"sparse": False})]
+    variants += [(max(sizes), {"workers": 2})]
+    for n_items in {n for n, _ in variants}:
         prepare(
             PrepareConfig(
                 source="synthetic",
-                out=str(data),
+                out=str(work / f"data-{n_items}"),
                 users=cfg.train_users,
                 items=n_items,
                 interactions=cfg.train_rows,
@@ -145,16 +158,21 @@ def train_costs(cfg: BenchScaleConfig, work: Path) -> list[dict]:
                 overwrite=True,
             )
         )
-        variants: list[dict[str, Any]] = [{}]
-        if n_items == max(sizes):
-            # Today's row update (torch's SparseAdam, then the average) in the same run.
-            variants += [{"rows": "reference"}, {"sparse": False}, {"workers": 2}]
-        for variant in variants:
-            name = "-".join(f"{k}{v}" for k, v in variant.items()) or "default"
-            result = _train_run(cfg, data, work / f"run-{n_items}-{name}", **variant)
-            runs.append({"items": n_items, **result})
-            shutil.rmtree(work / f"run-{n_items}-{name}", ignore_errors=True)
-        shutil.rmtree(data, ignore_errors=True)
+    measured: dict[int, list[dict]] = {i: [] for i in range(len(variants))}
+    for repeat in range(cfg.train_repeats):
+        for i, (n_items, variant) in enumerate(variants):
+            if repeat and variant.get("sparse") is False:
+                continue  # the dense path's gap is large; one run of it is enough
+            out = work / f"run-{i}"
+            result = _train_run(cfg, work / f"data-{n_items}", out, **variant)
+            measured[i].append({"items": n_items, **result})
+            shutil.rmtree(out, ignore_errors=True)
+    for n_items in {n for n, _ in variants}:
+        shutil.rmtree(work / f"data-{n_items}", ignore_errors=True)
+    runs = []
+    for results in measured.values():
+        median = sorted(results, key=lambda r: r["rows_per_s"])[len(results) // 2]
+        runs.append({**median, "rows_per_s_each": [round(r["rows_per_s"]) for r in results]})
     return runs
 
 
