@@ -36,18 +36,29 @@ def ease_weights(train: sp.csr_matrix, lam: float) -> np.ndarray:
     """
     from scipy.linalg import lapack
 
-    x = (train > 0).astype(np.float64)
-    gram = np.asarray((x.T @ x).todense())
+    # Single precision: the weights differ from float64's by ~1e-7 (tested), and LAPACK's
+    # factor and inverse run twice as fast. Items no one trained on get zero weights either way
+    # (their Gram row is lambda on the diagonal alone), so only the others are inverted: the
+    # arithmetic goes with the cube of their count.
+    x = (train > 0).astype(np.float32).tocsc()
+    seen = np.flatnonzero(np.diff(x.indptr) > 0)
+    xs = x[:, seen]
+    gram = np.asarray((xs.T @ xs).todense(), dtype=np.float32)
     gram[np.diag_indices_from(gram)] += lam
     # The Gram matrix plus lambda I is symmetric positive definite: a Cholesky factor and its
     # inverse (LAPACK potrf/potri) take about a third of the arithmetic of a general inverse.
-    factor, info = lapack.dpotrf(gram, lower=True, overwrite_a=True)
-    inverse, info2 = lapack.dpotri(factor, lower=True, overwrite_c=True)
+    factor, info = lapack.spotrf(gram, lower=True, overwrite_a=True)
+    inverse, info2 = lapack.spotri(factor, lower=True, overwrite_c=True)
     if info or info2:
         raise np.linalg.LinAlgError(f"EASE: the Gram matrix is not positive definite ({lam=})")
-    inverse = np.tril(inverse) + np.tril(inverse, -1).T  # potri fills one triangle
-    weights = -inverse / np.diag(inverse)
-    weights[np.diag_indices_from(weights)] = 0.0
+    inverse = np.tril(inverse)  # potri fills one triangle
+    inverse += np.tril(inverse, -1).T
+    block = np.divide(inverse, -np.diag(inverse), out=inverse)
+    block[np.diag_indices_from(block)] = 0.0
+    if len(seen) == train.shape[1]:
+        return block
+    weights = np.zeros((train.shape[1], train.shape[1]), dtype=np.float32)
+    weights[np.ix_(seen, seen)] = block
     return weights
 
 
@@ -79,7 +90,7 @@ def recommend_dense(
 def ease_recommend(
     train: sp.csr_matrix, weights: np.ndarray, users: np.ndarray, k: int
 ) -> np.ndarray:
-    x = (train > 0).astype(np.float64).tocsr()
+    x = (train > 0).astype(weights.dtype).tocsr()
     return recommend_dense(lambda rows: x[rows] @ weights, train, users, k)
 
 

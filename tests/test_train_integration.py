@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -40,6 +41,20 @@ TINY = dict(
 
 def _history(run):
     return RunDir(run).payload()["state"]["history"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(synthetic_data, tmp_path_factory):
+    """One 2-epoch TINY run, trained once for the tests that read it (each copies it before
+    writing into it)."""
+    run = tmp_path_factory.mktemp("tiny") / "run"
+    train(train_config(data=str(synthetic_data), out=str(run), epochs=2, refit=False, **TINY))
+    return run
+
+
+def _copy(run, to):
+    shutil.copytree(run, to)
+    return to
 
 
 def test_two_workers_learn_and_beat_popularity(synthetic_data, tmp_path):
@@ -238,30 +253,22 @@ def test_a_killed_driver_resumes_when_rerun(synthetic_data, tmp_path):
     assert [[h[k] for k in keys] for h in after] == [[h[k] for k in keys] for h in whole]
 
 
-def test_the_same_seed_gives_the_same_run(synthetic_data, tmp_path):
+def test_the_same_seed_gives_the_same_run(synthetic_data, tiny_run, tmp_path):
     """Reproducible for a seed and worker count: Ray Data keeps the blocks' order."""
-    histories = []
-    for name in ("a", "b"):
-        train(
-            train_config(
-                data=str(synthetic_data),
-                out=str(tmp_path / name),
-                epochs=2,
-                refit=False,
-                **TINY,
-            )
-        )
-        histories.append(
-            [(h["ce_loss"], h["d_loss"], h["val_ndcg@10"]) for h in _history(tmp_path / name)]
-        )
+    again = tmp_path / "again"
+    train(train_config(data=str(synthetic_data), out=str(again), epochs=2, refit=False, **TINY))
+    histories = [
+        [(h["ce_loss"], h["d_loss"], h["val_ndcg@10"]) for h in _history(run)]
+        for run in (tiny_run, again)
+    ]
     assert histories[0] == histories[1] and len(histories[0]) == 2
 
 
-def test_evaluate_reuses_only_an_ablation_of_the_same_settings(synthetic_data, tmp_path):
-    run = tmp_path / "run"
-    args = dict(data=str(synthetic_data), out=str(run), epochs=2, refit=False, **TINY)
-    train(train_config(**args))
-    quick = dict(data=str(synthetic_data), run=str(run), ease_lambdas="50", als_regs="0.1")
+def test_evaluate_reuses_only_an_ablation_of_the_same_settings(synthetic_data, tiny_run, tmp_path):
+    run = _copy(tiny_run, tmp_path / "run")
+    quick = dict(
+        data=str(synthetic_data), run=str(run), ease_lambdas="50", als_regs="0.1", diversity=False
+    )
     evaluate(EvaluateConfig(**quick, als_iterations=2))
     model = run / "ablation" / "checkpoint" / "model.pt"
     trained = model.stat().st_mtime_ns
@@ -300,10 +307,9 @@ def test_sparse_tables_resume_into_the_uninterrupted_run(synthetic_data, tmp_pat
 
 
 def test_cold_start_holds_users_out_of_training_and_judges_every_n_on_one_tail(
-    synthetic_data, tmp_path
+    synthetic_data, tiny_run, tmp_path
 ):
-    run = tmp_path / "run"
-    train(train_config(data=str(synthetic_data), out=str(run), epochs=2, refit=False, **TINY))
+    run = _copy(tiny_run, tmp_path / "run")
     result = evaluate(
         EvaluateConfig(
             data=str(synthetic_data),
@@ -311,6 +317,7 @@ def test_cold_start_holds_users_out_of_training_and_judges_every_n_on_one_tail(
             ablation=False,
             cold_start=True,
             cold_fraction=0.2,
+            diversity=False,
             ease_lambdas="50",
             als_regs="0.1",
             als_iterations=3,

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from ganrec_dist.bench.common import PeakMemory, random_step, write_json
+from ganrec_dist.bench.common import PeakMemory, cpu_model, random_step, write_json
 from ganrec_dist.config import PrepareConfig, TrainConfig, build, setting
 from ganrec_dist.layout import RunDir
 from ganrec_dist.logs import print_table
@@ -179,7 +179,8 @@ def train_costs(cfg: BenchScaleConfig, work: Path) -> list[dict]:
 def run(cfg: BenchScaleConfig) -> dict:
     from ganrec_dist.raycluster import ensure_ray
 
-    results: dict = {"config": dataclasses.asdict(cfg), "step": step_costs(cfg)}
+    results: dict = {"cpu": cpu_model(), "config": dataclasses.asdict(cfg)}
+    results["step"] = step_costs(cfg)
     _print_steps(cfg, results["step"])
     if cfg.train:
         work = Path(cfg.workdir or tempfile.mkdtemp(prefix="ganrec-bench-scale-"))
