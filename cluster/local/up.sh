@@ -39,10 +39,14 @@ before=$(ray_pids)
   --dashboard-port="$dash" --num-cpus="$cpus" --num-gpus=0 --resources='{"head": 1}' \
   --temp-dir="$dir/r" --disable-usage-stats $(node_ports) >"$dir/head.log" 2>&1
 record_new "$before"
+# Each node gets its own temporary directory, as separate machines would: a job's working_dir is
+# unpacked under it, and a node that unpacks the same package replaces the directory first,
+# which, shared, pulls it from under a driver already running on another node.
 for i in $(seq 1 "$workers"); do
   before=$(ray_pids)
   "$ray" start --address="127.0.0.1:$port" --node-ip-address=127.0.0.1 --num-cpus="$cpus" --num-gpus=0 \
-    --resources="{\"worker$i\": 1}" --disable-usage-stats $(node_ports) >"$dir/worker$i.log" 2>&1
+    --resources="{\"worker$i\": 1}" --temp-dir="$dir/w$i" --disable-usage-stats $(node_ports) \
+    >"$dir/worker$i.log" 2>&1
   record_new "$before"
 done
 echo "127.0.0.1:$port" > "$dir/address"
