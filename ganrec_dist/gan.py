@@ -272,17 +272,31 @@ def sampled_logits(
     drawn by popularity, so item ``j`` is expected ``(b - 1) p_j + c / n_items`` times among a
     row's negatives. Without it only the uniform ones are negatives.
     """
-    b, c = len(targets), len(negatives)
-    pos = logits[:, :b].diagonal()[:, None]
-    if popularity is None:
-        neg = logits[:, b:] + math.log(n_items / c)
-        candidates = negatives
-    else:
-        candidates = torch.cat([targets, negatives])
-        expected = (b - 1) * popularity[candidates] + c / n_items
-        neg = logits - torch.log(expected.to(logits.dtype))[None, :]
+    candidates, log_m = _log_expected(targets, negatives, n_items, popularity, logits.dtype)
+    pos = logits[:, : len(targets)].diagonal()[:, None]
+    neg = logits[:, logits.shape[1] - len(candidates) :] - log_m[None, :]
     neg = neg.masked_fill(candidates[None, :] == targets[:, None], float("-inf"))
     return torch.cat([pos, neg], dim=1)
+
+
+def _log_expected(
+    targets: torch.Tensor,
+    negatives: torch.Tensor,
+    n_items: int,
+    popularity: torch.Tensor | None,
+    dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The columns a row's negatives come from (``negatives``, or ``[targets; negatives]`` with
+    ``popularity``) and the log of how many times each is expected among them: the log-Q
+    correction of :func:`sampled_logits`."""
+    b, c = len(targets), len(negatives)
+    if popularity is None:
+        return negatives, torch.full(
+            (c,), math.log(c / n_items), dtype=dtype, device=targets.device
+        )
+    candidates = torch.cat([targets, negatives])
+    expected = (b - 1) * popularity[candidates] + c / n_items
+    return candidates, torch.log(expected.to(dtype))
 
 
 class _SampledCrossEntropy(torch.autograd.Function):
@@ -323,15 +337,14 @@ def fused_sampled_ce(
 ) -> torch.Tensor:
     """:func:`sampled_softmax_ce` of ``logits`` ``[b, b + c]`` against ``[targets;
     shared.items]``, with the lean backward pass of :class:`_SampledCrossEntropy`."""
-    b, c = len(targets), len(shared.items)
-    if shared.popularity is None:
-        correction = torch.full((b + c,), math.log(c / n_items), device=logits.device)
-        correction[:b] = float("inf")
-    else:
-        candidates = torch.cat([targets, shared.items])
-        correction = torch.log((b - 1) * shared.popularity[candidates] + c / n_items)
+    candidates, log_m = _log_expected(
+        targets, shared.items, n_items, shared.popularity, logits.dtype
+    )
+    # Uniform negatives only: the other rows' targets are not negatives (an infinite correction).
+    skipped = logits.shape[1] - len(candidates)
+    correction = torch.cat([log_m.new_full((skipped,), float("inf")), log_m])
     same_item = torch.cat([targets, shared.items])[None, :] == targets[:, None]
-    return _SampledCrossEntropy.apply(logits, same_item, correction.to(logits.dtype))
+    return _SampledCrossEntropy.apply(logits, same_item, correction)
 
 
 def sampled_softmax_ce(
