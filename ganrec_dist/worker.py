@@ -308,31 +308,11 @@ def _gather_nodes() -> list[str]:
 # --- the steps of the loop ------------------------------------------------------------------------
 
 
-def keep_freed_memory() -> None:
-    """Ask glibc's allocator to keep freed blocks for reuse instead of returning each one to the
-    system. A step allocates and frees temporaries of several MiB; above glibc's mmap threshold
-    each is a fresh mapping whose pages are faulted in and zeroed again, step after step, and the
-    worker's training thread (not the process's main one) does not get the threshold's
-    self-tuning. A no-op where the C library is not glibc."""
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    mallopt(m_mmap_threshold, 256 << 20)  # blocks up to 256 MiB from the heap
-    mallopt(m_trim_threshold, 1 << 30)  # keep up to 1 GiB of freed heap for reuse
-
-
 def setup(config: dict) -> Rank:
     """This rank's data and models: fresh, or restored from the latest checkpoint."""
     import ray.train
     import ray.train.torch
 
-    keep_freed_memory()
     cfg = build(TrainConfig, config["train"])
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its CPU-feature probing is noise
     ctx = ray.train.get_context()
