@@ -18,8 +18,11 @@ FORMAT = "%(asctime)s %(levelname).1s %(name)s: %(message)s"
 
 
 def quiet_ray_environment() -> None:
-    """Environment defaults that keep Ray's output out of the user's way (set before Ray starts)."""
+    """Environment defaults for Ray, set before it starts: its output out of the user's way, and
+    Ray Train's controller checking on its workers every 0.5 s instead of 2 s (a run otherwise
+    ends up to 2 s after its workers do: a noticeable share of a small run's time)."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")

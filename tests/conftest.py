@@ -10,10 +10,8 @@ import pytest
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
-# Ray Train's controller polls its workers every 2 s, so a finished run is noticed up to 2 s
-# late, and its preemption watcher (for nodes a cloud takes back) is one more actor to start and
-# stop: ~4 s of a tiny run's ~17, over some forty runs in the suite.
-os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
+# Ray Train's preemption watcher (for nodes a cloud takes back) is one more actor to start and
+# stop in each of the suite's small trainings, on a machine nothing preempts.
 os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 
 
