@@ -52,11 +52,6 @@ def tiny_run(synthetic_data, tmp_path_factory):
     return run
 
 
-def _copy(run, to):
-    shutil.copytree(run, to)
-    return to
-
-
 def test_two_workers_learn_and_beat_popularity(synthetic_data, tmp_path):
     run = tmp_path / "run"
     meta = train(
@@ -265,7 +260,7 @@ def test_the_same_seed_gives_the_same_run(synthetic_data, tiny_run, tmp_path):
 
 
 def test_evaluate_reuses_only_an_ablation_of_the_same_settings(synthetic_data, tiny_run, tmp_path):
-    run = _copy(tiny_run, tmp_path / "run")
+    run = shutil.copytree(tiny_run, tmp_path / "run")
     quick = dict(
         data=str(synthetic_data), run=str(run), ease_lambdas="50", als_regs="0.1", diversity=False
     )
@@ -309,7 +304,7 @@ def test_sparse_tables_resume_into_the_uninterrupted_run(synthetic_data, tmp_pat
 def test_cold_start_holds_users_out_of_training_and_judges_every_n_on_one_tail(
     synthetic_data, tiny_run, tmp_path
 ):
-    run = _copy(tiny_run, tmp_path / "run")
+    run = shutil.copytree(tiny_run, tmp_path / "run")
     result = evaluate(
         EvaluateConfig(
             data=str(synthetic_data),

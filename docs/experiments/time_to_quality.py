@@ -35,8 +35,20 @@ def train(code: Path, data: str, out: Path, seed: int, extra: list[str]) -> dict
     env = {**os.environ, "PYTHONPATH": str(code), "RAY_USAGE_STATS_ENABLED": "0"}
     command = [sys.executable, "-m", "ganrec_dist", "train", "--data", data, "--out", str(out)]
     command += ["--seed", str(seed), "--quiet", *extra]
+    version = subprocess.run(
+        [sys.executable, "-c", "import ganrec_dist; print(ganrec_dist.__file__)"],
+        env=env,
+        cwd=code,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    if not version.startswith(str(code)):
+        raise SystemExit(f"{code}: imported {version} instead")
     start = time.perf_counter()
-    subprocess.run(command, env=env, check=True)
+    # Run from the code's own directory: `python -m` puts the working directory ahead of
+    # PYTHONPATH, so from this checkout the "old" run would import this checkout's package.
+    subprocess.run(command, env=env, check=True, cwd=code)
     wall = time.perf_counter() - start
     with open(out / "history.csv") as handle:
         history = list(csv.DictReader(handle))
@@ -77,7 +89,8 @@ def main() -> int:
     from ganrec_dist.bench.common import cpu_model, write_json
     from ganrec_dist.logs import print_table
 
-    work = Path(args.workdir)
+    work = Path(args.workdir).resolve()  # the runs start in each code's own directory
+    args.data = str(Path(args.data).resolve())
     runs: list[dict] = []
     for seed in [int(s) for s in args.seeds.split(",")]:
         for name, code in (("old", Path(args.old).resolve()), ("new", HERE)):

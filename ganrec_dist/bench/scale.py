@@ -141,7 +141,7 @@ def train_costs(cfg: BenchScaleConfig, work: Path) -> list[dict]:
 
     sizes = [int(n) for n in cfg.items.split(",")]
     variants: list[tuple[int, dict[str, Any]]] = [(min(sizes), {}), (max(sizes), {})]
-    # Today's row update (torch's SparseAdam, then the average), the dense tables and two
+    # The reference row update (torch's SparseAdam, then the average), the dense tables and two
     # workers, at the largest size.
     variants += [(max(sizes), v) for v in ({"rows": "reference"}, {"sparse": False})]
     variants += [(max(sizes), {"workers": 2})]
