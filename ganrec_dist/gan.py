@@ -272,7 +272,9 @@ def sampled_logits(
     drawn by popularity, so item ``j`` is expected ``(b - 1) p_j + c / n_items`` times among a
     row's negatives. Without it only the uniform ones are negatives.
     """
-    candidates, log_m = _log_expected(targets, negatives, n_items, popularity, logits.dtype)
+    candidates, log_m = _log_expected(
+        targets, negatives, n_items, popularity=popularity, dtype=logits.dtype
+    )
     pos = logits[:, : len(targets)].diagonal()[:, None]
     neg = logits[:, logits.shape[1] - len(candidates) :] - log_m[None, :]
     neg = neg.masked_fill(candidates[None, :] == targets[:, None], float("-inf"))
@@ -283,6 +285,7 @@ def _log_expected(
     targets: torch.Tensor,
     negatives: torch.Tensor,
     n_items: int,
+    *,
     popularity: torch.Tensor | None,
     dtype: torch.dtype,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -338,7 +341,7 @@ def fused_sampled_ce(
     """:func:`sampled_softmax_ce` of ``logits`` ``[b, b + c]`` against ``[targets;
     shared.items]``, with the lean backward pass of :class:`_SampledCrossEntropy`."""
     candidates, log_m = _log_expected(
-        targets, shared.items, n_items, shared.popularity, logits.dtype
+        targets, shared.items, n_items, popularity=shared.popularity, dtype=logits.dtype
     )
     # Uniform negatives only: the other rows' targets are not negatives (an infinite correction).
     skipped = logits.shape[1] - len(candidates)
