@@ -1,3 +1,3 @@
 """ganrec-dist: a GAN-based generative item recommender on Ray."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

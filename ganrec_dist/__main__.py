@@ -1,5 +1,5 @@
 import sys
 
-from ganrec_dist.cli import main
+from ganrec_dist.operations.cli import main
 
 sys.exit(main())

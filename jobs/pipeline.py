@@ -13,8 +13,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from ganrec_dist import storage
-from ganrec_dist.cli import main
+from ganrec_dist.core import storage
+from ganrec_dist.operations.cli import main
 
 
 def run(config: str, root: str) -> int:

@@ -18,11 +18,11 @@ import json
 import sys
 from pathlib import Path
 
-from ganrec_dist import storage
-from ganrec_dist.config import UpdateConfig
-from ganrec_dist.errors import UserError
-from ganrec_dist.logs import setup_logging
-from ganrec_dist.update import update
+from ganrec_dist.core import storage
+from ganrec_dist.core.config import UpdateConfig
+from ganrec_dist.core.errors import UserError
+from ganrec_dist.core.logs import setup_logging
+from ganrec_dist.operations.update import update
 
 CURRENT = "current.json"
 

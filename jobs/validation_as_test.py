@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from ganrec_dist.interactions import validation_limits
-from ganrec_dist.layout import DataDir
+from ganrec_dist.data.interactions import validation_limits
+from ganrec_dist.data.layout import DataDir
 
 
 def main() -> int:

@@ -1,5 +1,5 @@
 """Ray Serve entry point for `serve run serving/config.yaml` or `serve deploy`: import and bind."""
 
-from ganrec_dist.serve import app_builder
+from ganrec_dist.inference.serve import app_builder
 
 app = app_builder

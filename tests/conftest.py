@@ -35,8 +35,8 @@ os.environ["GANREC_CACHE"] = tempfile.mkdtemp(prefix="ganrec-test-cache-")
 def ray_local():
     import ray
 
-    from ganrec_dist.logs import setup_logging
-    from ganrec_dist.raycluster import ensure_ray
+    from ganrec_dist.core.logs import setup_logging
+    from ganrec_dist.core.raycluster import ensure_ray
 
     setup_logging(quiet=True)
     ensure_ray(num_cpus=2)
@@ -47,8 +47,8 @@ def ray_local():
 @pytest.fixture(scope="session")
 def movielens_data(ray_local, tmp_path_factory):
     """The embedded sample, prepared once for every test that needs it."""
-    from ganrec_dist.config import PrepareConfig
-    from ganrec_dist.prepare import prepare
+    from ganrec_dist.core.config import PrepareConfig
+    from ganrec_dist.data.prepare import prepare
 
     out = tmp_path_factory.mktemp("ml") / "data"
     manifest = prepare(PrepareConfig(source="movielens-small", out=str(out)))
@@ -59,8 +59,8 @@ def movielens_data(ray_local, tmp_path_factory):
 def synthetic_data(ray_local, tmp_path_factory):
     """A small synthetic log with planted structure, in four user shards: the training, sweep
     and cold-start tests' data."""
-    from ganrec_dist.config import PrepareConfig
-    from ganrec_dist.prepare import prepare
+    from ganrec_dist.core.config import PrepareConfig
+    from ganrec_dist.data.prepare import prepare
 
     out = tmp_path_factory.mktemp("syn") / "data"
     prepare(

@@ -8,11 +8,11 @@ import os
 import numpy as np
 import pytest
 
-from ganrec_dist.append import prepare_or_append as prepare
-from ganrec_dist.cli import main
-from ganrec_dist.config import PrepareConfig
-from ganrec_dist.errors import UserError
-from ganrec_dist.layout import DataDir
+from ganrec_dist.core.config import PrepareConfig
+from ganrec_dist.core.errors import UserError
+from ganrec_dist.data.append import prepare_or_append as prepare
+from ganrec_dist.data.layout import DataDir
+from ganrec_dist.operations.cli import main
 
 pytestmark = pytest.mark.integration
 

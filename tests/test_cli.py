@@ -11,8 +11,8 @@ import time
 import psutil
 import pytest
 
-from ganrec_dist.config import PrepareConfig
-from ganrec_dist.prepare import prepare
+from ganrec_dist.core.config import PrepareConfig
+from ganrec_dist.data.prepare import prepare
 
 pytestmark = pytest.mark.integration
 

@@ -19,13 +19,14 @@ import ray
 import requests
 import yaml
 
-from ganrec_dist.cluster import (
+from ganrec_dist.data.layout import DataDir
+from ganrec_dist.operations.cluster import (
     CLUSTER_RUNTIME_ENV,
+    EXCLUDES,
     dump_manifest,
     rayservice_manifest,
     serve_config_for_cluster,
 )
-from ganrec_dist.layout import DataDir
 
 ROOT = Path(__file__).resolve().parent.parent
 KUBERAY = ROOT / "cluster" / "kuberay"
@@ -41,6 +42,17 @@ def _images(obj):
     elif isinstance(obj, list):
         for v in obj:
             yield from _images(v)
+
+
+def test_a_submitted_job_carries_every_module_and_no_data():
+    """`ganrec submit` uploads the checkout less EXCLUDES, matched as Ray matches them
+    (gitignore patterns, relative to the checkout): the package's own data/ and bench/ stay."""
+    from pathspec import PathSpec
+
+    excluded = PathSpec.from_lines("gitwildmatch", EXCLUDES).match_file
+    modules = [p.relative_to(ROOT).as_posix() for p in (ROOT / "ganrec_dist").rglob("*.py")]
+    assert modules and not [m for m in modules if excluded(m)]
+    assert excluded("data/manifest.json") and excluded("runs/r/checkpoint/model.pt")
 
 
 def test_manifests_match_the_installed_ray_version():
@@ -112,7 +124,7 @@ def test_the_job_and_the_service_bring_the_project_to_a_stock_image():
 
 
 def test_serve_config_states_the_deployment_defaults():
-    from ganrec_dist.serve import DEPLOYMENT_OPTIONS
+    from ganrec_dist.inference.serve import DEPLOYMENT_OPTIONS
 
     config = yaml.safe_load((ROOT / "serving" / "config.yaml").read_text())
     deployment = config["applications"][0]["deployments"][0]

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from ganrec_dist.compare import bootstrap_interval, compare_scores, sign_test
-from ganrec_dist.errors import UserError
+from ganrec_dist.core.errors import UserError
+from ganrec_dist.evaluation.compare import bootstrap_interval, compare_scores, sign_test
 
 
 def _paired(rng, *, seeds=10, users=300, difference=0.0, seed_sd=0.003, user_sd=0.05):

@@ -1,7 +1,16 @@
 import pytest
 
-from ganrec_dist.config import IndexConfig, PrepareConfig, TrainConfig, fields, load, replace
-from ganrec_dist.errors import UserError
+from ganrec_dist.core.config import (
+    STAGES,
+    IndexConfig,
+    PrepareConfig,
+    TrainConfig,
+    UpdateConfig,
+    fields,
+    load,
+    replace,
+)
+from ganrec_dist.core.errors import UserError
 
 
 def test_defaults_yaml_cli_precedence(tmp_path):
@@ -13,6 +22,18 @@ def test_defaults_yaml_cli_precedence(tmp_path):
     assert cfg.optim.batch_size == TrainConfig().optim.batch_size  # default
     assert cfg.index.nprobe == 3  # shared section
     assert load(PrepareConfig, "prepare", str(path), {}).shards == 9
+
+
+def test_every_command_reads_its_own_section_of_a_pipeline_file(tmp_path):
+    from ganrec_dist.operations.cli import BENCHES, COMMANDS
+
+    keys = [*COMMANDS, *(f"bench_{name}" for name in BENCHES)]
+    # `index:` is the shared IndexConfig of every stage, and the index command's own.
+    assert {k for k in keys if k != "index"} == set(STAGES)
+    path = tmp_path / "daily.yaml"
+    path.write_text("update:\n  init_epochs: 2\n  rollout: false\n")  # one section alone
+    cfg = load(UpdateConfig, "update", str(path), {})
+    assert (cfg.init_epochs, cfg.rollout) == (2, False)
 
 
 def test_flat_yaml_and_dotted_override(tmp_path):
@@ -68,7 +89,7 @@ def test_nested_and_flat_keys_are_the_same_setting(tmp_path):
 
 
 def test_every_setting_has_help_and_the_cli_shows_it_with_its_default(capsys):
-    from ganrec_dist.cli import BENCHES, COMMANDS, _resolve, main
+    from ganrec_dist.operations.cli import BENCHES, COMMANDS, _resolve, main
 
     classes = [cls for cls, _, _ in COMMANDS.values()]
     classes += [_resolve(spec) for spec, _, _ in BENCHES.values()]

@@ -5,9 +5,10 @@ import dataclasses
 import numpy as np
 import pytest
 
-from ganrec_dist.config import IndexConfig
-from ganrec_dist.errors import UserError
-from ganrec_dist.index import (
+from ganrec_dist.core.config import IndexConfig
+from ganrec_dist.core.errors import UserError
+from ganrec_dist.data.layout import RunDir
+from ganrec_dist.retrieval.index import (
     ExactIndex,
     build_index,
     checksum,
@@ -15,7 +16,6 @@ from ganrec_dist.index import (
     save_index,
     search_excluding,
 )
-from ganrec_dist.layout import RunDir
 
 
 def clustered(n=20_000, dim=32, clusters=64, seed=0):

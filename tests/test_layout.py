@@ -10,11 +10,12 @@ import pytest
 import torch
 import yaml
 
-from ganrec_dist import storage
-from ganrec_dist.config import TrainConfig, to_dict
-from ganrec_dist.errors import UserError
-from ganrec_dist.layout import CHECKPOINT_FORMAT, RunDir, load_payload
-from ganrec_dist.resume import check_resumable
+from ganrec_dist.core import storage
+from ganrec_dist.core.config import TrainConfig, UpdateConfig, to_dict
+from ganrec_dist.core.errors import UserError
+from ganrec_dist.data.layout import CHECKPOINT_FORMAT, RunDir, load_payload
+from ganrec_dist.operations.update import update
+from ganrec_dist.training.resume import check_resumable
 
 
 class _Planted:
@@ -63,6 +64,8 @@ def test_a_run_of_an_earlier_version_is_not_resumed(tmp_path):
     (run / RunDir.CONFIG).write_text(yaml.safe_dump(flat))
     with pytest.raises(UserError, match="earlier ganrec-dist"):
         check_resumable(RunDir(run), TrainConfig(out=str(run)))
+    with pytest.raises(UserError, match="earlier ganrec-dist"):  # the daily update too
+        update(UpdateConfig(run=str(run), source=str(tmp_path / "today.csv")))
     (run / RunDir.CONFIG).write_text(yaml.safe_dump(to_dict(TrainConfig(out=str(run)))))
     check_resumable(RunDir(run), TrainConfig(out=str(run)))  # the same settings: resumes
 

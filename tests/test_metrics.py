@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from ganrec_dist import baselines
-from ganrec_dist.config import IndexConfig
-from ganrec_dist.index import build_index, search_excluding
-from ganrec_dist.metrics import beyond_accuracy, ranking_metrics, top_k_excluding
+from ganrec_dist.core.config import IndexConfig
+from ganrec_dist.evaluation import baselines
+from ganrec_dist.retrieval.index import build_index, search_excluding
+from ganrec_dist.retrieval.metrics import beyond_accuracy, ranking_metrics, top_k_excluding
 
 
 def _truth(rows, n_items):
@@ -140,9 +140,9 @@ def test_large_catalogue_paths_rank_as_the_dense_path_does(monkeypatch):
 
 
 def test_evaluation_can_score_a_seeded_sample_of_users():
-    from ganrec_dist.config import EvaluateConfig
-    from ganrec_dist.evaluate import _test_users
-    from ganrec_dist.interactions import Sequences
+    from ganrec_dist.core.config import EvaluateConfig
+    from ganrec_dist.data.interactions import Sequences
+    from ganrec_dist.evaluation.evaluate import _test_users
 
     lengths = np.array([2, 0, 1, 3, 1, 2])
     offsets = np.concatenate([[0], np.cumsum(lengths)])
@@ -156,9 +156,9 @@ def test_evaluation_can_score_a_seeded_sample_of_users():
 
 
 def test_baselines_are_tuned_on_as_many_validation_users_as_the_test_scores():
-    from ganrec_dist.config import EvaluateConfig
-    from ganrec_dist.evaluate import _validation_users
-    from ganrec_dist.interactions import Sequences, held_out, validation_limits
+    from ganrec_dist.core.config import EvaluateConfig
+    from ganrec_dist.data.interactions import Sequences, held_out, validation_limits
+    from ganrec_dist.evaluation.evaluate import _validation_users
 
     rng = np.random.default_rng(0)
     lengths = rng.integers(1, 9, 40)
@@ -174,8 +174,8 @@ def test_baselines_are_tuned_on_as_many_validation_users_as_the_test_scores():
 
 
 def test_cold_start_histories_and_their_common_tail():
-    from ganrec_dist.coldstart import first_items, histories, tail_truth
-    from ganrec_dist.interactions import from_rows
+    from ganrec_dist.data.interactions import from_rows
+    from ganrec_dist.evaluation.coldstart import first_items, histories, tail_truth
 
     # user 0: items 0..11 in order; user 1: 12 items, 11 repeated at positions 0 and 11
     items = np.array(list(range(12)) + [11] + list(range(20, 30)) + [11])
@@ -190,7 +190,7 @@ def test_cold_start_histories_and_their_common_tail():
 
 
 def test_per_user_ndcg_averages_to_the_tables_ndcg():
-    from ganrec_dist.metrics import user_ndcg
+    from ganrec_dist.retrieval.metrics import user_ndcg
 
     rng = np.random.default_rng(0)
     truth = sp.random(30, 50, density=0.1, random_state=1, format="csr")
@@ -204,7 +204,7 @@ def test_per_user_ndcg_averages_to_the_tables_ndcg():
 
 def test_an_empty_table_prints_its_header(capsys):
     # A sweep interrupted before its first trial finished has no rows to summarise.
-    from ganrec_dist.logs import print_table
+    from ganrec_dist.core.logs import print_table
 
     print_table("runs", ["trial", "NDCG@10"], [])
     print_table("runs", ["trial", "NDCG@10"], [["gan-seed0", 0.1543]])

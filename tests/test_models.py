@@ -7,10 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ganrec_dist import gan
-from ganrec_dist.config import TrainConfig
-from ganrec_dist.models import Discriminator, Generator, ModelConfig, catalogue_cross_entropy
-from ganrec_dist.worker import optimisers
+from ganrec_dist.core.config import DiscriminatorSettings, GameSettings, TrainConfig
+from ganrec_dist.model.models import Discriminator, Generator, ModelConfig, catalogue_cross_entropy
+from ganrec_dist.training import gan
+from ganrec_dist.training.building import optimisers
 
 CFG = ModelConfig(n_items=40, n_users=10, dim=8, hidden=16, history_len=5, noise_dim=4, dropout=0.0)
 
@@ -294,7 +294,14 @@ def test_train_step_shares_g_forward_without_changing_the_updates():
         for _ in range(3):
             if shared:
                 stats = gan.train_step(
-                    gen, disc, d_opt, g_opt, batch=batch, z=z, adv_weight=0.3, d_steps=2
+                    gen,
+                    disc,
+                    d_opt,
+                    g_opt,
+                    batch=batch,
+                    z=z,
+                    game=GameSettings(adv_weight=0.3),
+                    discriminator=DiscriminatorSettings(d_mismatch=0.0, d_rows=0, d_steps=2),
                 )
             else:
                 stats = {}
@@ -302,10 +309,20 @@ def test_train_step_shares_g_forward_without_changing_the_updates():
                     stats.update(gan.d_step(gen, disc, d_opt, batch, z=z))
                 stats.update(gan.g_step(gen, disc, g_opt, batch, z=z, adv_weight=0.3))
         after.append((stats, gen.state_dict(), disc.state_dict()))
-    assert set(after[1][0]) == {"d_loss", "d_real", "d_fake", "g_loss", "ce_loss", "g_d_fake"}
+    assert set(after[1][0]) == {
+        "d_loss",
+        "d_real",
+        "d_fake",
+        "g_loss",
+        "adv_loss",
+        "ce_loss",
+        "g_d_fake",
+    }
     _assert_same_updates(*after, rel=1e-5)
     # The ablation runs no D-step at all.
-    assert "d_loss" not in gan.train_step(gen, disc, d_opt, g_opt, batch=batch, z=z, adv_weight=0.0)
+    assert "d_loss" not in gan.train_step(
+        gen, disc, d_opt, g_opt, batch=batch, z=z, game=GameSettings(adv_weight=0.0)
+    )
 
 
 @pytest.mark.parametrize("mismatch", [0.0, 1.0])
@@ -355,10 +372,10 @@ def test_the_ablation_takes_no_d_step_whatever_d_settings():
                 g_opt,
                 batch=batch,
                 z=z,
-                adv_weight=0.0,
-                d_steps=d_steps,
-                d_mismatch=d_mismatch,
-                adv_rows=d_rows,
+                game=GameSettings(adv_weight=0.0),
+                discriminator=DiscriminatorSettings(
+                    d_mismatch=d_mismatch, d_rows=d_rows, d_steps=d_steps
+                ),
             )
         assert all(torch.equal(a, b) for a, b in zip(d_before, disc.parameters()))
         results.append([p.detach().clone() for p in gen.parameters()])

@@ -12,11 +12,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ganrec_dist.cli import main
-from ganrec_dist.config import PrepareConfig
-from ganrec_dist.errors import UserError
-from ganrec_dist.layout import DataDir
-from ganrec_dist.prepare import prepare
+from ganrec_dist.core.config import PrepareConfig
+from ganrec_dist.core.errors import UserError
+from ganrec_dist.data.layout import DataDir
+from ganrec_dist.data.prepare import prepare
+from ganrec_dist.operations.cli import main
 
 pytestmark = pytest.mark.integration
 
@@ -244,7 +244,7 @@ def test_validation_carve_as_test_split(movielens_data, tmp_path):
 
     import numpy as np
 
-    from ganrec_dist.interactions import validation_limits
+    from ganrec_dist.data.interactions import validation_limits
 
     data, manifest = movielens_data
     out = tmp_path / "nested"

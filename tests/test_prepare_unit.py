@@ -5,9 +5,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ganrec_dist import sources
-from ganrec_dist.interactions import n_test_rows
-from ganrec_dist.prepare import bucket_of, split_sorted, validate_chunk
+from ganrec_dist.data import sources
+from ganrec_dist.data.interactions import n_test_rows
+from ganrec_dist.data.prepare import bucket_of, split_sorted, validate_chunk
 
 COLS = {"user": "user_id", "item": "item_id", "time": "timestamp", "weight": "rating"}
 

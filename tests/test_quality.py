@@ -9,9 +9,9 @@ tolerance, are in docs/results.md.
 
 import pytest
 
-from ganrec_dist.config import EvaluateConfig, train_config
-from ganrec_dist.evaluate import evaluate
-from ganrec_dist.train import train
+from ganrec_dist.core.config import EvaluateConfig, train_config
+from ganrec_dist.evaluation.evaluate import evaluate
+from ganrec_dist.training.train import train
 
 pytestmark = [pytest.mark.quality, pytest.mark.integration]
 
@@ -34,7 +34,6 @@ def test_gan_quality_on_movielens(movielens_data, tmp_path):
             ease_lambdas="400",
             als_regs="1.0",
             als_iterations=10,
-            diversity=False,  # its own test is on the synthetic log (test_train_integration)
         )
     )
     m = {name: v["ndcg@10"] for name, v in result["models"].items()}

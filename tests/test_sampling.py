@@ -8,8 +8,11 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from ganrec_dist import diversity, gan, sampling
-from ganrec_dist.models import Discriminator, Generator, ModelConfig
+from ganrec_dist.core.config import GameSettings
+from ganrec_dist.evaluation import diversity
+from ganrec_dist.model import sampling
+from ganrec_dist.model.models import Discriminator, Generator, ModelConfig
+from ganrec_dist.training import gan
 
 
 def test_noise_is_keyed_by_seed_and_user_not_by_batch_position():
@@ -198,8 +201,8 @@ def test_mode_seeking_term_pushes_samples_apart():
             opt,
             batch=batch,
             z=torch.randn(12, 4),
-            adv_weight=0.0,
             sampling=gan.Sampling(torch.randn(12, 2, 4), mode_seeking=5.0),
+            game=GameSettings(adv_weight=0.0),
         )
         ratios.append(stats["mode_seeking_ratio"])
     assert np.mean(ratios[-5:]) > 2 * np.mean(ratios[:5])

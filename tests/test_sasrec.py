@@ -6,11 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ganrec_dist import gan
-from ganrec_dist.batches import chunk_ends, make_sequence_batch
-from ganrec_dist.interactions import Sequences
-from ganrec_dist.models import Discriminator, Generator, ModelConfig
-from ganrec_dist.tables import GeneratorOptimizer
+from ganrec_dist.core.config import DiscriminatorSettings, GameSettings
+from ganrec_dist.data.interactions import Sequences
+from ganrec_dist.model.models import Discriminator, Generator, ModelConfig
+from ganrec_dist.training import gan
+from ganrec_dist.training.batches import chunk_ends, make_sequence_batch
+from ganrec_dist.training.tables import GeneratorOptimizer
 
 CFG = ModelConfig(
     n_items=30, n_users=5, dim=16, history_len=6, dropout=0.0, encoder="sasrec", blocks=2
@@ -85,7 +86,14 @@ def test_sasrec_learns_a_tiny_sequence_task_full_and_sampled():
                 else None
             )
             gan.train_step(
-                gen, disc, None, opt, batch=batch, z=None, adv_weight=0.0, negatives=negatives
+                gen,
+                disc,
+                None,
+                opt,
+                batch=batch,
+                z=None,
+                negatives=negatives,
+                game=GameSettings(adv_weight=0.0),
             )
         assert before < 0.2
         assert _accuracy(gen, rng) > 0.9, f"sparse={sparse}"
@@ -216,8 +224,8 @@ def test_adversarial_sasrec_samples_around_its_own_vector_and_trains_at_every_po
         g_opt,
         batch=batch,
         z=torch.randn(rows, cfg.noise_dim),
-        adv_weight=0.5,
-        d_mismatch=1.0,
+        game=GameSettings(adv_weight=0.5),
+        discriminator=DiscriminatorSettings(d_mismatch=1.0, d_rows=0),
     )
     assert {"d_loss", "g_loss", "ce_loss", "d_other"} <= set(stats)
     for name in ("head.directions.weight", "encoder.blocks.0.qkv.weight"):

@@ -8,19 +8,19 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from ganrec_dist.cli import main
-from ganrec_dist.config import (
+from ganrec_dist.core.config import (
     IndexCommandConfig,
     PrepareConfig,
     ScoreConfig,
     train_config,
 )
-from ganrec_dist.index import index_command
-from ganrec_dist.layout import DataDir
-from ganrec_dist.prepare import prepare
-from ganrec_dist.recommender import Recommender
-from ganrec_dist.score import score
-from ganrec_dist.train import train
+from ganrec_dist.data.layout import DataDir
+from ganrec_dist.data.prepare import prepare
+from ganrec_dist.inference.score import score
+from ganrec_dist.operations.cli import main
+from ganrec_dist.retrieval.index import index_command
+from ganrec_dist.retrieval.recommender import Recommender
+from ganrec_dist.training.train import train
 
 pytestmark = pytest.mark.integration
 
@@ -140,7 +140,7 @@ def _where(run, boxed_parts):
     item table lies (the parts' own buffer? in which mapping of this process?)."""
     import ray
 
-    from ganrec_dist.score import Scorer
+    from ganrec_dist.inference.score import Scorer
 
     parts = ray.get(boxed_parts[0])
     scorer = Scorer(run, boxed_parts[0], k=5, include_seen=False)
@@ -170,8 +170,8 @@ def test_scoring_actors_read_the_object_store_copy(trained):
     import ray
     from ray import cloudpickle
 
-    from ganrec_dist.layout import RunDir
-    from ganrec_dist.recommender import load_parts
+    from ganrec_dist.data.layout import RunDir
+    from ganrec_dist.retrieval.recommender import load_parts
 
     data, run = trained
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -190,7 +190,7 @@ def test_scoring_actors_read_the_object_store_copy(trained):
 def test_one_sample_is_the_z_zero_path_exactly(trained):
     import torch
 
-    from ganrec_dist.index import search_excluding
+    from ganrec_dist.retrieval.index import search_excluding
 
     data, run = trained
     rec = Recommender(run)

@@ -15,13 +15,19 @@ import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ganrec_dist.config import PrepareConfig, ScoreConfig, ServeConfig, UpdateConfig, train_config
-from ganrec_dist.layout import DataDir, RunDir
-from ganrec_dist.prepare import prepare
-from ganrec_dist.score import score
-from ganrec_dist.serve import start, wait_healthy
-from ganrec_dist.train import train
-from ganrec_dist.update import update
+from ganrec_dist.core.config import (
+    PrepareConfig,
+    ScoreConfig,
+    ServeConfig,
+    UpdateConfig,
+    train_config,
+)
+from ganrec_dist.data.layout import DataDir, RunDir
+from ganrec_dist.data.prepare import prepare
+from ganrec_dist.inference.score import score
+from ganrec_dist.inference.serve import start, wait_healthy
+from ganrec_dist.operations.update import update
+from ganrec_dist.training.train import train
 
 pytestmark = pytest.mark.integration
 
@@ -353,7 +359,7 @@ def _some_users(service) -> list:
 
 
 def _rolled_to(service, run, version, seconds=10):
-    from ganrec_dist.serve import rollout
+    from ganrec_dist.inference.serve import rollout
 
     """Roll the live app to ``run`` under load: no request fails, both versions answer."""
     result: dict = {}

@@ -19,20 +19,20 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from ganrec_dist import storage
-from ganrec_dist.config import (
+from ganrec_dist.core import storage
+from ganrec_dist.core.config import (
     IndexCommandConfig,
     PrepareConfig,
     ScoreConfig,
     train_config,
 )
-from ganrec_dist.errors import UserError
-from ganrec_dist.index import index_command
-from ganrec_dist.layout import DataDir, RunDir
-from ganrec_dist.prepare import prepare
-from ganrec_dist.recommender import Recommender
-from ganrec_dist.score import score
-from ganrec_dist.train import train
+from ganrec_dist.core.errors import UserError
+from ganrec_dist.data.layout import DataDir, RunDir
+from ganrec_dist.data.prepare import prepare
+from ganrec_dist.inference.score import score
+from ganrec_dist.retrieval.index import index_command
+from ganrec_dist.retrieval.recommender import Recommender
+from ganrec_dist.training.train import train
 
 BUCKET = "ganrec-test"
 

@@ -89,7 +89,10 @@ def test_calls_with_more_than_four_arguments_name_them():
 
 LAYOUT_NAMES = re.compile(
     r"[\"'](checkpoint|model\.pt|meta\.json|manifest\.json|items\.parquet|users\.parquet|"
-    r"config\.yaml|eval\.json|history\.(csv|png)|sequences\.npz|index\.faiss|ray_results)[\"']"
+    r"config\.yaml|eval\.json|history\.(csv|png)|sequences\.npz|index\.faiss|ray_results|"
+    r"gate\.json|frontier\.(json|png)|sweep\.json)[\"']"
+    # a directory joined as a path: RUN/cold_start/...
+    r"|[\"']cold_start/|[\"']cold_start[\"']\s*/"
 )
 
 
@@ -102,3 +105,48 @@ def test_only_the_layout_module_spells_the_layouts():
         if LAYOUT_NAMES.search(line)
     ]
     assert not spelled
+
+
+# The stages, bottom to top: a module imports only from its own stage or those below it.
+STAGES = ["core", "data", "model", "retrieval", "training", "inference", "evaluation"]
+STAGES += ["operations"]
+LEVEL = {**{s: i for i, s in enumerate(STAGES)}, "bench": STAGES.index("operations")}
+
+
+def _level(module: str) -> int:
+    parts = module.split(".")
+    if len(parts) == 1:  # the package's __init__: its version, nothing else
+        return 0
+    if parts[1] == "__main__":
+        return LEVEL["operations"]
+    return LEVEL[parts[1]]
+
+
+def test_every_module_belongs_to_a_stage_with_a_docstring():
+    loose = [
+        _module(p) for p in FILES if p.parent == PACKAGE and p.stem not in ("__init__", "__main__")
+    ]
+    assert not loose, f"modules outside the stages: {loose}"
+    stages = {p.parent.name for p in FILES if p.parent != PACKAGE}
+    assert stages == set(LEVEL)
+    for stage in stages:
+        assert ast.get_docstring(ast.parse((PACKAGE / stage / "__init__.py").read_text())), stage
+
+
+def test_imports_only_go_down_the_stages():
+    trees = _trees()
+    upward = [
+        f"{module} -> {imported}"
+        for module, tree in trees.items()
+        for imported in sorted(_imports(tree, module, set(trees)))
+        if _level(imported) > _level(module)
+    ]
+    assert not upward, upward
+
+
+def test_the_installed_version_is_the_package_version():
+    import importlib.metadata
+
+    import ganrec_dist
+
+    assert importlib.metadata.version("ganrec-dist") == ganrec_dist.__version__

@@ -10,8 +10,8 @@ import time
 import psutil
 import pytest
 
-from ganrec_dist.errors import UserError
-from ganrec_dist.sweep import read_sweep
+from ganrec_dist.core.errors import UserError
+from ganrec_dist.evaluation.sweep import read_sweep
 
 pytestmark = pytest.mark.integration
 
@@ -84,7 +84,7 @@ def test_a_killed_sweep_resumes_and_compare_pairs_its_runs(synthetic_data, tmp_p
 
     # The two runs are seeds 0 and 1: a run compared with itself is paired seed by seed and
     # differs by exactly zero; a group holding one seed twice is refused.
-    from ganrec_dist.compare import compare
+    from ganrec_dist.evaluation.compare import compare
 
     runs = [str(out / "runs" / f"default-seed{s}") for s in (0, 1)]
     result = compare(runs, runs, resamples=200)

@@ -1,4 +1,4 @@
-"""Row-sparse tables (ganrec_dist.tables): one process, and two gloo ranks; no Ray."""
+"""Row-sparse tables (ganrec_dist.training.tables): one process, and two gloo ranks; no Ray."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import os
 import pytest
 import torch
 
-from ganrec_dist import gan
-from ganrec_dist.config import train_config
-from ganrec_dist.models import Discriminator, Generator, ModelConfig
-from ganrec_dist.tables import TABLES, GeneratorOptimizer, LazyAverage, keep_out_of_ddp
-from ganrec_dist.worker import averaged, optimisers
+from ganrec_dist.core.config import GameSettings, train_config
+from ganrec_dist.model.models import Discriminator, Generator, ModelConfig
+from ganrec_dist.training import gan
+from ganrec_dist.training.building import averaged, optimisers
+from ganrec_dist.training.tables import TABLES, GeneratorOptimizer, LazyAverage, keep_out_of_ddp
 
 N_ITEMS, N_USERS = 300, 40
 CFG = ModelConfig(
@@ -43,7 +43,14 @@ def _step(gen, disc, g_opt, d_opt, batch, seed, adv_weight=0.3):
     z = torch.randn(len(batch.users), CFG.noise_dim, generator=g)
     negatives = torch.randint(40, 60, (16,), generator=g)
     return gan.train_step(
-        gen, disc, d_opt, g_opt, batch=batch, z=z, adv_weight=adv_weight, negatives=negatives
+        gen,
+        disc,
+        d_opt,
+        g_opt,
+        batch=batch,
+        z=z,
+        negatives=negatives,
+        game=GameSettings(adv_weight=adv_weight),
     )
 
 
@@ -191,7 +198,14 @@ def _rank_step(rank: int, world: int, init: str, out: str) -> None:
     z = torch.randn(16, CFG.noise_dim, generator=g)[half]
     negatives = torch.randint(40, 60, (16,), generator=g)  # the same on both ranks
     gan.train_step(
-        gen_ddp, disc_ddp, d_opt, g_opt, batch=batch, z=z, adv_weight=0.3, negatives=negatives
+        gen_ddp,
+        disc_ddp,
+        d_opt,
+        g_opt,
+        batch=batch,
+        z=z,
+        negatives=negatives,
+        game=GameSettings(adv_weight=0.3),
     )
     torch.save({"gen": gen.state_dict(), "disc": disc.state_dict()}, f"{out}/rank{rank}.pt")
     dist.destroy_process_group()
@@ -211,7 +225,16 @@ def test_two_gloo_ranks_stay_identical_and_equal_one_rank_on_the_union_batch(tmp
     g = torch.Generator().manual_seed(7)
     z = torch.randn(16, CFG.noise_dim, generator=g)
     negatives = torch.randint(40, 60, (16,), generator=g)
-    gan.train_step(gen, disc, d_opt, g_opt, batch=union, z=z, adv_weight=0.3, negatives=negatives)
+    gan.train_step(
+        gen,
+        disc,
+        d_opt,
+        g_opt,
+        batch=union,
+        z=z,
+        negatives=negatives,
+        game=GameSettings(adv_weight=0.3),
+    )
     # Summed in another order, the gradients differ in the last bits; Adam's first step divides
     # by their magnitude, so a near-zero gradient's update carries that difference (lr 1e-2).
     for part, model in (("gen", gen), ("disc", disc)):

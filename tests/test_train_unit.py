@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from ganrec_dist.batches import make_batch
-from ganrec_dist.config import TrainConfig, to_dict, train_config
-from ganrec_dist.interactions import Sequences
-from ganrec_dist.models import Generator, ModelConfig
-from ganrec_dist.resume import config_changes, run_changes
-from ganrec_dist.worker import averaged
+from ganrec_dist.core.config import TrainConfig, to_dict, train_config
+from ganrec_dist.data.interactions import Sequences
+from ganrec_dist.model.models import Generator, ModelConfig
+from ganrec_dist.training.batches import make_batch
+from ganrec_dist.training.building import averaged
+from ganrec_dist.training.resume import config_changes, run_changes
 
 CFG = ModelConfig(n_items=40, n_users=10, dim=8, hidden=16, history_len=5, noise_dim=4, dropout=0.0)
 
@@ -96,8 +96,8 @@ def _random_sequences(rng, n_users=60, n_items=30, longest=12):
 
 
 def test_validation_scores_all_users_or_a_fixed_sample():
-    from ganrec_dist.interactions import held_out, validation_limits
-    from ganrec_dist.validation import sample_users, validation_truth, validation_users
+    from ganrec_dist.data.interactions import held_out, validation_limits
+    from ganrec_dist.training.validation import sample_users, validation_truth, validation_users
 
     seq = _random_sequences(np.random.default_rng(0))
     limits = validation_limits(seq, 0.2)
@@ -114,10 +114,14 @@ def test_validation_scores_all_users_or_a_fixed_sample():
 
 def test_ranks_validating_their_own_users_give_the_one_rank_numbers():
     """Each rank scores the users it holds; their user-weighted mean is the one-rank metric."""
-    from ganrec_dist.config import IndexConfig
-    from ganrec_dist.interactions import from_rows, validation_limits
-    from ganrec_dist.models import Generator, ModelConfig
-    from ganrec_dist.validation import validation_metrics, validation_truth, validation_users
+    from ganrec_dist.core.config import IndexConfig
+    from ganrec_dist.data.interactions import from_rows, validation_limits
+    from ganrec_dist.model.models import Generator, ModelConfig
+    from ganrec_dist.training.validation import (
+        validation_metrics,
+        validation_truth,
+        validation_users,
+    )
 
     rng = np.random.default_rng(1)
     seq = _random_sequences(rng, n_users=80, n_items=40, longest=20)
@@ -129,9 +133,7 @@ def test_ranks_validating_their_own_users_give_the_one_rank_numbers():
         users = validation_users(part, limits)
         truth = validation_truth(part, limits, users)
         cfg = IndexConfig(kind="flat")
-        values = validation_metrics(
-            gen, part, limits=limits, truth=truth, index_cfg=cfg, device=torch.device("cpu")
-        )
+        values = validation_metrics(gen, part, limits=limits, truth=truth, index_cfg=cfg)
         return values, len(users)
 
     whole, n = metrics(seq)
@@ -148,8 +150,8 @@ def test_ranks_validating_their_own_users_give_the_one_rank_numbers():
 
 
 def test_shards_are_dealt_as_whole_files_balanced_by_rows():
-    from ganrec_dist import shards
-    from ganrec_dist.errors import UserError
+    from ganrec_dist.core.errors import UserError
+    from ganrec_dist.data import shards
 
     found = [("a", 100), ("b", 400), ("c", 300), ("d", 250), ("e", 50)]
     dealt = shards.assign(found, 2)

@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from ganrec_dist import warmstart
-from ganrec_dist.append import prepare_or_append
-from ganrec_dist.cli import main
-from ganrec_dist.config import PrepareConfig, train_config
-from ganrec_dist.layout import DataDir, RunDir
-from ganrec_dist.models import Generator, ModelConfig
-from ganrec_dist.tables import GeneratorOptimizer
-from ganrec_dist.train import train
-from ganrec_dist.worker import fresh_models, initial_state, model_config
+from ganrec_dist.core.config import PrepareConfig, train_config
+from ganrec_dist.data.append import prepare_or_append
+from ganrec_dist.data.layout import DataDir, RunDir
+from ganrec_dist.model.models import Generator, ModelConfig
+from ganrec_dist.operations.cli import main
+from ganrec_dist.training import warmstart
+from ganrec_dist.training.building import fresh_models, initial_state, model_config
+from ganrec_dist.training.tables import GeneratorOptimizer
+from ganrec_dist.training.train import train
 
 TINY = dict(dim=16, hidden=32, history_len=10, noise_dim=4, cpus_per_worker=0.5, lr=5e-3)
 

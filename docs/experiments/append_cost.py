@@ -23,10 +23,10 @@ import numpy as np
 
 
 def one(size: int, shards: int, active: float, per_user: int, work: Path) -> dict:
-    from ganrec_dist.append import prepare_or_append
     from ganrec_dist.bench.common import PeakMemory
-    from ganrec_dist.config import PrepareConfig
-    from ganrec_dist.layout import DataDir
+    from ganrec_dist.core.config import PrepareConfig
+    from ganrec_dist.data.append import prepare_or_append
+    from ganrec_dist.data.layout import DataDir
 
     data = work / f"data-{size}-{shards}"
     users = max(100, size // 100)
@@ -90,7 +90,7 @@ def main() -> None:
     parser.add_argument("--out", default="docs/bench/append-cost.json")
     args = parser.parse_args()
     from ganrec_dist.bench.common import cpu_model
-    from ganrec_dist.logs import print_table, setup_logging
+    from ganrec_dist.core.logs import print_table, setup_logging
 
     setup_logging(quiet=True)
     work = Path(tempfile.mkdtemp(prefix="ganrec-append-"))

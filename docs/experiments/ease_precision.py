@@ -31,13 +31,13 @@ def double_full(train: sp.csr_matrix, lam: float) -> np.ndarray:
 
 
 def main() -> None:
-    from ganrec_dist.baselines import ease_recommend, ease_weights
     from ganrec_dist.bench.common import cpu_model
-    from ganrec_dist.config import TrainConfig
-    from ganrec_dist.interactions import validation_limits
-    from ganrec_dist.layout import DataDir
-    from ganrec_dist.metrics import ranking_metrics
-    from ganrec_dist.validation import validation_truth, validation_users
+    from ganrec_dist.core.config import TrainConfig
+    from ganrec_dist.data.interactions import validation_limits
+    from ganrec_dist.data.layout import DataDir
+    from ganrec_dist.evaluation.baselines import ease_recommend, ease_weights
+    from ganrec_dist.retrieval.metrics import ranking_metrics
+    from ganrec_dist.training.validation import validation_truth, validation_users
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data")

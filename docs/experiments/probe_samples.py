@@ -17,12 +17,13 @@ import numpy as np
 import torch
 from scipy.stats import rankdata
 
-from ganrec_dist.config import IndexConfig
-from ganrec_dist.interactions import held_out, validation_limits
-from ganrec_dist.layout import DataDir, RunDir
-from ganrec_dist.metrics import ranking_metrics
-from ganrec_dist.models import Discriminator, ModelConfig
-from ganrec_dist.validation import validation_recommendations, validation_users
+from ganrec_dist.core.config import IndexConfig
+from ganrec_dist.data.interactions import held_out, validation_limits
+from ganrec_dist.data.layout import DataDir, RunDir
+from ganrec_dist.model.models import Discriminator, ModelConfig, generator_from_state
+from ganrec_dist.retrieval.metrics import ranking_metrics
+from ganrec_dist.retrieval.recommender import Recommender
+from ganrec_dist.training.validation import validation_users
 
 
 def main(data: str, run: str) -> None:
@@ -31,7 +32,8 @@ def main(data: str, run: str) -> None:
     if payload["train_config"]["optim"]["refit"]:
         sys.exit(f"{run}: trained with a refit on the validation split; use --refit false")
     mcfg = ModelConfig(**payload["model_config"])
-    gen, disc = RunDir(run).generator(payload), Discriminator(mcfg)
+    gen = generator_from_state(payload["model_config"], payload["generator"])
+    disc = Discriminator(mcfg)
     disc.load_state_dict(payload["discriminator"])
     disc.eval()
     seq = DataDir(data).sequences()
@@ -39,12 +41,13 @@ def main(data: str, run: str) -> None:
     truth = held_out(seq, limits)
     users = validation_users(seq, limits)
     catalogue = gen.catalogue().detach()
-    exact = IndexConfig(kind="flat")
+    rec = Recommender.over(gen, seq, index_cfg=IndexConfig(kind="flat"))
+    seen = [seq.items[seq.offsets[u] : seq.offsets[u] + limits[u]] for u in users]
 
     def top(vectors: torch.Tensor, k: int = 10) -> np.ndarray:
-        return validation_recommendations(
-            vectors.numpy(), catalogue.numpy(), seq, limits=limits, index_cfg=exact, k=k
-        )
+        recs = np.full((seq.n_users, k), -1, dtype=np.int64)
+        recs[users], _ = rec.search(vectors.numpy(), seen, k)
+        return recs
 
     def ndcg(recs: np.ndarray) -> float:
         return ranking_metrics(recs[:, :10], truth, [10])["ndcg@10"]

@@ -21,7 +21,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from ganrec_dist.bench.common import cpu_model, random_step
-from ganrec_dist.config import TrainConfig, build
+from ganrec_dist.core.config import TrainConfig, build
 
 N_ITEMS, N_USERS, BATCH, DIM = 9066, 671, 256, 64
 

@@ -27,7 +27,7 @@ def measure(variant: str, items: int, steps: int) -> float:
     import torch
 
     from ganrec_dist.bench.common import random_step
-    from ganrec_dist.config import TrainConfig, build
+    from ganrec_dist.core.config import TrainConfig, build
 
     torch.set_num_threads(2)
     if "mallopt" in variant:
@@ -68,7 +68,7 @@ def main() -> int:
         print(json.dumps(measure(args.variant, args.items, args.steps)))
         return 0
     from ganrec_dist.bench.common import cpu_model, write_json
-    from ganrec_dist.logs import print_table
+    from ganrec_dist.core.logs import print_table
 
     ms: dict[str, list[float]] = {v: [] for v in VARIANTS}
     for _ in range(args.rounds):

@@ -18,7 +18,7 @@ import time
 import torch
 
 from ganrec_dist.bench.common import random_step
-from ganrec_dist.config import TrainConfig, build
+from ganrec_dist.core.config import TrainConfig, build
 
 N_ITEMS, N_USERS = 9066, 671
 

@@ -27,12 +27,12 @@ MODES = {
 
 
 def main() -> None:
-    from ganrec_dist.config import PrepareConfig, TrainConfig, build
-    from ganrec_dist.layout import RunDir
-    from ganrec_dist.logs import print_table, setup_logging
-    from ganrec_dist.prepare import prepare
-    from ganrec_dist.raycluster import ensure_ray
-    from ganrec_dist.train import train
+    from ganrec_dist.core.config import PrepareConfig, TrainConfig, build
+    from ganrec_dist.core.logs import print_table, setup_logging
+    from ganrec_dist.core.raycluster import ensure_ray
+    from ganrec_dist.data.layout import RunDir
+    from ganrec_dist.data.prepare import prepare
+    from ganrec_dist.training.train import train
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", default="10000,100000")

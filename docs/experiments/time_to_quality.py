@@ -68,8 +68,8 @@ def train(code: Path, data: str, out: Path, seed: int, extra: list[str]) -> dict
 
 
 def test_ndcg(out: Path, data: str) -> float:
-    from ganrec_dist.compare import test_scores
-    from ganrec_dist.layout import RunDir
+    from ganrec_dist.data.layout import RunDir
+    from ganrec_dist.evaluation.compare import test_scores
 
     return float(test_scores(RunDir.open(str(out)), data)[1].mean())
 
@@ -87,7 +87,7 @@ def main() -> int:
     args, extra = parser.parse_known_args()
     extra = [a for a in extra if a != "--"]
     from ganrec_dist.bench.common import cpu_model, write_json
-    from ganrec_dist.logs import print_table
+    from ganrec_dist.core.logs import print_table
 
     work = Path(args.workdir).resolve()  # the runs start in each code's own directory
     args.data = str(Path(args.data).resolve())

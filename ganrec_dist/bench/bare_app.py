@@ -5,7 +5,7 @@ import os
 
 from fastapi import FastAPI
 
-from ganrec_dist.serve import Engine, RecommendRequest, RecommendResponse
+from ganrec_dist.inference.serve import Engine, RecommendRequest, RecommendResponse
 
 app = FastAPI()
 engine = Engine(os.environ["GANREC_RUN"])

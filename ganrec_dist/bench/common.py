@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -91,9 +92,15 @@ def random_step(
     """
     import torch
 
-    from ganrec_dist import gan
-    from ganrec_dist.models import Discriminator, Generator
-    from ganrec_dist.worker import Models, averaged, model_config, optimisers, update_average
+    from ganrec_dist.model.models import Discriminator, Generator
+    from ganrec_dist.training import gan
+    from ganrec_dist.training.building import (
+        Models,
+        averaged,
+        model_config,
+        optimisers,
+        update_average,
+    )
 
     torch.manual_seed(0)
     mcfg = model_config(train_cfg, n_users, n_items)
@@ -129,10 +136,9 @@ def random_step(
                 g_opt,
                 batch=batch,
                 z=z,
-                adv_weight=adv_weight,
                 negatives=shared,
-                d_mismatch=train_cfg.discriminator.d_mismatch,
-                adv_rows=train_cfg.discriminator.d_rows,
+                game=dataclasses.replace(train_cfg.game, adv_weight=adv_weight),
+                discriminator=train_cfg.discriminator,
             )
         update_average(models)
 

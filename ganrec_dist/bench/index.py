@@ -16,9 +16,10 @@ import faiss
 import numpy as np
 
 from ganrec_dist.bench.common import write_json
-from ganrec_dist.config import IndexConfig, setting
-from ganrec_dist.index import ExactIndex, build_index
-from ganrec_dist.logs import print_table
+from ganrec_dist.core.config import IndexConfig, setting
+from ganrec_dist.core.logs import print_table
+from ganrec_dist.model.models import catalogue_of
+from ganrec_dist.retrieval.index import ExactIndex, build_index
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +43,9 @@ class BenchIndexConfig:
 def mixture(cfg: BenchIndexConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """(items ``[n, d]``, queries ``[q, d]``) from a clustered mixture."""
     if cfg.run:
-        from ganrec_dist.layout import RunDir
+        from ganrec_dist.data.layout import RunDir
 
-        learned = RunDir.open(cfg.run).catalogue()
+        learned = catalogue_of(RunDir.open(cfg.run).payload())
         km = faiss.Kmeans(
             learned.shape[1], min(cfg.clusters, len(learned) // 8), niter=20, seed=cfg.seed
         )

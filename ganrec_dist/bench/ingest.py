@@ -16,11 +16,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ganrec_dist import sources
 from ganrec_dist.bench.common import PeakMemory, write_json
-from ganrec_dist.config import setting
-from ganrec_dist.layout import DataDir
-from ganrec_dist.logs import print_table
+from ganrec_dist.core.config import setting
+from ganrec_dist.core.logs import print_table
+from ganrec_dist.data import sources
+from ganrec_dist.data.layout import DataDir
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ class BenchIngestConfig:
 
 def baseline(files: list[str], out: str, test_fraction: float = 0.2) -> dict:
     """The same work in one process, all rows in memory: the obvious pyarrow script."""
-    from ganrec_dist.prepare import split_sorted, validate_chunk
+    from ganrec_dist.data.prepare import split_sorted, validate_chunk
 
     cols = {"user": "user_id", "item": "item_id", "time": "timestamp", "weight": "rating"}
     good_parts, rows_in, rejected = [], 0, 0
@@ -85,9 +85,9 @@ def _child(target: str, args: tuple, queue: mp.Queue) -> None:
     if target == "baseline":
         result = baseline(*args)
     else:
-        from ganrec_dist.config import PrepareConfig
-        from ganrec_dist.logs import setup_logging
-        from ganrec_dist.prepare import prepare
+        from ganrec_dist.core.config import PrepareConfig
+        from ganrec_dist.core.logs import setup_logging
+        from ganrec_dist.data.prepare import prepare
 
         setup_logging(quiet=True)
         result = prepare(
@@ -123,7 +123,7 @@ def _measure(target: str, args: tuple) -> dict:
 
 def run(cfg: BenchIngestConfig) -> dict:
     """Generate the synthetic log once, then time both sides on the same files."""
-    from ganrec_dist.raycluster import ensure_ray
+    from ganrec_dist.core.raycluster import ensure_ray
 
     work = Path(cfg.workdir or tempfile.mkdtemp(prefix="ganrec-bench-ingest-"))
     raw = work / "raw"

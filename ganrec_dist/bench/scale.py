@@ -4,7 +4,7 @@ sparse ones in the same run; then `ganrec train` itself at the smallest and the 
 Step: the project's G and D, ``gan.train_step`` with a sampled softmax of the same shared
 negatives at every size (so an ideal step costs the same at every size), the weight average,
 random batches, users = items / 2; the dense path (Adam, weight decay and the average over whole
-tables, as before sparse tables) and the sparse one (:mod:`ganrec_dist.tables`) alternate.
+tables, as before sparse tables) and the sparse one (:mod:`ganrec_dist.training.tables`) alternate.
 
 Train: ``ganrec train`` with its defaults on synthetic logs (``--full_catalogue``, so the
 catalogue really has that many items), one epoch cut at ``steps`` steps: rows/s of the loop, the
@@ -26,9 +26,9 @@ from typing import Any
 import torch
 
 from ganrec_dist.bench.common import PeakMemory, cpu_model, random_step, write_json
-from ganrec_dist.config import PrepareConfig, TrainConfig, build, setting
-from ganrec_dist.layout import RunDir
-from ganrec_dist.logs import print_table
+from ganrec_dist.core.config import PrepareConfig, TrainConfig, build, setting
+from ganrec_dist.core.logs import print_table
+from ganrec_dist.data.layout import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ def _train_run(
     sparse: bool = True,
     rows: str = "fused",
 ) -> dict:
-    from ganrec_dist.train import train
+    from ganrec_dist.training.train import train
 
     settings = {
         "data": str(data),
@@ -137,7 +137,7 @@ def train_costs(cfg: BenchScaleConfig, work: Path) -> list[dict]:
     """`ganrec train` at the smallest and the largest size (and there the reference row update,
     the dense path and 2 workers), each variant ``train_repeats`` times in alternation: one
     run's rate moves by 10-20% on a shared machine, the median much less."""
-    from ganrec_dist.prepare import prepare
+    from ganrec_dist.data.prepare import prepare
 
     sizes = [int(n) for n in cfg.items.split(",")]
     variants: list[tuple[int, dict[str, Any]]] = [(min(sizes), {}), (max(sizes), {})]
@@ -177,7 +177,7 @@ def train_costs(cfg: BenchScaleConfig, work: Path) -> list[dict]:
 
 
 def run(cfg: BenchScaleConfig) -> dict:
-    from ganrec_dist.raycluster import ensure_ray
+    from ganrec_dist.core.raycluster import ensure_ray
 
     results: dict = {"cpu": cpu_model(), "config": dataclasses.asdict(cfg)}
     results["step"] = step_costs(cfg)

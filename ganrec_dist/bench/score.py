@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ganrec_dist.bench.common import PeakMemory, write_json
-from ganrec_dist.config import (
+from ganrec_dist.core.config import (
     IndexCommandConfig,
     IndexConfig,
     PrepareConfig,
@@ -22,8 +22,8 @@ from ganrec_dist.config import (
     build,
     setting,
 )
-from ganrec_dist.layout import DataDir, RunDir
-from ganrec_dist.logs import print_table
+from ganrec_dist.core.logs import print_table
+from ganrec_dist.data.layout import DataDir, RunDir
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class BenchScoreConfig:
 
 def single_process(run: Path, users: np.ndarray, k: int, batch: int = 4096) -> float:
     """Baseline: the same model and index, users in big batches, one process, no Ray."""
-    from ganrec_dist.recommender import Recommender
+    from ganrec_dist.retrieval.recommender import Recommender
 
     rec = Recommender(run)
     start = time.perf_counter()
@@ -60,8 +60,8 @@ def single_process(run: Path, users: np.ndarray, k: int, batch: int = 4096) -> f
 def _model(cfg: BenchScoreConfig, data: Path, run: Path) -> None:
     """A real, barely trained model over a large catalogue: exact search speed does not depend
     on quality (the embeddings stay close to their random initialisation)."""
-    from ganrec_dist.prepare import prepare
-    from ganrec_dist.train import train
+    from ganrec_dist.data.prepare import prepare
+    from ganrec_dist.training.train import train
 
     if RunDir(run).has_checkpoint():
         return
@@ -86,7 +86,7 @@ def _score(
     cfg: BenchScoreConfig, *, work: Path, data: DataDir, run: Path, each: str | None = None, **kw
 ) -> tuple[dict, PeakMemory]:
     """One `ganrec score` into ``work``, with ``kw`` settings; its summary and peak memory."""
-    from ganrec_dist.score import score
+    from ganrec_dist.inference.score import score
 
     with PeakMemory(each=each) as mem:
         summary = score(
@@ -141,8 +141,8 @@ def _sharing(cfg: BenchScoreConfig, *, work: Path, data: DataDir, run: Path) -> 
 
 
 def run(cfg: BenchScoreConfig) -> dict:
-    from ganrec_dist.index import index_command
-    from ganrec_dist.raycluster import ensure_ray
+    from ganrec_dist.core.raycluster import ensure_ray
+    from ganrec_dist.retrieval.index import index_command
 
     work = Path(cfg.workdir or tempfile.mkdtemp(prefix="ganrec-bench-score-"))
     data_dir, run_dir = work / "data", work / "run"

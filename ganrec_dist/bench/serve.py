@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from ganrec_dist.bench.common import write_json
-from ganrec_dist.config import ServeConfig, setting
-from ganrec_dist.layout import DataDir
-from ganrec_dist.logs import print_table
+from ganrec_dist.core.config import ServeConfig, setting
+from ganrec_dist.core.logs import print_table
+from ganrec_dist.data.layout import DataDir
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def _replicas() -> int:
 
 def _compute_ms(run: str, user: str, samples: int, n: int = 200) -> float:
     """In-process cost of one request's model + index work (the floor under any HTTP stack)."""
-    from ganrec_dist.serve import Engine, RecommendRequest
+    from ganrec_dist.inference.serve import Engine, RecommendRequest
 
     engine = Engine(run)
     req = RecommendRequest(user_id=user, k=10, history=None, exclude=None, samples=samples)
@@ -122,7 +122,7 @@ def _compute_ms(run: str, user: str, samples: int, n: int = 200) -> float:
 
 def _bare(cfg: BenchServeConfig, scripts: dict[int, Path], levels: list[int]) -> dict:
     """The baseline: the same logic in one uvicorn process, no Ray."""
-    from ganrec_dist.serve import wait_healthy
+    from ganrec_dist.inference.serve import wait_healthy
 
     port = _port()
     app = "ganrec_dist.bench.bare_app:app"
@@ -187,8 +187,8 @@ def _served(
     """The Ray Serve app under the same load (each level for every K in turn), with the replica
     count after each measurement; and the replica count every 0.5 s."""
 
-    from ganrec_dist.serve import start, wait_healthy
-    from ganrec_dist.serve import stop as stop_app
+    from ganrec_dist.inference.serve import start, wait_healthy
+    from ganrec_dist.inference.serve import stop as stop_app
 
     port = _port()
     start(ServeConfig(run=cfg.run, port=port))

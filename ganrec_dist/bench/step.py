@@ -14,8 +14,8 @@ import torch
 from tqdm import tqdm
 
 from ganrec_dist.bench.common import random_step, write_json
-from ganrec_dist.config import TrainConfig, build, setting
-from ganrec_dist.logs import print_table
+from ganrec_dist.core.config import TrainConfig, build, setting
+from ganrec_dist.core.logs import print_table
 
 log = logging.getLogger(__name__)
 

@@ -13,14 +13,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ganrec_dist import gan
-from ganrec_dist.batches import make_batch
 from ganrec_dist.bench.common import PeakMemory, write_json
-from ganrec_dist.config import PrepareConfig, TrainConfig, build, setting
-from ganrec_dist.layout import DataDir, RunDir
-from ganrec_dist.logs import print_table
-from ganrec_dist.models import Discriminator, Generator
-from ganrec_dist.worker import model_config, optimisers
+from ganrec_dist.core.config import PrepareConfig, TrainConfig, build, setting
+from ganrec_dist.core.logs import print_table
+from ganrec_dist.data.layout import DataDir, RunDir
+from ganrec_dist.model.models import Discriminator, Generator
+from ganrec_dist.training import gan
+from ganrec_dist.training.batches import make_batch
+from ganrec_dist.training.building import model_config, optimisers
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,14 @@ def in_memory_loop(data: Path, cfg: TrainConfig, epochs: int, threads: int) -> d
             )
             z = torch.randn(len(idx), cfg.model.noise_dim)
             gan.train_step(
-                gen, disc, d_opt, g_opt, batch=batch, z=z, adv_weight=cfg.game.adv_weight
+                gen,
+                disc,
+                d_opt,
+                g_opt,
+                batch=batch,
+                z=z,
+                game=cfg.game,
+                discriminator=cfg.discriminator,
             )
         seconds = time.perf_counter() - start
         result = {
@@ -81,7 +88,7 @@ def in_memory_loop(data: Path, cfg: TrainConfig, epochs: int, threads: int) -> d
 
 def _measure(cfg: BenchTrainConfig, work: Path, workers: int, cpus: int) -> dict:
     """``ganrec train`` with ``workers`` workers and the in-memory loop, on the same data."""
-    from ganrec_dist.train import train
+    from ganrec_dist.training.train import train
 
     # Leave one CPU to Ray Data: workers share the rest.
     per_worker = max(0.25, (cpus - 1) / workers) if cpus > 1 else 0.5
@@ -124,8 +131,8 @@ def _measure(cfg: BenchTrainConfig, work: Path, workers: int, cpus: int) -> dict
 def run(cfg: BenchTrainConfig) -> dict:
     import ray
 
-    from ganrec_dist.prepare import prepare
-    from ganrec_dist.raycluster import ensure_ray
+    from ganrec_dist.core.raycluster import ensure_ray
+    from ganrec_dist.data.prepare import prepare
 
     work = Path(cfg.workdir or tempfile.mkdtemp(prefix="ganrec-bench-train-"))
     ensure_ray()

@@ -24,12 +24,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from ganrec_dist.append import prepare_or_append
 from ganrec_dist.bench.common import cpu_model, write_json
-from ganrec_dist.compare import compare
-from ganrec_dist.config import PrepareConfig, setting, train_config
-from ganrec_dist.layout import DataDir, RunDir
-from ganrec_dist.logs import print_table
+from ganrec_dist.core.config import PrepareConfig, setting, train_config
+from ganrec_dist.core.logs import print_table
+from ganrec_dist.data.append import prepare_or_append
+from ganrec_dist.data.layout import DataDir, RunDir
+from ganrec_dist.evaluation.compare import compare
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ def _extra(cfg: BenchUpdateConfig) -> dict:
 def _train(**values: object) -> dict:
     """Train one run; its wall seconds (Ray Train's start-up included) and the seconds of its
     epochs alone (what grows with the data)."""
-    from ganrec_dist.train import train
+    from ganrec_dist.training.train import train
 
     start = time.perf_counter()
     train(train_config(**values))  # type: ignore[arg-type]
@@ -137,7 +137,7 @@ def _train(**values: object) -> dict:
 
 def new_item_share(run: str, data: DataDir, first_items: int) -> float:
     """The share of the items new since the first DATA that are in any test user's top 10."""
-    from ganrec_dist.evaluate import gan_recommend
+    from ganrec_dist.evaluation.evaluate import gan_recommend
 
     n_new = data.manifest["items"] - first_items
     if n_new <= 0:

@@ -1,0 +1,391 @@
+"""`ganrec prepare --append-to DATA`: a new partition of the log added to a prepared DATA, as
+a new DATA version whose ids are the old ones plus the new.
+
+The new rows go through the same validation, quarantine and bucketing as a first prepare
+(:mod:`ganrec_dist.data.prepare`'s ingest pass, with DATA's own bucket count, so a user's new rows
+land in the bucket that holds their old ones). Then, for each bucket the new rows touched only:
+
+- the bucket's old rows (train and test) are read back and staged with the new; an old row's
+  input order is its position in the user's sequence, every new row comes after every old one,
+  so the deduplication (an exact repeat of an old row is a duplicate of the partition) and the
+  per-user temporal split are the ones a fresh prepare of the union of the logs decides;
+- ids: every old user and item keeps its index; ids the partition brings are numbered after the
+  old ones, in sorted order among themselves.
+
+Memory follows one bucket, as in prepare. A bucket the partition did not touch is the old file:
+hard-linked into the new version where DATA's filesystem allows it (no bytes copied), copied
+otherwise; the manifest says how many of each. So a daily append costs reading and rewriting the
+buckets its users fall in, plus the id maps.
+
+``--retire FILE`` (a CSV, TSV or Parquet file with an item id column) marks items as retired:
+they keep their index and their rows, and index, score and serve never recommend them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from ganrec_dist.core import storage
+from ganrec_dist.core.config import PrepareConfig
+from ganrec_dist.core.errors import UserError
+from ganrec_dist.data import prepare, sources
+from ganrec_dist.data.layout import DataDir
+
+log = logging.getLogger(__name__)
+
+OLD_COLUMNS = ["user_id", "item_id", "timestamp", "weight", "position"]
+
+
+def default_out(parent: DataDir) -> str:
+    """Where a new version goes without ``--out``: beside the parent, ``DATA.v<N>``."""
+    root = Path(parent.root)
+    stem = root.name.split(".v")[0]
+    return str(root.with_name(f"{stem}.v{parent.manifest.get('version_number', 1) + 1}"))
+
+
+def prepare_or_append(cfg: PrepareConfig) -> dict:
+    """`ganrec prepare`: a first DATA, or with ``--append-to`` a new version of one."""
+    return append(cfg) if cfg.append_to else prepare.prepare(cfg)
+
+
+def append(cfg: PrepareConfig) -> dict:
+    """Append ``cfg.source`` to ``cfg.append_to``; returns the new version's manifest."""
+    if storage.is_uri(cfg.append_to):
+        raise UserError(f"{cfg.append_to}: --append-to works on a local DATA directory")
+    parent = DataDir(cfg.append_to)
+    old = parent.manifest
+    if old.get("schema_version") != prepare.SCHEMA_VERSION:
+        raise UserError(f"{parent}: schema version {old.get('schema_version')}: prepare it again")
+    out = Path(cfg.out if cfg.out != PrepareConfig().out else default_out(parent)).absolute()
+    replacing = out == Path(parent.root).absolute()
+    if out.exists() and not cfg.overwrite:
+        raise UserError(f"{out}: already exists; pass --overwrite to replace it")
+    if storage.is_uri(cfg.out):
+        raise UserError(f"{cfg.out}: an appended version is written to a local directory")
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        manifest = _build(cfg, parent, tmp)
+        storage.replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _summary(manifest, out, replacing)
+    return manifest
+
+
+def _build(cfg: PrepareConfig, parent: DataDir, tmp: Path) -> dict:
+    """The new version, complete, in ``tmp``; returns its manifest."""
+    old = parent.manifest
+    staging = tmp / "_staging"
+    start = time.time()
+    (staging / DataDir.REJECTED).mkdir(parents=True)
+    retire = _retired_ids(cfg) if cfg.retire else None
+    raw, cols, ignored, remote_args = prepare._inputs(cfg, staging, pin_to_driver=False)
+    shards = int(old["shards"])
+    partition = len(old.get("partitions", [None]))
+    log.info(
+        "append: %d file(s) of %s to %s (partition %d, %d buckets)",
+        len(raw.files),
+        raw.format,
+        parent,
+        partition,
+        shards,
+    )
+    # File indices from 1: an old row's input order (its position, < 2**40) precedes them.
+    files = [
+        {"path": p, "format": raw.format, "file_idx": i + 1, "cols": cols, "buckets": shards}
+        for i, p in enumerate(raw.files)
+    ]
+    ingest = prepare._run(
+        prepare.ingest_file, [{**f, "staging": str(staging)} for f in files], "ingest", remote_args
+    )
+    touched = sorted(int(p.name[1:]) for p in (staging / "buckets").glob("b*") if any(p.iterdir()))
+    merge = {"staging": str(staging), "parent": parent.root, "test_fraction": parent.test_fraction}
+    split = prepare._run(
+        merge_bucket, [{**merge, "bucket": b} for b in touched], "merge", remote_args
+    )
+    new_ids = _extend_id_maps(staging, tmp, parent, raw=raw, retire=retire)
+    for name in (DataDir.TRAIN, DataDir.TEST, DataDir.REJECTED):
+        (tmp / name).mkdir()
+    prepare._run(
+        prepare.map_bucket,
+        [{"staging": str(staging), "out": str(tmp), "bucket": b} for b in touched],
+        "map ids",
+        remote_args,
+    )
+    shared = _carry_over(parent, tmp, touched, shards)
+    for f in sorted((staging / DataDir.REJECTED).glob("*.parquet")):
+        f.rename(tmp / DataDir.REJECTED / f"p{partition:04d}-{f.name}")
+    shutil.rmtree(staging)
+    manifest = _manifest(
+        parent,
+        raw,
+        cols=cols,
+        ignored=ignored,
+        ingest=ingest,
+        split=split,
+        ids=new_ids,
+        out=tmp,
+        touched=len(touched),
+        shared=shared,
+        seconds=time.time() - start,
+    )
+    (tmp / DataDir.MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def _summary(manifest: dict, out: Path, replacing: bool) -> None:
+    part = manifest["partitions"][-1]
+    log.info(
+        "append: %d rows in, %d kept, %d rejected, %d duplicate; %d new users, %d new items, "
+        "%d retired; %d of %d buckets rewritten, %d files linked, %d copied -> %s%s (%.1fs)",
+        part["rows_in"],
+        part["rows_kept"],
+        part["rows_rejected"],
+        part["rows_duplicate"],
+        part["new_users"],
+        part["new_items"],
+        part["retired"],
+        part["buckets_rewritten"],
+        manifest["shards"],
+        part["files_linked"],
+        part["files_copied"],
+        out,
+        " (replaced the parent)" if replacing else "",
+        manifest["seconds"],
+    )
+
+
+def merge_bucket(task: dict) -> dict:
+    """One touched bucket: its old rows and the partition's, deduplicated and split again."""
+    staging, bucket = Path(task["staging"]), int(task["bucket"])
+    parent = DataDir(task["parent"])
+    old = [
+        pq.read_table(path, columns=OLD_COLUMNS)
+        for split in (DataDir.TRAIN, DataDir.TEST)
+        if os.path.exists(path := parent.path(f"{split}/part-{bucket:05d}.parquet"))
+    ]
+    old_rows = pa.concat_tables(old) if old else pa.table({c: [] for c in OLD_COLUMNS})
+    staged_old = pa.table(
+        {
+            "user_id": old_rows["user_id"].cast(pa.string()),
+            "item_id": old_rows["item_id"].cast(pa.string()),
+            "timestamp": old_rows["timestamp"].cast(pa.int64()),
+            "weight": old_rows["weight"].cast(pa.float64()),
+            "seq": old_rows["position"].cast(pa.int64()),
+        },
+        schema=prepare.STAGED_SCHEMA,
+    )
+    source = staging / "buckets" / f"b{bucket:05d}"
+    new_rows = pq.read_table(source, schema=prepare.STAGED_SCHEMA)
+    stats = prepare.write_split(
+        pa.concat_tables([staged_old, new_rows]), staging, bucket, float(task["test_fraction"])
+    )
+    shutil.rmtree(source)
+    # The old rows were unique already: every duplicate dropped is a row of the partition.
+    return {**stats, "old_rows": staged_old.num_rows, "new_rows": new_rows.num_rows}
+
+
+def _retired_ids(cfg: PrepareConfig) -> pa.Array:
+    """The item ids of the ``--retire`` file (its item column, as strings)."""
+    path = cfg.retire
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: --retire file does not exist")
+    fmt = sources.detect_format(path, cfg.format)
+    column = cfg.item_col
+    names = prepare.file_columns(path, fmt)
+    if column not in names:
+        raise UserError(f"{path}: no item id column '{column}' (has: {', '.join(names[:10])})")
+    if fmt == "parquet":
+        values = pq.read_table(path, columns=[column])[column]
+    else:
+        import pyarrow.csv as pacsv
+
+        values = pacsv.read_csv(
+            path,
+            parse_options=pacsv.ParseOptions(delimiter="\t" if fmt == "tsv" else ","),
+            convert_options=pacsv.ConvertOptions(
+                include_columns=[column], column_types={column: pa.string()}
+            ),
+        )[column]
+    ids = prepare._as_id(values)
+    return pc.unique(ids.filter(pc.is_valid(ids)).combine_chunks())
+
+
+def _extend_id_maps(
+    staging: Path, out: Path, parent: DataDir, *, raw: Any, retire: pa.Array | None
+) -> tuple[int, int]:
+    """users.parquet and items.parquet: the parent's, then the partition's new ids (sorted).
+    Returns (new users, new items)."""
+    counts = []
+    for name, column, pattern in (
+        (DataDir.USERS, "user_id", "users-b*.parquet"),
+        (DataDir.ITEMS, "item_id", "items-b*.parquet"),
+    ):
+        known = parent.read(name)
+        seen = prepare._sorted_unique(staging / "split", pattern, column)
+        fresh = seen.filter(pc.invert(pc.is_in(seen, value_set=known[column])))
+        idx = np.arange(known.num_rows, known.num_rows + len(fresh), dtype=np.int32)
+        added = pa.table({f"{column[:4]}_idx": pa.array(idx), column: fresh})
+        if name == DataDir.ITEMS:
+            known, added = _item_columns(known, added, raw, retire)
+        table = pa.concat_tables([known, added.select(known.column_names)])
+        pq.write_table(table, out / name)
+        counts.append(len(fresh))
+    return counts[0], counts[1]
+
+
+def _item_columns(
+    known: pa.Table, added: pa.Table, raw: Any, retire: pa.Array | None
+) -> tuple[pa.Table, pa.Table]:
+    """The item map's feature columns for new items, and the ``retired`` flag."""
+    if raw.item_features is not None:
+        added = added.join(raw.item_features, "item_id", join_type="left outer").sort_by("item_idx")
+    if "retired" not in known.column_names:
+        known = known.append_column("retired", pa.array(np.zeros(known.num_rows, bool)))
+    for name in known.column_names:
+        if name not in added.column_names:
+            added = added.append_column(
+                name, pa.nulls(added.num_rows, known.schema.field(name).type)
+            )
+    added = added.set_column(
+        added.column_names.index("retired"), "retired", pa.array(np.zeros(added.num_rows, bool))
+    )
+    if retire is not None:
+        unknown = retire.filter(
+            pc.invert(
+                pc.or_(
+                    pc.is_in(retire, value_set=known["item_id"]),
+                    pc.is_in(retire, value_set=added["item_id"]),
+                )
+            )
+        )
+        if len(unknown):
+            raise UserError(
+                f"--retire: {len(unknown)} item id(s) not in the catalogue, e.g. "
+                f"{unknown[0].as_py()!r}"
+            )
+        for i, table in enumerate((known, added)):
+            flag = pc.or_(table["retired"], pc.is_in(table["item_id"], value_set=retire))
+            table = table.set_column(table.column_names.index("retired"), "retired", flag)
+            known, added = (table, added) if i == 0 else (known, table)
+    return known, added
+
+
+def _carry_over(parent: DataDir, out: Path, touched: list[int], shards: int) -> dict[str, int]:
+    """The untouched buckets' shards and the old quarantine, hard-linked (copied where the
+    filesystem cannot link)."""
+    done = {"linked": 0, "copied": 0}
+    keep = set(range(shards)) - set(touched)
+    files = [
+        (Path(parent.path(f"{split}/part-{b:05d}.parquet")), out / split / f"part-{b:05d}.parquet")
+        for split in (DataDir.TRAIN, DataDir.TEST)
+        for b in sorted(keep)
+    ]
+    files += [
+        (f, out / DataDir.REJECTED / f.name)
+        for f in sorted(Path(parent.path(DataDir.REJECTED)).glob("*.parquet"))
+    ]
+    for source, target in files:
+        if not source.exists():
+            continue
+        try:
+            os.link(source, target)
+            done["linked"] += 1
+        except OSError:
+            shutil.copy2(source, target)
+            done["copied"] += 1
+    return done
+
+
+def _manifest(
+    parent: DataDir,
+    raw: Any,
+    *,
+    cols: dict,
+    ignored: list[str],
+    ingest: list[dict],
+    split: list[dict],
+    ids: tuple[int, int],
+    out: Path,
+    touched: int,
+    shared: dict[str, int],
+    seconds: float,
+) -> dict:
+    """The parent's manifest with the partition added: totals over every partition, a record of
+    this one, and the parent pinned by version."""
+    old = parent.manifest
+    rejected = {r: sum(s["rejected"][r] for s in ingest) for r in prepare.REASONS}
+    new_rows = sum(s["new_rows"] for s in split)
+    duplicates = sum(s["duplicates"] for s in split)
+    part = {
+        "source": raw.description,
+        "files": raw.files if raw.user_files else [],
+        "rows_in": sum(s["rows_in"] for s in ingest),
+        "rows_kept": new_rows - duplicates,
+        "rows_rejected": sum(rejected.values()),
+        "rows_duplicate": duplicates,
+        "rejected_by_reason": rejected,
+        "max_timestamp": prepare.max_timestamp(split),
+    }
+    items = pq.read_table(out / DataDir.ITEMS, columns=["retired"])["retired"]
+    retired = int(pc.sum(items).as_py() or 0)
+    rows = {
+        split_name: sum(
+            pq.ParquetFile(f).metadata.num_rows for f in (out / split_name).glob("*.parquet")
+        )
+        for split_name in (DataDir.TRAIN, DataDir.TEST)
+    }
+    partitions = old.get("partitions") or [
+        prepare.partition_entry(old, users=old["users"], items=old["items"])
+    ]
+    newest = [t for t in (old.get("max_timestamp"), part["max_timestamp"]) if t is not None]
+    manifest = {
+        **old,
+        "columns": cols,
+        "ignored_columns": sorted(set(old.get("ignored_columns", [])) | set(ignored)),
+        "rows_in": old["rows_in"] + part["rows_in"],
+        "rows_kept": old["rows_kept"] + part["rows_kept"],
+        "rows_rejected": old["rows_rejected"] + part["rows_rejected"],
+        "rows_duplicate": old["rows_duplicate"] + part["rows_duplicate"],
+        "rejected_by_reason": {
+            r: old["rejected_by_reason"].get(r, 0) + rejected[r] for r in prepare.REASONS
+        },
+        "users": old["users"] + ids[0],
+        "items": old["items"] + ids[1],
+        "train_rows": rows[DataDir.TRAIN],
+        "test_rows": rows[DataDir.TEST],
+        "seconds": round(seconds, 2),
+        "max_timestamp": max(newest) if newest else None,
+        "retired_items": retired,
+        "version_number": old.get("version_number", 1) + 1,
+        "parent": {"path": parent.root, "version": parent.version},
+        "lineage": parent.lineage,
+        "partitions": [
+            *partitions,
+            {
+                **prepare.partition_entry(part, users=ids[0], items=ids[1]),
+                "retired": retired - int(old.get("retired_items", 0)),
+                "buckets_rewritten": touched,
+                "files_linked": shared["linked"],
+                "files_copied": shared["copied"],
+                "seconds": round(seconds, 2),
+            },
+        ],
+    }
+    if manifest["rows_kept"] != manifest["train_rows"] + manifest["test_rows"]:
+        raise RuntimeError(f"append: kept rows and shard rows differ: {manifest}")
+    prepare.reconcile(manifest)
+    return prepare.seal(manifest)

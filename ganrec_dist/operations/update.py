@@ -1,0 +1,170 @@
+"""`ganrec update`: the daily update of a live model, as one command (and one Ray job).
+
+    append the new partition  ->  warm-start train from the live run  ->  gate  ->  index
+    ->  roll out (only if the gate passed)
+
+The **gate** compares the new run with the live one on the same rows: the new run's validation
+rows (each user's train rows that the live run never trained on, :mod:`warmstart`), the new run scored at its best search epoch (before its refit fits those rows), the live
+run scored on them now, through the same retrieval and seen-item exclusion. The live model knows
+none of the new ids: a new item in a history is ignored by it (as serving does) and a new user is
+an unknown user. The new run is rolled out iff its NDCG@10 there is not lower.
+
+**Rollout**: the live Ray Serve app's ``user_config.run`` is set to the new run, which swaps the
+model in place on every replica (no request dropped; ``GanRecommender.reconfigure``). Without a
+live app (``--rollout false``) the decision is only recorded: ``gate.json`` in the new run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from ganrec_dist.core import config as cfgmod
+from ganrec_dist.core import storage
+from ganrec_dist.core.config import IndexCommandConfig, PrepareConfig, TrainConfig
+from ganrec_dist.core.errors import UserError
+from ganrec_dist.data.append import append, default_out
+from ganrec_dist.data.interactions import Sequences
+from ganrec_dist.data.layout import DataDir, RunDir
+from ganrec_dist.training import warmstart
+from ganrec_dist.training.validation import validation_metrics, validation_truth
+
+log = logging.getLogger(__name__)
+
+
+def next_run(run: str, data: DataDir) -> str:
+    """The new run's default place: beside the live one, ``RUN.v<N>`` for DATA version N."""
+    root = Path(run)
+    return str(root.with_name(f"{root.name.split('.v')[0]}.v{data.manifest['version_number']}"))
+
+
+def update(cfg: cfgmod.UpdateConfig) -> dict:
+    """Run the daily update; returns the gate's record (with ``rolled_out``)."""
+    from ganrec_dist.retrieval.index import index_command
+    from ganrec_dist.training.train import train
+
+    live = RunDir.open(cfg.run)
+    stored = live.stored_config()
+    if stored is None or not live.has_checkpoint():
+        raise UserError(f"--run {cfg.run}: no trained run there")
+    parent_data = DataDir(cfg.data or stored["data"])
+    out_data = cfg.out_data or default_out(parent_data)
+    data = DataDir(out_data)
+    if _appended_before(data, parent_data, cfg.source):
+        # A re-run after a failure: the version is there; training resumes its run.
+        log.info("update 1/4: %s is already %s plus a partition: reused", data, parent_data)
+    else:
+        log.info("update 1/4: append %s to %s -> %s", cfg.source, parent_data, out_data)
+        append(
+            PrepareConfig(
+                source=cfg.source,
+                append_to=parent_data.root,
+                out=out_data,
+                retire=cfg.retire,
+                address=cfg.address,
+            )
+        )
+    out = cfg.out or next_run(cfg.run, data)
+    train_cfg = warm_config(stored, cfg, data=data.root, out=out)
+    log.info("update 2/4: warm-start train %s from %s", out, cfg.run)
+    train(train_cfg)
+    log.info("update 3/4: gate: %s against %s on rows the live run never fitted", out, cfg.run)
+    record = gate(cfg.run, out, data)
+    RunDir(out).write_file(RunDir.GATE, json.dumps(record, indent=2) + "\n")
+    log.info("update 4/4: index %s", out)
+    index_command(IndexCommandConfig(run=out, index=train_cfg.index))
+    record["rolled_out"] = False
+    if record["passed"] and cfg.rollout:
+        from ganrec_dist.inference.serve import rollout
+
+        rollout(out, app=cfg.app, address=cfg.address)
+        record["rolled_out"] = True
+    RunDir(out).write_file(RunDir.GATE, json.dumps(record, indent=2) + "\n")
+    log.info(
+        "update: NDCG@10 on %d users' unfitted rows: new %.4f, live %.4f -> %s%s",
+        record["users"],
+        record["new"],
+        record["live"],
+        "passed" if record["passed"] else "held back (validation got worse)",
+        ", rolled out" if record["rolled_out"] else "",
+    )
+    return record
+
+
+def _appended_before(data: DataDir, parent: DataDir, source: str) -> bool:
+    """``data`` is ``parent`` with ``source`` appended (an update run again after a failure)."""
+    if not storage.exists(data.path(DataDir.MANIFEST)):
+        return False
+    manifest = data.manifest
+    if (manifest.get("parent") or {}).get("version") != parent.version:
+        raise UserError(f"{data}: already exists and is not a version of {parent}")
+    return manifest["partitions"][-1]["source"] == source
+
+
+def warm_config(stored: dict, cfg: cfgmod.UpdateConfig, *, data: str, out: str) -> TrainConfig:
+    """The live run's own settings, warm-started from it on the new DATA."""
+    base = cfgmod.build(TrainConfig, stored)
+    execution = dataclasses.replace(
+        base.execution,
+        name="",
+        address=cfg.address,
+        workers=cfg.workers or base.execution.workers,
+    )
+    optim = dataclasses.replace(base.optim, init_epochs=cfg.init_epochs)
+    return dataclasses.replace(
+        base, data=data, out=out, init=cfg.run, execution=execution, optim=optim
+    )
+
+
+def _live_view(seq: Sequences, n_items: int) -> Sequences:
+    """``seq`` as the live model sees it: items it does not know become its padding id (so a
+    history ignores them, as serving does)."""
+    items = np.where(seq.items >= n_items, n_items, seq.items).astype(seq.items.dtype)
+    return Sequences(seq.offsets, items, seq.n_users, n_items)
+
+
+def gate(live_run: str, new_run: str, data: DataDir) -> dict:
+    """Both runs' NDCG@10 on the new run's validation users and rows (see the module)."""
+    from ganrec_dist.model.models import generator_from_state
+
+    new = RunDir(new_run).payload()
+    live = RunDir.open(live_run).payload()
+    users = np.asarray(new["state"]["best_val_users"], np.int64)
+    if len(users) == 0:
+        raise UserError(f"{new_run}: no validation rows that {live_run} has not trained on")
+    train_cfg = cfgmod.build(TrainConfig, new["train_config"])
+    seq = data.sequences()
+    limits = warmstart.warm_limits(seq.lengths, warmstart.parent_lengths(live_run))
+    truth = validation_truth(seq, limits, users)
+    model = generator_from_state(live["model_config"], live["generator"])
+    per_user: dict = {}
+    validation_metrics(
+        model,
+        _live_view(seq, live["model_config"]["n_items"]),
+        limits=limits,
+        truth=truth,
+        index_cfg=train_cfg.index,
+        users=users,
+        per_user=per_user,
+    )
+    live_scores = dict(zip(per_user["users"].tolist(), per_user["ndcg"].tolist()))
+    new_scores = dict(zip(new["state"]["best_val_users"], new["state"]["best_val_ndcg"]))
+    pairs = np.asarray([[new_scores[u], live_scores.get(u, 0.0)] for u in users.tolist()])
+    new_mean, live_mean = (float(v) for v in pairs.mean(axis=0))
+    return {
+        "live_run": storage.display(live_run),
+        "new_run": storage.display(new_run),
+        "data": data.root,
+        "data_version": data.version,
+        "users": int(len(users)),
+        "new": new_mean,
+        "live": live_mean,
+        "difference": new_mean - live_mean,
+        "passed": new_mean >= live_mean,
+        "rule": "roll out iff the new run's validation NDCG@10 (best search epoch) on the train "
+        "rows the live run never trained on is not lower than the live run's on the same rows",
+    }

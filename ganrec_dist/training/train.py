@@ -1,0 +1,272 @@
+"""`ganrec train`: the adversarial recommender on Ray Train.
+
+The driver checks the inputs, records the configuration in RUN/config.yaml and the log serving
+needs in RUN/log/, deals the train shards to the ranks (whole users each, :mod:`shards`), streams
+each rank's shards through Ray Data to a ``TorchTrainer`` whose workers run
+:func:`worker.train_loop`, prints a line per epoch, and writes the run's history when it is
+done. Re-running the same command resumes the run (Ray Train's storage in RUN/ray_results, and
+RUN/checkpoint).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from typing import Any
+
+from ganrec_dist.core import storage
+from ganrec_dist.core.config import TrainConfig, to_dict
+from ganrec_dist.core.errors import UserError
+from ganrec_dist.data import shards
+from ganrec_dist.data.layout import DataDir, RunDir
+from ganrec_dist.model.models import ENCODERS
+from ganrec_dist.model.sampling import MAX_SAMPLES, MERGES
+from ganrec_dist.training import warmstart
+from ganrec_dist.training.history import Progress, write_history
+from ganrec_dist.training.resume import check_resumable, run_changes
+from ganrec_dist.training.worker import train_loop
+
+log = logging.getLogger(__name__)
+
+ROW_UPDATES = ("fused", "reference")
+
+
+def _check(cfg: TrainConfig, data: DataDir) -> None:
+    if cfg.execution.workers < 1:
+        raise UserError("--workers must be at least 1")
+    if not 0 <= cfg.optim.ema_decay < 1:
+        raise UserError(f"--ema_decay must be in [0, 1), got {cfg.optim.ema_decay}")
+    model = cfg.model
+    if model.encoder not in ENCODERS:
+        raise UserError(f"--encoder {model.encoder!r}: expected one of {', '.join(ENCODERS)}")
+    spec = ENCODERS[model.encoder]
+    problem = spec.check(model)
+    if problem:
+        raise UserError(problem)
+    sampling = cfg.sampling
+    if not 1 <= sampling.samples <= MAX_SAMPLES:
+        raise UserError(f"--samples must be in 1..{MAX_SAMPLES}, got {sampling.samples}")
+    if sampling.merge not in MERGES:
+        raise UserError(f"--merge {sampling.merge!r}: expected one of {', '.join(MERGES)}")
+    if not 0 <= sampling.best_of <= MAX_SAMPLES:
+        raise UserError(f"--best_of must be in 0..{MAX_SAMPLES}, got {sampling.best_of}")
+    if sampling.mode_seeking < 0:
+        raise UserError(f"--mode_seeking must be at least 0, got {sampling.mode_seeking}")
+    uses_noise = sampling.samples > 1 or sampling.best_of > 1 or sampling.mode_seeking > 0
+    if cfg.execution.row_update not in ROW_UPDATES:
+        raise UserError(
+            f"--row_update {cfg.execution.row_update!r}: expected one of {', '.join(ROW_UPDATES)}"
+        )
+    if not 1 <= cfg.optim.train_positions <= model.history_len:
+        raise UserError(
+            f"--train_positions must be in 1..history_len ({model.history_len}), got "
+            f"{cfg.optim.train_positions}"
+        )
+    if not spec.takes_noise and uses_noise:
+        noisy = ", ".join(name for name, e in ENCODERS.items() if e.takes_noise)
+        raise UserError(f"--samples, --best_of and --mode_seeking need G's noise: encoder {noisy}")
+    if data.manifest["train_rows"] == 0:
+        raise UserError(f"{data}: no train rows")
+
+
+def lineage(cfg: TrainConfig, data: DataDir) -> dict:
+    """What the checkpoint records of the run's DATA and its parent (``--init``, checked here)."""
+    record = {
+        "data_version": data.version,
+        "data_max_timestamp": data.max_timestamp,
+        "parent": None,
+    }
+    if not cfg.init:
+        return record
+    parent = warmstart.check_parent(cfg.init, cfg.model, data)
+    record["parent"] = {
+        "run": storage.display(cfg.init),
+        "data_version": warmstart.parent_data_version(parent),
+        "epoch": parent["state"]["epoch"],
+    }
+    return record
+
+
+def warm_schedule(cfg: TrainConfig) -> TrainConfig:
+    """Under ``--init`` the search runs ``init_epochs`` with ``init_patience``."""
+    if not cfg.init or cfg.optim.init_epochs <= 0:
+        return cfg
+    optim = dataclasses.replace(
+        cfg.optim, epochs=cfg.optim.init_epochs, patience=cfg.optim.init_patience
+    )
+    return dataclasses.replace(cfg, optim=optim)
+
+
+def _threads(cfg: TrainConfig) -> int:
+    """Torch threads per worker: its whole CPUs; one local worker gets the machine's cores."""
+    import ray
+
+    ex = cfg.execution
+    threads = max(1, int(ex.cpus_per_worker) if ex.cpus_per_worker >= 1 else 1)
+    if ex.workers == 1 and not ex.address:
+        threads = max(threads, int(ray.cluster_resources().get("CPU", 1)))
+    return threads
+
+
+def _datasets(cfg: TrainConfig, data: DataDir, files: list[list[str]]) -> dict[str, Any]:
+    """One Ray Data dataset per rank, ``train_<rank>``, over the shards dealt to it."""
+    import ray.data
+
+    context = ray.data.DataContext.get_current()
+    # The epoch lines are the progress report; Ray Data's bars would repeat every epoch.
+    context.enable_progress_bars = False
+    # Blocks in file order: with the seeded local shuffle, the same seed and worker count give
+    # the same batches (parallel reads otherwise finish, and arrive, in any order).
+    context.execution_options.preserve_order = True
+    cache = data.manifest["train_rows"] <= cfg.dataset.cache_rows
+    datasets = {}
+    for rank, mine in enumerate(files):
+        dataset = data.train_dataset(["user_idx", "item_idx", "position"], files=mine)
+        # Small enough to keep in the object store: later epochs skip the Parquet reads.
+        datasets[f"train_{rank}"] = dataset.materialize() if cache else dataset
+    return datasets
+
+
+def _trainer(cfg: TrainConfig, data: DataDir, run: RunDir, *, name: str, origin: dict) -> Any:
+    from ray.train import (
+        CheckpointConfig,
+        DataConfig,
+        FailureConfig,
+        LoggingConfig,
+        RunConfig,
+        ScalingConfig,
+    )
+    from ray.train.torch import TorchTrainer
+
+    ex = cfg.execution
+    found = data.train_shards()
+    files = shards.assign(found, ex.workers)
+    steps = shards.steps_per_epoch(sum(n for _, n in found), ex.workers, cfg.optim.batch_size)
+    results_fs, results_path = storage.resolve(run.remote(RunDir.RAY_RESULTS))
+    resources = {"CPU": ex.cpus_per_worker, **({"GPU": 1} if ex.gpu else {})}
+    return TorchTrainer(
+        train_loop,
+        train_loop_config={
+            "train": to_dict(cfg),
+            "data": data.root,
+            "run": run.uri,
+            "threads": _threads(cfg),
+            "shards": files,
+            "steps": steps,
+            "lineage": origin,
+        },
+        scaling_config=ScalingConfig(
+            num_workers=ex.workers, use_gpu=ex.gpu, resources_per_worker=resources
+        ),
+        run_config=RunConfig(
+            name=name,
+            storage_path=results_path,
+            # A local path: Ray Train's default filesystem handling.
+            storage_filesystem=results_fs if run.is_uri else None,
+            failure_config=FailureConfig(max_failures=ex.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            logging_config=LoggingConfig(  # type: ignore[call-arg]
+                log_level="DEBUG" if log.isEnabledFor(logging.DEBUG) else "WARNING"
+            ),
+        ),
+        datasets=_datasets(cfg, data, files),
+        # Not split by Ray Train: each rank reads only its own dataset (its own users).
+        dataset_config=DataConfig(datasets_to_split=[]),
+    )
+
+
+def _fit(trainer: Any) -> Any:
+    """``trainer.fit()`` in a helper thread, so that Ctrl-C and SIGTERM reach this command's own
+    handling (Ray Train installs a SIGINT handler of its own when it fits in the main thread);
+    stopping the command stops the run, which resumes when the command is run again."""
+    import threading
+
+    outcome: dict[str, Any] = {}
+
+    def fit() -> None:
+        try:
+            outcome["result"] = trainer.fit()
+        except BaseException as exc:  # re-raised in the caller's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=fit, name="ganrec-fit", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.5)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Run (or resume) training; returns the final checkpoint's meta."""
+    from ganrec_dist.core.raycluster import ensure_ray
+
+    data = DataDir(cfg.data)
+    cfg = warm_schedule(cfg)
+    _check(cfg, data)
+    origin = lineage(cfg, data)
+    # A URI RUN is worked on in a local cache copy (its published checkpoint fetched for resume);
+    # Ray Train's own checkpoints and each published epoch go straight to the object store.
+    run = RunDir.open(cfg.out)
+    run.local.mkdir(parents=True, exist_ok=True)
+    check_resumable(run, cfg)
+    name = cfg.execution.name or run.name
+    run.write_config(to_dict(cfg))
+    if not run.has_log(data):
+        run.write_log(data)
+    ensure_ray(cfg.execution.address)
+    trainer = _trainer(cfg, data, run, name=name, origin=origin)
+    start = time.time()
+    log.info(
+        "training %s: %d worker(s), %s, data %s",
+        name,
+        cfg.execution.workers,
+        "GPU" if cfg.execution.gpu else "CPU",
+        data,
+    )
+    with Progress(run, cfg.optim.epochs):
+        result = _fit(trainer)
+    if result.error:
+        raise RuntimeError(f"training failed: {result.error}")
+    run = RunDir.open(cfg.out)  # a URI RUN: the checkpoint the workers published
+    meta = run.meta()
+    history = run.payload()["state"]["history"]
+    write_history(run, history)
+    search = [h for h in history if h.get("phase") == "search"]
+    log.info(
+        "trained %s in %.0fs: best validation NDCG@10 %.4f at epoch %d of %d; refit %d epochs -> %s",
+        name,
+        time.time() - start,
+        max((h.get("val_ndcg@10", 0) for h in search), default=0),
+        meta["best_epoch"],
+        len(search),
+        sum(h.get("phase") == "refit" for h in history),
+        run.remote(RunDir.CHECKPOINT),
+    )
+    return meta
+
+
+def train_or_reuse(cfg: TrainConfig, *, retrain_other_settings: bool = False) -> dict:
+    """``cfg``'s run, trained only if it has to be: a finished run of these settings in OUT is
+    reused, an unfinished one resumed. A run of other settings there is refused (``train``'s
+    check), or with ``retrain_other_settings`` removed and trained again. The step `evaluate`'s
+    companion models and `sweep`'s trials share. Returns ``{"run", "trained", "seconds"}``."""
+    start = time.time()
+    run = RunDir.open(cfg.out)
+    stored = run.stored_config()
+    if stored is not None and retrain_other_settings:
+        diff = run_changes(stored, cfg)
+        if diff:
+            log.warning(
+                "%s was trained with other settings (%s): training it again",
+                run.uri,
+                "; ".join(diff),
+            )
+            run.remove()
+            run = RunDir.open(cfg.out)
+    if run.has_checkpoint() and run.meta().get("final"):
+        return {"run": run.uri, "trained": False, "seconds": 0.0}
+    train(cfg)
+    return {"run": run.uri, "trained": True, "seconds": round(time.time() - start, 1)}
