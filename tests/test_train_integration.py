@@ -280,11 +280,15 @@ def test_evaluate_reuses_only_an_ablation_of_the_same_settings(synthetic_data, t
 
     # D's settings: a run without D-steps is the same run
     rewrite("discriminator", d_mismatch=0.0, d_lr=5e-3)
-    evaluate(EvaluateConfig(**quick, als_iterations=2))
+    again = evaluate(EvaluateConfig(**quick, als_iterations=2))
     assert model.stat().st_mtime_ns == trained
+    # The result says which models beside the run were trained and which reused.
+    assert first["companions"]["gan_ablation"]["trained"]
+    assert not again["companions"]["gan_ablation"]["trained"]
     rewrite("optim", epochs=1)  # G's schedule: the old ablation is not this GAN's
     result = evaluate(EvaluateConfig(**quick, als_iterations=2))
     assert model.stat().st_mtime_ns != trained
+    assert result["companions"]["gan_ablation"]["trained"]
     assert [h["epoch"] for h in _history(run / "ablation")] == [1]
     assert "gan_ablation" in result["models"]
 
