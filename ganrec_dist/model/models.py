@@ -244,17 +244,16 @@ class Encoder:
     ``build`` makes the module ``(history [b, history_len], users [b]) -> state [b, width]``;
     ``head`` G's map from (state, noise) to a vector, or None when the state is the vector;
     ``takes_noise``: G samples around every user (the diagnostics of the samples apply), else
-    only with a ``noise_head`` (the adversarial variant); ``uses_user_id``: known users have an
-    id embedding; ``several_positions``: it can train several positions of a window in one
-    forward (``--train_positions``); ``check`` returns what is wrong with a configuration, or
-    None.
+    only with a ``noise_head`` (the adversarial variant); ``several_positions``: it can train
+    several positions of a window in one forward (``--train_positions``); ``check`` returns what
+    is wrong with a configuration, or None. (Whether it reads the user id is its module's
+    business: unknown users get the padding id either way.)
     """
 
     build: Callable[[ModelConfig], nn.Module]
     state_width: Callable[[ModelConfig], int]
     head: Callable[[ModelConfig], nn.Module | None]
     takes_noise: bool
-    uses_user_id: bool
     several_positions: bool
     check: Callable[[ModelConfig], str | None] = lambda cfg: None
 
@@ -273,7 +272,6 @@ ENCODERS: dict[str, Encoder] = {
         state_width=lambda cfg: cfg.hidden,
         head=_mlp_head,
         takes_noise=True,
-        uses_user_id=True,
         several_positions=False,
     ),
     "sasrec": Encoder(
@@ -282,7 +280,6 @@ ENCODERS: dict[str, Encoder] = {
         state_width=lambda cfg: cfg.dim,
         head=lambda cfg: NoiseHead(cfg.dim, cfg.noise_dim, cfg.hidden) if cfg.noise_head else None,
         takes_noise=False,
-        uses_user_id=False,
         several_positions=True,
         check=lambda cfg: (
             None

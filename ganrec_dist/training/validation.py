@@ -64,7 +64,6 @@ def validation_recommendations(
 def _inputs(
     rec: Recommender, seq: Sequences, *, limits: np.ndarray, users: np.ndarray
 ) -> tuple[np.ndarray, list[np.ndarray]]:
-    users = users.astype(np.int64)
     histories = seq.window(users, limits[users], rec.history_len)
     return histories, [seq.items[seq.offsets[u] : seq.offsets[u] + limits[u]] for u in users]
 
@@ -122,8 +121,7 @@ def sample_diagnostics(
 ) -> dict[str, float]:
     """Whether G's samples differ: the mean cosine between two samples of a user, and the mean
     share of one sample's top-10 that another also has (1.0 and 1.0: the noise is inert)."""
+    users = users.astype(np.int64)
     histories, seen = _inputs(rec, seq, limits=limits, users=users)
-    items, _, vectors = rec.sample_lists(
-        histories, users.astype(np.int64), seen, 10, samples=samples
-    )
+    items, _, vectors = rec.sample_lists(histories, users, seen, 10, samples=samples)
     return {"sample_cosine": pairwise_cosine(vectors), "top10_overlap": list_overlap(items, 10)}
