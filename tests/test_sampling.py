@@ -12,6 +12,7 @@ from ganrec_dist.core.config import GameSettings
 from ganrec_dist.evaluation import diversity
 from ganrec_dist.model import sampling
 from ganrec_dist.model.models import Discriminator, Generator, ModelConfig
+from ganrec_dist.model.sampling import SamplingTerms
 from ganrec_dist.training import gan
 
 
@@ -162,7 +163,7 @@ def test_best_of_k_loss_is_each_rows_lowest_cross_entropy_over_its_samples(negat
         torch.zeros(12, 4),
         adv_weight=0.0,
         negatives=shared,
-        sampling=gan.Sampling(draws, best_of=4),
+        sampling=SamplingTerms(draws, best_of=4),
     )
     # The reference: every sample's full-softmax cross-entropy (with every item a uniform
     # negative the sampled softmax is the full one), the lowest per row.
@@ -201,7 +202,7 @@ def test_mode_seeking_term_pushes_samples_apart():
             opt,
             batch=batch,
             z=torch.randn(12, 4),
-            sampling=gan.Sampling(torch.randn(12, 2, 4), mode_seeking=5.0),
+            sampling=SamplingTerms(torch.randn(12, 2, 4), mode_seeking=5.0),
             game=GameSettings(adv_weight=0.0),
         )
         ratios.append(stats["mode_seeking_ratio"])

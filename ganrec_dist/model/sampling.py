@@ -1,4 +1,9 @@
-"""Several recommendations per user from G's noise: the draws, the merge, the diagnostics.
+"""Several recommendations per user from G's noise, all of it: the settings' check, the
+training terms, the draws, the merge and the diagnostics. Off by default (one sample, z = 0);
+the rest of the code reaches it through narrow hooks: ``check`` (train), ``SamplingTerms``
+(what the worker hands the G-step, whose ``loss`` replaces the plain cross-entropy), the
+Recommender's ``samples``/``merge`` and ``evaluation/diversity.py``, the evaluation section that
+measures whether it pays.
 
 Sample 0 is always z = 0 (the noise's mean, the deterministic vector inference used before
 sampling existed); samples 1..K-1 are standard normal draws. The draws are a pure function of
@@ -15,10 +20,22 @@ Merging K per-sample top-k lists into one list of k (seen items were excluded in
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
 import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ganrec_dist.core.errors import UserError
 
 MERGES = ("round_robin", "max")
 MAX_SAMPLES = 32
+
+# The mode-seeking term is 1 / (ratio + eps) (Mao et al., CVPR 2019, MSGAN): eps bounds it (and
+# its gradient) when two samples coincide.
+_MODE_SEEKING_EPS = 1e-2
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _UNKNOWN = np.uint64(0xD1B54A32D192ED03)  # keeps history keys apart from user-index keys
@@ -151,3 +168,75 @@ def list_overlap(items: np.ndarray, k: int = 10) -> float:
             sizes = np.maximum((top[:, i] >= 0).sum(axis=1), 1)
             shares.append(common.any(axis=2).sum(axis=1) / sizes)
     return float(np.mean(shares))
+
+
+def check(settings: Any, takes_noise: bool, noisy_encoders: str) -> None:
+    """Refuse sampling settings (``SamplingSettings``) that cannot run, in one line."""
+    if not 1 <= settings.samples <= MAX_SAMPLES:
+        raise UserError(f"--samples must be in 1..{MAX_SAMPLES}, got {settings.samples}")
+    if settings.merge not in MERGES:
+        raise UserError(f"--merge {settings.merge!r}: expected one of {', '.join(MERGES)}")
+    if not 0 <= settings.best_of <= MAX_SAMPLES:
+        raise UserError(f"--best_of must be in 0..{MAX_SAMPLES}, got {settings.best_of}")
+    if settings.mode_seeking < 0:
+        raise UserError(f"--mode_seeking must be at least 0, got {settings.mode_seeking}")
+    uses_noise = settings.samples > 1 or settings.best_of > 1 or settings.mode_seeking > 0
+    if uses_noise and not takes_noise:
+        raise UserError(
+            f"--samples, --best_of and --mode_seeking need G's noise: encoder {noisy_encoders}"
+        )
+
+
+@dataclass
+class SamplingTerms:
+    """The sampling terms of a G-step: ``draws`` ``[b, S, noise_dim]`` extra noise, S at least
+    ``best_of - 1`` and at least 2 with a mode-seeking term."""
+
+    draws: torch.Tensor
+    best_of: int = 0
+    mode_seeking: float = 0.0
+
+    @staticmethod
+    def draws_needed(settings: Any) -> int:
+        return max(settings.best_of - 1, 2 if settings.mode_seeking > 0 else 0, 0)
+
+    @property
+    def active(self) -> bool:
+        return self.best_of > 1 or self.mode_seeking > 0
+
+    def loss(
+        self,
+        core: Any,
+        state: torch.Tensor,
+        *,
+        ce: torch.Tensor,
+        row_ce: torch.Tensor | None,
+        per_sample_ce: Callable[[torch.Tensor, int], torch.Tensor],
+        stats: dict[str, float],
+    ) -> torch.Tensor:
+        """What G minimises in place of the plain cross-entropy ``ce``: the best-of-K softmax
+        (each row's lowest cross-entropy over z = 0, whose per-row values are ``row_ce``, and
+        K-1 draws, scored by ``per_sample_ce``), plus the mode-seeking term. ``core`` is the
+        generator (``generate``); its diagnostics go into ``stats``."""
+        b, draws, loss = len(state), self.draws, ce
+        if self.best_of > 1:
+            assert row_ce is not None
+            extra = self.best_of - 1
+            vectors = core.generate(
+                state.repeat_interleave(extra, dim=0), draws[:, :extra].reshape(b * extra, -1)
+            )
+            every = torch.cat([row_ce[:, None], per_sample_ce(vectors, extra)], dim=1)  # [b, K]
+            best, chosen = every.min(dim=1)
+            loss = best.mean()
+            stats["best_of_loss"] = float(loss.detach())
+            # How often z = 0 explains the target best: near 1, the draws are not used.
+            stats["best_of_mean_share"] = float((chosen == 0).float().mean())
+        if self.mode_seeking > 0:
+            a = core.generate(state, draws[:, 0])
+            c = core.generate(state, draws[:, 1])
+            out_distance = 1.0 - F.cosine_similarity(a, c, dim=1)
+            noise_distance = (draws[:, 0] - draws[:, 1]).abs().mean(dim=1)
+            ratio = (out_distance / noise_distance.clamp_min(1e-6)).mean()
+            loss = loss + self.mode_seeking / (ratio + _MODE_SEEKING_EPS)
+            stats["mode_seeking_ratio"] = float(ratio.detach())
+        return loss

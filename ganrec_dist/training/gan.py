@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ganrec_dist.core.config import DiscriminatorSettings, GameSettings
+from ganrec_dist.model.sampling import SamplingTerms
 
 
 @dataclass
@@ -54,25 +55,6 @@ class Forward:
     stats: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
-@dataclass
-class Sampling:
-    """The sampling terms of a G-step (``SamplingSettings``): ``draws`` ``[b, S, noise_dim]``
-    extra noise, S at least ``best_of - 1`` and at least 2 with a mode-seeking term."""
-
-    draws: torch.Tensor
-    best_of: int = 0
-    mode_seeking: float = 0.0
-
-    @staticmethod
-    def draws_needed(best_of: int, mode_seeking: float) -> int:
-        return max(best_of - 1, 2 if mode_seeking > 0 else 0, 0)
-
-
-# The mode-seeking term is 1 / (ratio + eps) (Mao et al., CVPR 2019, MSGAN): eps bounds it (and
-# its gradient) when two samples coincide.
-_MODE_SEEKING_EPS = 1e-2
-
-
 def g_forward(
     gen: nn.Module,
     batch: Batch,
@@ -81,7 +63,7 @@ def g_forward(
     adv_weight: float,
     negatives: torch.Tensor | Negatives | None = None,
     fused_softmax: bool = True,
-    sampling: Sampling | None = None,
+    sampling: SamplingTerms | None = None,
     adv_rows: int = 0,
 ) -> Forward:
     """G's forward pass for a G-step (see ``g_step`` for the arguments)."""
@@ -120,8 +102,29 @@ def g_forward(
     rows = adv_rows or len(state)  # the rows of the batch the game is played on
     fake = unwrap(gen).generate(state[:rows], z[:rows]) if adv_weight > 0 else None
     forward = Forward(state, mean_vector, ce, fake)
-    if sampling is not None and (best_of > 1 or sampling.mode_seeking > 0):
-        _sampling_terms(gen, batch, forward, sampling, shared=shared, row_ce=row_ce)
+    if sampling is not None and sampling.active:
+        core = unwrap(gen)
+
+        def per_sample_ce(vectors: torch.Tensor, n: int) -> torch.Tensor:
+            """``[b * n, dim]`` extra samples of G, row-major -> their cross-entropy ``[b, n]``."""
+            if shared is None:
+                logits = vectors @ core.catalogue().T
+                return F.cross_entropy(
+                    logits, batch.targets.repeat_interleave(n), reduction="none"
+                ).view(-1, n)
+            table = core.item_embeddings(torch.cat([batch.targets, shared.items]))
+            logits = (vectors @ table.T).view(len(batch.targets), n, -1)
+            return torch.stack(
+                [
+                    _sampled_row_ce(logits[:, j], batch.targets, shared, core.cfg.n_items)
+                    for j in range(n)
+                ],
+                dim=1,
+            )
+
+        forward.rank_loss = sampling.loss(
+            core, state, ce=ce, row_ce=row_ce, per_sample_ce=per_sample_ce, stats=forward.stats
+        )
     return forward
 
 
@@ -133,58 +136,6 @@ def _sampled_row_ce(
         logits, targets, shared.items, n_items=n_items, popularity=shared.popularity
     )
     return -F.log_softmax(corrected, dim=1)[:, 0]
-
-
-def _sampling_terms(
-    gen: nn.Module,
-    batch: Batch,
-    forward: Forward,
-    sampling: Sampling,
-    shared: Negatives | None,
-    row_ce: torch.Tensor | None,
-) -> None:
-    """Set ``forward.rank_loss``: the best-of-K softmax (each row's lowest cross-entropy over
-    z = 0 and K-1 draws) in place of the plain one, plus the mode-seeking term."""
-    core = unwrap(gen)
-    state, draws = forward.state, sampling.draws
-    b = len(state)
-    loss = forward.ce
-    if sampling.best_of > 1:
-        assert row_ce is not None
-        extra = sampling.best_of - 1
-        vectors = core.generate(
-            state.repeat_interleave(extra, dim=0), draws[:, :extra].reshape(b * extra, -1)
-        )
-        if shared is None:
-            logits = vectors @ core.catalogue().T
-            per_sample = F.cross_entropy(
-                logits, batch.targets.repeat_interleave(extra), reduction="none"
-            ).view(b, extra)
-        else:
-            table = core.item_embeddings(torch.cat([batch.targets, shared.items]))
-            logits = (vectors @ table.T).view(b, extra, -1)
-            per_sample = torch.stack(
-                [
-                    _sampled_row_ce(logits[:, j], batch.targets, shared, core.cfg.n_items)
-                    for j in range(extra)
-                ],
-                dim=1,
-            )
-        every = torch.cat([row_ce[:, None], per_sample], dim=1)  # [b, K]
-        best, chosen = every.min(dim=1)
-        loss = best.mean()
-        forward.stats["best_of_loss"] = float(loss.detach())
-        # How often z = 0 explains the target best: near 1, the draws are not used.
-        forward.stats["best_of_mean_share"] = float((chosen == 0).float().mean())
-    if sampling.mode_seeking > 0:
-        a = core.generate(state, draws[:, 0])
-        c = core.generate(state, draws[:, 1])
-        out_distance = 1.0 - F.cosine_similarity(a, c, dim=1)
-        noise_distance = (draws[:, 0] - draws[:, 1]).abs().mean(dim=1)
-        ratio = (out_distance / noise_distance.clamp_min(1e-6)).mean()
-        loss = loss + sampling.mode_seeking / (ratio + _MODE_SEEKING_EPS)
-        forward.stats["mode_seeking_ratio"] = float(ratio.detach())
-    forward.rank_loss = loss
 
 
 def d_step(
@@ -378,7 +329,7 @@ def g_step(
     negatives: torch.Tensor | Negatives | None = None,
     fused_softmax: bool = True,
     forward: Forward | None = None,
-    sampling: Sampling | None = None,
+    sampling: SamplingTerms | None = None,
     adv_rows: int = 0,
 ) -> dict[str, float]:
     """One generator update: softmax cross-entropy + ``adv_weight`` * non-saturating GAN loss.
@@ -448,7 +399,7 @@ def train_step(
     game: GameSettings,
     discriminator: DiscriminatorSettings = PLAIN_D,
     negatives: torch.Tensor | Negatives | None = None,
-    sampling: Sampling | None = None,
+    sampling: SamplingTerms | None = None,
     fused_softmax: bool = True,
 ) -> dict[str, float]:
     """``d_steps`` D-steps then ``g_steps`` G-steps on one batch (no D-step in the ablation),

@@ -20,8 +20,8 @@ from ganrec_dist.core.config import TrainConfig, to_dict
 from ganrec_dist.core.errors import UserError
 from ganrec_dist.data import shards
 from ganrec_dist.data.layout import DataDir, RunDir
+from ganrec_dist.model import sampling
 from ganrec_dist.model.models import ENCODERS
-from ganrec_dist.model.sampling import MAX_SAMPLES, MERGES
 from ganrec_dist.training import warmstart
 from ganrec_dist.training.history import Progress, write_history
 from ganrec_dist.training.resume import check_resumable, run_changes
@@ -44,16 +44,8 @@ def _check(cfg: TrainConfig, data: DataDir) -> None:
     problem = spec.check(model)
     if problem:
         raise UserError(problem)
-    sampling = cfg.sampling
-    if not 1 <= sampling.samples <= MAX_SAMPLES:
-        raise UserError(f"--samples must be in 1..{MAX_SAMPLES}, got {sampling.samples}")
-    if sampling.merge not in MERGES:
-        raise UserError(f"--merge {sampling.merge!r}: expected one of {', '.join(MERGES)}")
-    if not 0 <= sampling.best_of <= MAX_SAMPLES:
-        raise UserError(f"--best_of must be in 0..{MAX_SAMPLES}, got {sampling.best_of}")
-    if sampling.mode_seeking < 0:
-        raise UserError(f"--mode_seeking must be at least 0, got {sampling.mode_seeking}")
-    uses_noise = sampling.samples > 1 or sampling.best_of > 1 or sampling.mode_seeking > 0
+    noisy = ", ".join(name for name, e in ENCODERS.items() if e.takes_noise)
+    sampling.check(cfg.sampling, spec.takes_noise, noisy)
     if cfg.execution.row_update not in ROW_UPDATES:
         raise UserError(
             f"--row_update {cfg.execution.row_update!r}: expected one of {', '.join(ROW_UPDATES)}"
@@ -63,9 +55,6 @@ def _check(cfg: TrainConfig, data: DataDir) -> None:
             f"--train_positions must be in 1..history_len ({model.history_len}), got "
             f"{cfg.optim.train_positions}"
         )
-    if not spec.takes_noise and uses_noise:
-        noisy = ", ".join(name for name, e in ENCODERS.items() if e.takes_noise)
-        raise UserError(f"--samples, --best_of and --mode_seeking need G's noise: encoder {noisy}")
     if data.manifest["train_rows"] == 0:
         raise UserError(f"{data}: no train rows")
 

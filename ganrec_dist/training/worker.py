@@ -30,6 +30,7 @@ from ganrec_dist.data import shards
 from ganrec_dist.data.interactions import Sequences, validation_limits
 from ganrec_dist.data.layout import DataDir, RunDir, write_checkpoint
 from ganrec_dist.model.models import ENCODERS, ModelConfig
+from ganrec_dist.model.sampling import SamplingTerms
 from ganrec_dist.training import checkpoint, gan, warmstart
 from ganrec_dist.training.batches import chunk_ends, make_batch, make_sequence_batch
 from ganrec_dist.training.building import (
@@ -67,6 +68,50 @@ log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
+class Held:
+    """The validation rows a rank scores."""
+
+    users: np.ndarray  # this rank's users of the validation scores (all, or a sample)
+    sampled: int  # the sample's size over all ranks, 0 when every user is scored
+    truth: sp.csr_matrix  # their validation rows
+
+
+@dataclasses.dataclass
+class Draws:
+    """Every random draw of a step, from one generator that ``seed_epoch`` seeds."""
+
+    noise: torch.Generator
+    negatives: int  # shared sampled negatives per step; 0 = full softmax
+    popularity: torch.Tensor | None  # [n_items] train share of each item, for mixed negatives
+    n_items: int
+    noise_dim: int
+    sampling: Any  # SamplingSettings
+
+    def for_step(
+        self, rows: int
+    ) -> tuple[torch.Tensor, gan.Negatives | None, SamplingTerms | None]:
+        """G's noise for ``rows`` targets, the step's shared negatives, the sampling terms'
+        extra noise; in this order, so that a run without sampling terms keeps its stream."""
+        device = self.noise.device
+        z = torch.randn(rows, self.noise_dim, device=device, generator=self.noise)
+        negatives = None
+        if self.negatives:
+            items = torch.randint(
+                0, self.n_items, (self.negatives,), device=device, generator=self.noise
+            )
+            negatives = gan.Negatives(items, self.popularity)
+        terms = None
+        extra = SamplingTerms.draws_needed(self.sampling)
+        if extra:
+            terms = SamplingTerms(
+                torch.randn(rows, extra, self.noise_dim, device=device, generator=self.noise),
+                best_of=self.sampling.best_of,
+                mode_seeking=self.sampling.mode_seeking,
+            )
+        return z, negatives, terms
+
+
+@dataclasses.dataclass
 class Rank:
     """Everything one rank holds while it trains."""
 
@@ -79,16 +124,12 @@ class Rank:
     seq: Sequences  # this rank's users' train items (the other users have none)
     steps: int  # per epoch, the same on every rank
     fit_limits: np.ndarray  # per user, how many leading train items the search phase fits
-    val_users: np.ndarray  # this rank's users of those validation scores (all, or a sample)
-    val_sampled: int  # the sample's size over all ranks, 0 when every user is scored
-    val_truth: sp.csr_matrix  # their validation rows
+    val: Held
     mcfg: ModelConfig
     models: Models
     state: LoopState
     best_generator: dict | None
-    negatives: int  # shared sampled negatives per step; 0 = full softmax
-    popularity: torch.Tensor | None  # [n_items] train share of each item, for mixed negatives
-    noise: torch.Generator
+    draws: Draws
     lineage: dict  # DATA's version and newest timestamp, and the parent run (--init)
 
 
@@ -155,16 +196,19 @@ def setup(config: dict) -> Rank:
         seq=seq,
         steps=int(config["steps"]),
         fit_limits=fit_limits,
-        val_users=val_users,
-        val_sampled=len(sample) if len(sample) < len(everyone) else 0,
-        val_truth=val_truth,
+        val=Held(val_users, len(sample) if len(sample) < len(everyone) else 0, val_truth),
         mcfg=mcfg,
         models=models,
         state=state,
         best_generator=best,
-        negatives=negatives,
-        popularity=popularity,
-        noise=torch.Generator(device=device),
+        draws=Draws(
+            noise=torch.Generator(device=device),
+            negatives=negatives,
+            popularity=popularity,
+            n_items=seq.n_items,
+            noise_dim=cfg.model.noise_dim,
+            sampling=cfg.sampling,
+        ),
         lineage=config["lineage"],
     )
 
@@ -220,7 +264,7 @@ def seed_epoch(rank: Rank, epoch: int) -> np.random.Generator:
     epoch, rank), so that a resumed run is the run that was not interrupted."""
     seed, refit = rank.cfg.seed, rank.state.phase == "refit"
     epoch_seed = seed * 7919 + epoch * 31 + rank.rank + (100_003 if refit else 0)
-    rank.noise.manual_seed(epoch_seed)
+    rank.draws.noise.manual_seed(epoch_seed)
     torch.manual_seed(epoch_seed + 1)  # dropout
     return np.random.default_rng([seed, epoch, rank.rank, refit])
 
@@ -264,25 +308,7 @@ def step(
             ce_horizon=cfg.optim.ce_horizon,
         )
     rows = len(batch.trained_targets(rank.seq.n_items))  # each target's sample of G
-    z = torch.randn(rows, cfg.model.noise_dim, device=rank.device, generator=rank.noise)
-    negatives = (
-        gan.Negatives(
-            torch.randint(
-                0, rank.seq.n_items, (rank.negatives,), device=rank.device, generator=rank.noise
-            ),
-            rank.popularity,
-        )
-        if rank.negatives
-        else None
-    )
-    sampling = None
-    draws = gan.Sampling.draws_needed(cfg.sampling.best_of, cfg.sampling.mode_seeking)
-    if draws:  # drawn after the negatives: runs without sampling terms keep their stream
-        sampling = gan.Sampling(
-            torch.randn(rows, draws, cfg.model.noise_dim, device=rank.device, generator=rank.noise),
-            best_of=cfg.sampling.best_of,
-            mode_seeking=cfg.sampling.mode_seeking,
-        )
+    z, negatives, sampling = rank.draws.for_step(rows)
     m = rank.models
     stats = gan.train_step(
         m.gen,
@@ -353,26 +379,26 @@ def validate(rank: Rank, metrics: dict[str, Any], epoch: int) -> None:
         rank.models.model,
         rank.seq,
         limits=rank.fit_limits,
-        truth=rank.val_truth,
+        truth=rank.val.truth,
         index_cfg=rank.cfg.index,
-        users=rank.val_users,
+        users=rank.val.users,
         per_user=per_user,
         samples=sampling.samples,
         merge_rule=sampling.merge,
         seed=rank.cfg.seed,
         diagnostics=diagnostics if noisy else None,
     )
-    val = weighted_mean(val, float(len(rank.val_users)), rank.device)
+    val = weighted_mean(val, float(len(rank.val.users)), rank.device)
     metrics.update({f"val_{k}": v for k, v in val.items()})
     if noisy:
         # Every rank takes part (a collective), one with no validation users with weight 0.
-        weight = float(min(len(rank.val_users), DIAGNOSTIC_USERS)) if diagnostics else 0.0
+        weight = float(min(len(rank.val.users), DIAGNOSTIC_USERS)) if diagnostics else 0.0
         filled = diagnostics or {"sample_cosine": 0.0, "top10_overlap": 0.0}
         metrics.update(
             {f"val_{k}": v for k, v in weighted_mean(filled, weight, rank.device).items()}
         )
-    if rank.val_sampled:
-        metrics["val_users"] = rank.val_sampled  # a sample: history.csv says so
+    if rank.val.sampled:
+        metrics["val_users"] = rank.val.sampled  # a sample: history.csv says so
     value = val["ndcg@10"]
     metrics["val_ndcg@10"] = value
     state = rank.state
