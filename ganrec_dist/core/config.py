@@ -105,6 +105,19 @@ class PrepareConfig:
         False, "synthetic source: also give every item one interaction (a catalogue of `items`)"
     )
     seed: int = setting(0, "synthetic source: seed")
+    item_content: str = setting(
+        "",
+        "a CSV/TSV/Parquet file of item content (item_id plus content columns; items in it but "
+        "not in the log join the catalogue); synthetic source: 'synthetic' draws it",
+    )
+    item_features: str = setting(
+        "",
+        "the content columns' types, 'name:type[:sep],...' with type categorical | multi | "
+        "numeric | text | vector (e.g. 'genres:multi:|,year:numeric,title:text'); empty: inferred",
+    )
+    feature_noise: float = setting(
+        0.2, "synthetic content: 0 = the item's cluster exactly, 1.0 = says nothing of the item"
+    )
     address: str = setting("", "Ray cluster address; empty: RAY_ADDRESS, else a local Ray")
 
 

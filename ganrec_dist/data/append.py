@@ -40,7 +40,7 @@ import pyarrow.parquet as pq
 from ganrec_dist.core import storage
 from ganrec_dist.core.config import PrepareConfig
 from ganrec_dist.core.errors import UserError
-from ganrec_dist.data import prepare, sources
+from ganrec_dist.data import content, prepare, sources
 from ganrec_dist.data.layout import DataDir
 
 log = logging.getLogger(__name__)
@@ -93,6 +93,9 @@ def _build(cfg: PrepareConfig, parent: DataDir, tmp: Path) -> dict:
     (staging / DataDir.REJECTED).mkdir(parents=True)
     retire = _retired_ids(cfg) if cfg.retire else None
     raw, cols, ignored, remote_args = prepare._inputs(cfg, staging, pin_to_driver=False)
+    # A partition's content keeps the first prepare's vocabularies and normalisation.
+    earlier = parent.content()
+    staged = prepare.stage_content(raw, staging, fixed=earlier.features if earlier else None)
     shards = int(old["shards"])
     partition = len(old.get("partitions", [None]))
     log.info(
@@ -116,7 +119,8 @@ def _build(cfg: PrepareConfig, parent: DataDir, tmp: Path) -> dict:
     split = prepare._run(
         merge_bucket, [{**merge, "bucket": b} for b in touched], "merge", remote_args
     )
-    new_ids = _extend_id_maps(staging, tmp, parent, raw=raw, retire=retire)
+    new_ids = _extend_id_maps(staging, tmp, parent, staged=staged, retire=retire)
+    described = _grow_content(parent, earlier, staged, tmp)
     for name in (DataDir.TRAIN, DataDir.TEST, DataDir.REJECTED):
         (tmp / name).mkdir()
     prepare._run(
@@ -141,6 +145,7 @@ def _build(cfg: PrepareConfig, parent: DataDir, tmp: Path) -> dict:
         touched=len(touched),
         shared=shared,
         seconds=time.time() - start,
+        described=described,
     )
     (tmp / DataDir.MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
@@ -224,11 +229,39 @@ def _retired_ids(cfg: PrepareConfig) -> pa.Array:
     return pc.unique(ids.filter(pc.is_valid(ids)).combine_chunks())
 
 
+def _grow_content(
+    parent: DataDir, earlier: content.Content | None, staged: Any, out: Path
+) -> dict | None:
+    """The new version's ``content/``: the parent's rows, the partition's content file over
+    them (new items and updates of known ones); new items without content have none."""
+    if earlier is None and staged is None:
+        return None
+    catalogue = pq.read_table(out / DataDir.ITEMS, columns=["item_id"])["item_id"]
+    described = content.encode(
+        staged,
+        catalogue.combine_chunks(),
+        out / DataDir.CONTENT,
+        old=earlier,
+        features=earlier.features if earlier else None,
+    )
+    before = parent.manifest.get("content") or content.counts(None)
+    partition = {k: described[k] for k in ("rows_in", "rows_kept", "rows_rejected")}
+    for key in ("rows_in", "rows_kept", "rows_rejected"):
+        described[key] += before[key]
+    described["rejected_by_reason"] = {
+        r: before["rejected_by_reason"].get(r, 0) + described["rejected_by_reason"].get(r, 0)
+        for r in sorted(set(before["rejected_by_reason"]) | set(described["rejected_by_reason"]))
+    }
+    described["partition"] = partition
+    described["source"] = before.get("source", "")
+    return described
+
+
 def _extend_id_maps(
-    staging: Path, out: Path, parent: DataDir, *, raw: Any, retire: pa.Array | None
+    staging: Path, out: Path, parent: DataDir, *, staged: Any, retire: pa.Array | None
 ) -> tuple[int, int]:
-    """users.parquet and items.parquet: the parent's, then the partition's new ids (sorted).
-    Returns (new users, new items)."""
+    """users.parquet and items.parquet: the parent's, then the partition's new ids (sorted),
+    items with content among them. Returns (new users, new items)."""
     counts = []
     for name, column, pattern in (
         (DataDir.USERS, "user_id", "users-b*.parquet"),
@@ -236,11 +269,15 @@ def _extend_id_maps(
     ):
         known = parent.read(name)
         seen = prepare._sorted_unique(staging / "split", pattern, column)
+        if name == DataDir.ITEMS and staged is not None:
+            seen = pc.unique(pa.concat_arrays([seen, staged.ids()]))
+            seen = pc.take(seen, pc.sort_indices(seen))
         fresh = seen.filter(pc.invert(pc.is_in(seen, value_set=known[column])))
         idx = np.arange(known.num_rows, known.num_rows + len(fresh), dtype=np.int32)
         added = pa.table({f"{column[:4]}_idx": pa.array(idx), column: fresh})
         if name == DataDir.ITEMS:
-            known, added = _item_columns(known, added, raw, retire)
+            shown = prepare.shown_columns(staged) if staged is not None else None
+            known, added = _item_columns(known, added, shown, retire)
         table = pa.concat_tables([known, added.select(known.column_names)])
         pq.write_table(table, out / name)
         counts.append(len(fresh))
@@ -248,11 +285,13 @@ def _extend_id_maps(
 
 
 def _item_columns(
-    known: pa.Table, added: pa.Table, raw: Any, retire: pa.Array | None
+    known: pa.Table, added: pa.Table, shown: pa.Table | None, retire: pa.Array | None
 ) -> tuple[pa.Table, pa.Table]:
-    """The item map's feature columns for new items, and the ``retired`` flag."""
-    if raw.item_features is not None:
-        added = added.join(raw.item_features, "item_id", join_type="left outer").sort_by("item_idx")
+    """The item map's content columns for new items (``shown``: the partition's content),
+    and the ``retired`` flag."""
+    if shown is not None:
+        shown = shown.select([c for c in shown.column_names if c in known.column_names])
+        added = added.join(shown, "item_id", join_type="left outer").sort_by("item_idx")
     if "retired" not in known.column_names:
         known = known.append_column("retired", pa.array(np.zeros(known.num_rows, bool)))
     for name in known.column_names:
@@ -310,6 +349,16 @@ def _carry_over(parent: DataDir, out: Path, touched: list[int], shards: int) -> 
     return done
 
 
+def _split_rows(out: Path) -> dict[str, int]:
+    """Rows of each split of the version in ``out``, from the Parquet footers."""
+    return {
+        split_name: sum(
+            pq.ParquetFile(f).metadata.num_rows for f in (out / split_name).glob("*.parquet")
+        )
+        for split_name in (DataDir.TRAIN, DataDir.TEST)
+    }
+
+
 def _manifest(
     parent: DataDir,
     raw: Any,
@@ -323,6 +372,7 @@ def _manifest(
     touched: int,
     shared: dict[str, int],
     seconds: float,
+    described: dict | None = None,
 ) -> dict:
     """The parent's manifest with the partition added: totals over every partition, a record of
     this one, and the parent pinned by version."""
@@ -342,12 +392,7 @@ def _manifest(
     }
     items = pq.read_table(out / DataDir.ITEMS, columns=["retired"])["retired"]
     retired = int(pc.sum(items).as_py() or 0)
-    rows = {
-        split_name: sum(
-            pq.ParquetFile(f).metadata.num_rows for f in (out / split_name).glob("*.parquet")
-        )
-        for split_name in (DataDir.TRAIN, DataDir.TEST)
-    }
+    rows = _split_rows(out)
     partitions = old.get("partitions") or [
         prepare.partition_entry(old, users=old["users"], items=old["items"])
     ]
@@ -385,6 +430,8 @@ def _manifest(
             },
         ],
     }
+    if described is not None:
+        manifest["content"] = described
     if manifest["rows_kept"] != manifest["train_rows"] + manifest["test_rows"]:
         raise RuntimeError(f"append: kept rows and shard rows differ: {manifest}")
     prepare.reconcile(manifest)

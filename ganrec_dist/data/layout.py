@@ -31,6 +31,7 @@ import yaml
 
 from ganrec_dist.core import storage
 from ganrec_dist.core.errors import UserError
+from ganrec_dist.data.content import Content
 from ganrec_dist.data.interactions import Sequences, from_rows
 
 # 1: pickled payload and a flat config.yaml; 2: the log in every checkpoint (read no longer)
@@ -46,6 +47,7 @@ class DataDir:
     ITEMS = "items.parquet"
     USERS = "users.parquet"
     REJECTED = "rejected"
+    CONTENT = "content"  # item content, encoded (``data.content``)
 
     def __init__(self, root: str | Path) -> None:
         self.root = storage.display(root)
@@ -96,6 +98,16 @@ class DataDir:
             for split in (self.TRAIN, self.TEST)
         ]
         return int(max((t for t in newest if t is not None), default=0))
+
+    def content(self) -> Content | None:
+        """The items' encoded content (``data.content.Content``), or None without any. Read
+        where DATA is a local directory (memory maps)."""
+        section = self.manifest.get("content")
+        if not section:
+            return None
+        if storage.is_uri(self.root):
+            raise UserError(f"{self}: item content is read from a local DATA directory")
+        return Content(self.path(self.CONTENT), section)
 
     def retired_items(self) -> np.ndarray:
         """Indices of the items retired from the catalogue (kept, never recommended)."""

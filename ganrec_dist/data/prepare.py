@@ -17,7 +17,6 @@ all passes succeeded, so a failed run leaves no ``DATA`` behind.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import logging
@@ -41,7 +40,7 @@ import pyarrow.parquet as pq
 from ganrec_dist.core import storage
 from ganrec_dist.core.config import PrepareConfig
 from ganrec_dist.core.errors import UserError
-from ganrec_dist.data import sources
+from ganrec_dist.data import content, sources
 from ganrec_dist.data.interactions import n_test_rows
 from ganrec_dist.data.layout import DataDir
 
@@ -75,21 +74,6 @@ _TS_LIMIT = 1e11  # |Unix seconds| beyond this (year ~5100) is not a timestamp
 # --- pass 1: read and validate ---------------------------------------------------------------
 
 
-def _csv_header(path: str, delimiter: str) -> list[str]:
-    """The header row of a CSV/TSV file, read by hand so that a bad file fails cleanly."""
-    kind = "TSV" if delimiter == "\t" else "CSV"
-    try:
-        with open(path, "rb") as handle:
-            first = handle.readline(1 << 20)
-        names = next(csv.reader([first.decode("utf-8-sig")], delimiter=delimiter))
-    except (OSError, UnicodeDecodeError, StopIteration, csv.Error) as exc:
-        raise UserError(f"{path}: not a readable {kind} file ({_first_line(exc)})") from None
-    names = [n.strip() for n in names]
-    if not names or any(not n or not n.isprintable() for n in names):
-        raise UserError(f"{path}: not a readable {kind} file (no header row of column names)")
-    return names
-
-
 def _first_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
 
@@ -103,7 +87,7 @@ def file_columns(path: str, fmt: str) -> list[str]:
             return list(pq.ParquetFile(path).schema_arrow.names)
         except (pa.ArrowInvalid, OSError) as exc:
             raise UserError(f"{path}: not a readable Parquet file ({_first_line(exc)})") from None
-    return _csv_header(path, "\t" if fmt == "tsv" else ",")
+    return sources.csv_header(path, "\t" if fmt == "tsv" else ",")
 
 
 def _iter_chunks(path: str, fmt: str, malformed: list[str]):
@@ -113,7 +97,7 @@ def _iter_chunks(path: str, fmt: str, malformed: list[str]):
             yield pa.Table.from_batches([batch])
         return
     delimiter = "\t" if fmt == "tsv" else ","
-    names = _csv_header(path, delimiter)
+    names = sources.csv_header(path, delimiter)
 
     def on_invalid(row: Any) -> str:
         malformed.append(row.text)
@@ -270,6 +254,43 @@ def rejected_rows(
         ],
         schema=REJECTED_SCHEMA,
     )
+
+
+def stage_content(raw: sources.RawInput, staging: Path, fixed: list | None = None) -> Any:
+    """Pass 1 over ``raw``'s content file (``content.stage``), its quarantined rows into
+    ``staging``'s ``rejected/`` beside the log's, in the same schema (the item id in
+    ``item_id``, the whole row in ``raw``); None without content."""
+    if not raw.content:
+        return None
+
+    def reject(rows: pa.Table, reasons: list[str], numbers: list[int], batch: int) -> None:
+        table = rejected_rows(
+            rows, {"item": content.ID_COLUMN}, reasons, numbers, source=raw.content
+        )
+        pq.write_table(table, staging / DataDir.REJECTED / f"content-{batch:05d}.parquet")
+
+    return content.stage(
+        raw.content,
+        raw.content_format,
+        raw.content_spec,
+        staging / "content",
+        reject=reject,
+        fixed=fixed,
+    )
+
+
+def shown_columns(staged: Any) -> pa.Table | None:
+    """The staged content's columns people read (not vectors), one row an item, several
+    values joined back into one string: what items.parquet carries beside the ids."""
+    shown = [f.name for f in staged.features if f.type != "vector"]
+    if not shown:
+        return None
+    columns = pa.concat_tables(pq.read_table(f, columns=["item_id", *shown]) for f in staged.files)
+    for f in staged.features:
+        if f.type == "multi":
+            joined = pc.binary_join(columns[f.name], f.sep)
+            columns = columns.set_column(columns.column_names.index(f.name), f.name, joined)
+    return columns
 
 
 def bucket_of(user_ids: pa.ChunkedArray | pa.Array, buckets: int) -> np.ndarray:
@@ -577,7 +598,7 @@ def _inputs(
     source = sources.lookup(cfg.source)
     raw = None
     if not source.uses_ray:
-        raw = source.resolve(cfg, staging / "raw", None)
+        raw = sources.with_content(source.resolve(cfg, staging / "raw", None), cfg)
         cols, ignored = _column_map(cfg, raw, raw.files)
     ensure_ray(cfg.address)
     # Prepare's staging directory is local to this node: its tasks stay here.
@@ -585,6 +606,7 @@ def _inputs(
     if raw is None:
         raw = source.resolve(cfg, staging / "raw", remote_args)
         cols, ignored = _column_map(cfg, raw, raw.files)
+    raw = sources.with_content(raw, cfg)
     if ignored:
         log.warning("ignoring columns not used by the pipeline: %s", ", ".join(ignored))
     return raw, cols, ignored, remote_args
@@ -599,8 +621,10 @@ def _passes(
     shards: int,
     cfg: PrepareConfig,
     remote_args: dict | None,
+    staged: content.Staged | None = None,
 ) -> tuple[list[dict], list[dict], int, int]:
-    """The three Ray Data passes; returns (ingest stats, split stats, users, items)."""
+    """The three Ray Data passes; returns (ingest stats, split stats, users, items). Items
+    with content (``staged``) but no interaction join the catalogue."""
     files = [
         {"path": p, "format": raw.format, "file_idx": i, "cols": cols, "buckets": shards}
         for i, p in enumerate(raw.files)
@@ -617,7 +641,7 @@ def _passes(
         "split",
         remote_args,
     )
-    users, items = _write_id_maps(staging, out, raw)
+    users, items = _write_id_maps(staging, out, staged)
     (out / DataDir.TRAIN).mkdir()
     (out / DataDir.TEST).mkdir()
     _run(
@@ -629,10 +653,14 @@ def _passes(
     return ingest, split, users, items
 
 
-def _write_id_maps(staging: Path, out: Path, raw: sources.RawInput) -> tuple[int, int]:
-    """users.parquet and items.parquet: ids in sorted order (item features joined in)."""
+def _write_id_maps(staging: Path, out: Path, staged: content.Staged | None) -> tuple[int, int]:
+    """users.parquet and items.parquet: ids in sorted order; items with content among them,
+    their scalar content columns joined in (for people: the model reads ``content/``)."""
     users = _sorted_unique(staging / "split", "users-b*.parquet", "user_id")
     items = _sorted_unique(staging / "split", "items-b*.parquet", "item_id")
+    if staged is not None:
+        items = pc.unique(pa.concat_arrays([items, staged.ids()]))
+        items = pc.take(items, pc.sort_indices(items))
     pq.write_table(
         pa.table({"user_idx": pa.array(np.arange(len(users), dtype=np.int32)), "user_id": users}),
         out / DataDir.USERS,
@@ -640,10 +668,10 @@ def _write_id_maps(staging: Path, out: Path, raw: sources.RawInput) -> tuple[int
     item_table = pa.table(
         {"item_idx": pa.array(np.arange(len(items), dtype=np.int32)), "item_id": items}
     )
-    if raw.item_features is not None:
-        item_table = item_table.join(raw.item_features, "item_id", join_type="left outer").sort_by(
-            "item_idx"
-        )
+    columns = shown_columns(staged) if staged is not None else None
+    if columns is not None:
+        item_table = item_table.join(columns, "item_id", join_type="left outer")
+        item_table = item_table.sort_by("item_idx")
     pq.write_table(item_table, out / DataDir.ITEMS)
     return len(users), len(items)
 
@@ -657,8 +685,10 @@ def _manifest(
     counts: tuple[list[dict], list[dict], int, int],
     shards: int,
     seconds: float,
+    described: dict | None = None,
 ) -> dict:
-    """manifest.json: counts that reconcile, the split rule, the schema version, the source."""
+    """manifest.json: counts that reconcile, the split rule, the schema version, the source,
+    and the item content (``described``: its features, counts and quarantine)."""
     ingest, split, users, items = counts
     rejected_by_reason = {r: sum(s["rejected"][r] for s in ingest) for r in REASONS}
     manifest = {
@@ -690,6 +720,8 @@ def _manifest(
         "parent": None,
         "lineage": [],
     }
+    if described is not None:
+        manifest["content"] = described
     manifest["partitions"] = [partition_entry(manifest, users=users, items=items)]
     reconcile(manifest)
     return seal(manifest)
@@ -745,6 +777,7 @@ def _prepare_local(cfg: PrepareConfig, pin_to_driver: bool = False) -> dict:
     try:
         (staging / DataDir.REJECTED).mkdir(parents=True)
         raw, cols, ignored, remote_args = _inputs(cfg, staging, pin_to_driver)
+        staged = stage_content(raw, staging)
         shards = cfg.shards or _default_shards(raw.files, raw.format)
         log.info("prepare: %d file(s) of %s, %d shards", len(raw.files), raw.format, shards)
         counts = _passes(
@@ -755,7 +788,14 @@ def _prepare_local(cfg: PrepareConfig, pin_to_driver: bool = False) -> dict:
             shards=shards,
             cfg=cfg,
             remote_args=remote_args,
+            staged=staged,
         )
+        described = None
+        if staged is not None:
+            catalogue = pq.read_table(tmp / DataDir.ITEMS, columns=["item_id"])["item_id"]
+            described = content.encode(staged, catalogue.combine_chunks(), tmp / DataDir.CONTENT)
+            given = cfg.item_content not in ("", "synthetic")
+            described["source"] = raw.content if given else f"{raw.description}'s own"
         (tmp / DataDir.REJECTED).mkdir()
         for f in sorted((staging / DataDir.REJECTED).glob("*.parquet")):
             f.rename(tmp / DataDir.REJECTED / f.name)
@@ -768,6 +808,7 @@ def _prepare_local(cfg: PrepareConfig, pin_to_driver: bool = False) -> dict:
             counts=counts,
             shards=shards,
             seconds=time.time() - start,
+            described=described,
         )
         (tmp / DataDir.MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         storage.replace_dir(tmp, out)

