@@ -57,8 +57,8 @@ def movielens_data(ray_local, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def synthetic_data(ray_local, tmp_path_factory):
-    """A small synthetic log with planted structure, in four user shards: the training, sweep
-    and cold-start tests' data."""
+    """A small synthetic log with planted structure, in four user shards, with item content
+    drawn from the items' clusters: the training, sweep, cold-start and cold-item tests' data."""
     from ganrec_dist.core.config import PrepareConfig
     from ganrec_dist.data.prepare import prepare
 
@@ -72,6 +72,7 @@ def synthetic_data(ray_local, tmp_path_factory):
             interactions=30_000,
             seed=1,
             shards=4,
+            item_content="synthetic",
         )
     )
     return out

@@ -39,6 +39,51 @@ TINY = dict(
 )
 
 
+def test_cold_items_are_held_out_of_training_and_recommended_from_their_content(
+    synthetic_data, tiny_run, tmp_path
+):
+    run = shutil.copytree(tiny_run, tmp_path / "run")
+    result = evaluate(
+        EvaluateConfig(
+            data=str(synthetic_data),
+            run=str(run),
+            ablation=False,
+            cold_items=True,
+            tower_epochs=3,
+            ease_lambdas="50",
+            als_regs="0.1",
+            als_iterations=3,
+        )
+    )["cold_items"]
+    data, copy = DataDir(synthetic_data), DataDir(run / "cold_items" / "data")
+    held = np.array(copy.manifest["cold_items"]["items"])
+    assert result["cold_items"] == len(held) == round(0.2 * data.manifest["items"])
+    assert result["validation_items"] + result["test_items"] == len(held)
+    # The copy lacks every row of those items, and the table's cold GAN was trained on it.
+    for split in ("train", "test"):
+        assert not np.isin(copy.read(split)["item_idx"].to_numpy(), held).any()
+    assert yaml.safe_load((run / "cold_items" / "gan" / "config.yaml").read_text())["data"] == (
+        copy.root
+    )
+    models = result["models"]
+    assert set(models) == {
+        "random",
+        "content_knn",
+        "no_generated_rows",
+        "tower_regress",
+        "tower_gar",
+        "ceiling",
+    }
+    assert all(0 <= v <= 1 for m in models.values() for k, v in m.items() if k != "scale")
+    assert models["no_generated_rows"]["exposure@10"] == 0.0  # untrained rows reach nobody
+    # Content drawn from the clusters is there to be found: by kNN and by the tower.
+    assert models["content_knn"]["cold_ndcg@20"] > 1.5 * models["random"]["cold_ndcg@20"]
+    assert models["tower_regress"]["cold_ndcg@20"] > 1.5 * models["random"]["cold_ndcg@20"]
+    assert json.loads((run / "eval.json").read_text())["cold_items"]["test_items"] > 0
+    with pytest.raises(UserError, match="needs item content"):
+        evaluate(EvaluateConfig(data=copy.root, run=str(run), ablation=False, cold_items=True))
+
+
 def _history(run):
     return RunDir(run).payload()["state"]["history"]
 

@@ -339,6 +339,15 @@ class EvaluateConfig:
         "trained again without them), given their first 1, 3, 5, 10 interactions",
     )
     cold_fraction: float = setting(0.1, "cold start: the fraction of eligible users held out")
+    cold_items: bool = setting(
+        False,
+        "also the cold-item table: a fraction of the items held out of training (the GAN "
+        "trained again without them), recommended from their content (needs item content)",
+    )
+    cold_item_fraction: float = setting(
+        0.2, "cold items: the fraction of the items with content and interactions held out"
+    )
+    tower_epochs: int = setting(30, "cold items: epochs of the content tower's fit")
     cold_user_dropout: float = setting(
         0.0,
         "cold start: also the GAN trained with this --user_dropout (its row gan_user_dropout); "

@@ -222,6 +222,7 @@ class RunDir:
     FRONTIER_JSON = "frontier.json"  # evaluate's diversity section
     FRONTIER_PNG = "frontier.png"
     COLD_START = "cold_start"  # evaluate's cold-start DATA copy and models
+    COLD_ITEMS = "cold_items"  # evaluate's cold-item DATA copy and model
     ABLATION = "ablation"
     RAY_RESULTS = "ray_results"
     FAULT_MARKER = ".fault-injected"

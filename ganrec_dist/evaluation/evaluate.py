@@ -191,6 +191,8 @@ def evaluate_models(cfg: EvaluateConfig) -> dict:
     if not 0 <= cfg.samples <= MAX_SAMPLES:
         raise UserError(f"--samples must be in 0..{MAX_SAMPLES}, got {cfg.samples}")
     frontier_samples = _frontier_samples(cfg.frontier_samples)
+    if cfg.cold_items and data.content() is None:  # before any training, not after
+        raise UserError(f"{data}: --cold_items needs item content (prepare --item_content FILE)")
     companions = train_companions(cfg, run)  # first, and on their own: then the table
     recs: dict[str, np.ndarray] = {}
     params: dict[str, dict] = {}
@@ -248,6 +250,10 @@ def evaluate_models(cfg: EvaluateConfig) -> dict:
         from ganrec_dist.evaluation.coldstart import cold_start
 
         result["cold_start"] = cold_start(cfg, run, params)
+    if cfg.cold_items:
+        from ganrec_dist.evaluation.colditems import cold_items
+
+        result["cold_items"] = cold_items(cfg, run)
     result["seconds"] = round(time.time() - start, 1)
     run.write_eval(result)
     return result
@@ -322,3 +328,7 @@ def print_results(result: dict) -> None:
         from ganrec_dist.evaluation.coldstart import print_cold_start
 
         print_cold_start(result["cold_start"])
+    if "cold_items" in result:
+        from ganrec_dist.evaluation.colditems import print_cold_items
+
+        print_cold_items(result["cold_items"])

@@ -1,0 +1,321 @@
+"""`ganrec evaluate --cold_items true`: items nobody has touched, recommended from their content.
+
+A seeded ``--cold_item_fraction`` of the items that occur in train (and have content) is cold,
+split 1:1 into validation and test items (GAR's protocol). A copy of DATA without any of their
+rows (``RUN/cold_items/data``: the same id maps) trains the GAN with the run's settings; the
+content tower is fitted on the warm items against that frozen model, both ways
+(``training.tower``: ``regress``, the ablation, and ``gar``). The run itself, trained with those
+items, is the ceiling. Every row is judged on the same truth, the test split's rows on test-cold
+items, every train item excluded:
+
+- cold: only the test-cold items are ranked, NDCG and Recall at 10 and 20, hit rate at 10;
+- hybrid: every item but the validation-cold ones, learned rows for warm items beside generated
+  rows for cold ones (scaled by the factor with the best hybrid NDCG@10 on the validation-cold
+  items: generated vectors are not on the learned rows' scale); truth the test rows on warm and
+  test-cold items; NDCG@10 and the share of test-cold items in anyone's top 10 (exposure).
+
+Rows: random, content-kNN (a cold item scored by the cosine of its content to the mean content of
+the user's history), no generated rows (the cold model's untrained rows), the two towers, the
+ceiling.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import scipy.sparse as sp
+
+from ganrec_dist.core.config import EvaluateConfig
+from ganrec_dist.core.errors import UserError
+from ganrec_dist.core.logs import print_table
+from ganrec_dist.data.content import Content
+from ganrec_dist.data.layout import DataDir, RunDir
+from ganrec_dist.evaluation.companions import companion_run
+from ganrec_dist.model.content import ContentTower
+from ganrec_dist.retrieval.metrics import ranking_metrics
+from ganrec_dist.training import tower as towers
+
+log = logging.getLogger(__name__)
+
+SCALES = (0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0)
+COLUMNS = ("cold_ndcg@20", "cold_recall@20", "cold_hit@10", "hybrid_ndcg@10", "exposure@10")
+
+
+def pick_items(train_items: np.ndarray, has_content: np.ndarray, fraction: float, seed: int):
+    """A seeded ``fraction`` of the items in train with content, as (validation, test) halves."""
+    eligible = np.flatnonzero(np.isin(np.arange(len(has_content)), train_items) & has_content)
+    n = int(round(fraction * len(eligible)))
+    if n < 2:
+        raise UserError(
+            f"--cold_item_fraction {fraction}: fewer than 2 of the {len(eligible)} items with "
+            "content and interactions are held out"
+        )
+    cold = np.random.default_rng([seed, 28]).choice(eligible, n, replace=False)
+    return np.sort(cold[: n // 2]), np.sort(cold[n // 2 :])
+
+
+def write_without_items(data: DataDir, items: np.ndarray, out: Path) -> DataDir:
+    """A copy of DATA without any row of ``items`` at the local ``out`` (written aside, then
+    renamed; the same id maps, no content); reused when it holds the same items."""
+    manifest_path = out / DataDir.MANIFEST
+    if manifest_path.exists():
+        held = json.loads(manifest_path.read_text()).get("cold_items", {}).get("items")
+        if held == items.tolist():
+            return DataDir(out)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    held_out = pa.array(np.asarray(items, dtype=np.int32))
+    rows: dict[str, int] = {}
+    for split in (DataDir.TRAIN, DataDir.TEST):
+        (tmp / split).mkdir(parents=True)
+        fs, files = data.split_files(split)
+        rows[split] = 0
+        for f in files:
+            table = pq.read_table(f, filesystem=fs)
+            table = table.filter(pc.invert(pc.is_in(table["item_idx"], value_set=held_out)))
+            rows[split] += table.num_rows
+            pq.write_table(table, tmp / split / Path(f).name)
+    for name in (DataDir.ITEMS, DataDir.USERS):
+        pq.write_table(data.read(name), tmp / name)
+    manifest = {k: v for k, v in data.manifest.items() if k != "content"}
+    manifest.update(
+        source=f"{data.manifest['source']}, without {len(items)} cold items",
+        train_rows=rows[DataDir.TRAIN],
+        test_rows=rows[DataDir.TEST],
+        cold_items={"from": data.root, "items": items.tolist()},
+    )
+    (tmp / DataDir.MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return DataDir(out)
+
+
+def content_matrix(content: Content) -> sp.csr_matrix:
+    """Each item's content as one L2-normalised sparse row (one-hot ids, numerics, vectors,
+    each block normalised first): what content-kNN compares."""
+    arrays = content.batch(np.arange(content.n_items))
+    n, blocks = content.n_items, []
+    for f in content.features:
+        if f.slots:
+            ids = arrays[f"ids_{f.name}"]
+            r, c = np.nonzero(ids)
+            blocks.append(sp.csr_matrix((np.ones(len(r)), (r, ids[r, c])), (n, f.ids)))
+        elif f.type == "vector":
+            blocks.append(sp.csr_matrix(arrays[f"vector_{f.name}"]))
+    if "numeric" in arrays:
+        blocks.append(sp.csr_matrix(arrays["numeric"]))
+    return _normalised(sp.hstack([_normalised(b) for b in blocks]).tocsr())
+
+
+def _normalised(m: sp.spmatrix) -> sp.csr_matrix:
+    norms = np.sqrt(np.asarray(m.multiply(m).sum(axis=1))).ravel()
+    return (sp.diags(1.0 / np.maximum(norms, 1e-12)) @ m).tocsr()
+
+
+def top(scores: np.ndarray, exclude: sp.csr_matrix, k: int, drop: np.ndarray) -> np.ndarray:
+    """Each row's best ``k`` columns (-1 past the candidates), ``exclude``'s entries and the
+    columns ``drop`` left out."""
+    scores = np.array(scores, dtype=np.float64)
+    r, c = exclude.nonzero()
+    scores[r, c] = -np.inf
+    scores[:, drop] = -np.inf
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return np.where(np.take_along_axis(scores, order, 1) > -np.inf, order, -1)
+
+
+@dataclasses.dataclass
+class Judge:
+    """The truths every row is judged on, built once."""
+
+    seen: sp.csr_matrix  # [users, items] train items, excluded everywhere
+    cold: np.ndarray  # every cold item
+    val_cold: np.ndarray
+    test_cold: np.ndarray
+    users: np.ndarray  # users with test rows on test-cold items
+    truth_cold: sp.csr_matrix  # [users, test_cold]
+    hybrid: tuple[np.ndarray, sp.csr_matrix]  # users, truth over items (warm + test-cold)
+    val_hybrid: tuple[np.ndarray, sp.csr_matrix]  # the same with validation-cold items
+
+    def cold_row(self, scores: np.ndarray) -> dict[str, float]:
+        """``scores`` ``[users, test_cold]`` -> the cold setting's metrics."""
+        recs = top(scores, self.seen[self.users][:, self.test_cold], 20, np.zeros(0, int))
+        m = ranking_metrics(recs, self.truth_cold, [10, 20])
+        return {
+            "cold_ndcg@10": m["ndcg@10"],
+            "cold_ndcg@20": m["ndcg@20"],
+            "cold_recall@20": m["recall@20"],
+            "cold_hit@10": m["hit@10"],
+        }
+
+    def hybrid_row(self, vectors: np.ndarray, rows: np.ndarray, val: bool = False) -> dict:
+        """User ``vectors`` against item ``rows`` over every item but the other half of the
+        cold items: hybrid NDCG@10 and the exposure of this half."""
+        users, truth = self.val_hybrid if val else self.hybrid
+        drop, shown = (self.test_cold, self.val_cold) if val else (self.val_cold, self.test_cold)
+        recs = top(vectors[users] @ rows.T, self.seen[users], 10, drop)
+        return {
+            "hybrid_ndcg@10": ranking_metrics(recs, truth[users], [10])["ndcg@10"],
+            "exposure@10": float(np.isin(shown, recs[recs >= 0]).mean()),
+        }
+
+    def scaled(self, vectors: np.ndarray, rows: np.ndarray) -> tuple[float, dict]:
+        """The scale of the cold items' rows with the best validation hybrid NDCG@10, and the
+        test hybrid row at that scale."""
+        best = max(
+            SCALES,
+            key=lambda s: self.hybrid_row(vectors, _scale(rows, self.cold, s), True)[
+                "hybrid_ndcg@10"
+            ],
+        )
+        return best, self.hybrid_row(vectors, _scale(rows, self.cold, best))
+
+
+def _scale(rows: np.ndarray, items: np.ndarray, scale: float) -> np.ndarray:
+    out = rows.copy()
+    out[items] *= scale
+    return out
+
+
+def _truth(users: np.ndarray, items: np.ndarray, keep: np.ndarray, shape: tuple) -> sp.csr_matrix:
+    m = sp.csr_matrix((np.ones(int(keep.sum())), (users[keep], items[keep])), shape)
+    m.data[:] = 1
+    return m
+
+
+def judge_for(data: DataDir, val_cold: np.ndarray, test_cold: np.ndarray) -> Judge:
+    n_users, n_items = data.manifest["users"], data.manifest["items"]
+    train, test = (
+        data.read("train", ["user_idx", "item_idx"]),
+        data.read("test", ["user_idx", "item_idx"]),
+    )
+    tu, ti = (train[c].to_numpy().astype(np.int64) for c in ("user_idx", "item_idx"))
+    su, si = (test[c].to_numpy().astype(np.int64) for c in ("user_idx", "item_idx"))
+    seen = _truth(tu, ti, np.ones(len(tu), bool), (n_users, n_items))
+    cold = np.union1d(val_cold, test_cold)
+    warm = np.ones(n_items, bool)
+    warm[cold] = False
+    on_test_cold, on_val_cold = np.isin(si, test_cold), np.isin(si, val_cold)
+    truth_all = _truth(su, si, on_test_cold, (n_users, n_items))
+    users = np.flatnonzero(truth_all.getnnz(axis=1) > 0)
+
+    def with_users(keep: np.ndarray) -> tuple[np.ndarray, sp.csr_matrix]:
+        truth = _truth(su, si, keep, (n_users, n_items))
+        return np.flatnonzero(truth.getnnz(axis=1) > 0), truth
+
+    return Judge(
+        seen=seen,
+        cold=cold,
+        val_cold=val_cold,
+        test_cold=test_cold,
+        users=users,
+        truth_cold=truth_all[users][:, test_cold],
+        hybrid=with_users(warm[si] | on_test_cold),
+        val_hybrid=with_users(warm[si] | on_val_cold),
+    )
+
+
+def user_vectors(rec: Any) -> np.ndarray:
+    users = np.arange(rec.model_config.n_users)
+    histories, _ = rec.known_inputs(users)
+    return rec.vectors(histories, users)
+
+
+def cold_items(cfg: EvaluateConfig, run: RunDir) -> dict[str, Any]:
+    """The cold-item table (see the module docstring)."""
+    from ganrec_dist.retrieval.recommender import Recommender
+
+    if run.is_uri:
+        raise UserError("--cold_items needs a local RUN directory (its DATA copy is written there)")
+    start = time.time()
+    data = DataDir(cfg.data)
+    content = data.content()
+    if content is None:
+        raise UserError(f"{data}: --cold_items needs item content (prepare --item_content FILE)")
+    train_items = data.read("train", ["item_idx"])["item_idx"].to_numpy()
+    has_content = content.batch(np.arange(content.n_items))["has_content"]
+    val_cold, test_cold = pick_items(train_items, has_content, cfg.cold_item_fraction, cfg.seed)
+    judge = judge_for(data, val_cold, test_cold)
+    log.info(
+        "cold items: %d held out of a copy of %s (%d validation, %d test; %d users judged)",
+        len(judge.cold),
+        data,
+        len(val_cold),
+        len(test_cold),
+        len(judge.users),
+    )
+    copy = write_without_items(data, judge.cold, run.local / RunDir.COLD_ITEMS / "data")
+    tick = time.time()
+    target = run.companion(f"{RunDir.COLD_ITEMS}/gan")
+    outcome = companion_run(dataclasses.replace(cfg, data=copy.root), run, target, "cold-items-gan")
+    seconds = {"gan": round(time.time() - tick, 1)}
+    cold_rec, ceiling = Recommender(outcome["run"]), Recommender(run.uri)
+    vectors, ceiling_vectors = user_vectors(cold_rec), user_vectors(ceiling)
+    rows = cold_rec.embeddings
+    table: dict[str, dict[str, float]] = {}
+    rng = np.random.default_rng([cfg.seed, 5])
+    table["random"] = judge.cold_row(rng.random((len(judge.users), len(test_cold))))
+    cm = content_matrix(content)
+    warm_history = judge.seen.multiply(~np.isin(np.arange(content.n_items), judge.cold)[None, :])
+    profile = _normalised(sp.csr_matrix(warm_history @ cm))
+    table["content_knn"] = judge.cold_row((profile[judge.users] @ cm[test_cold].T).toarray())
+    table["no_generated_rows"] = {
+        **judge.cold_row(vectors[judge.users] @ rows[test_cold].T),
+        **judge.hybrid_row(vectors, rows),
+    }
+    copy_train = copy.read("train", ["user_idx", "item_idx"])
+    pairs = tuple(copy_train[c].to_numpy().astype(np.int64) for c in ("user_idx", "item_idx"))
+    for objective in towers.OBJECTIVES:
+        tick = time.time()
+        net = ContentTower(data.manifest["content"]["features"], dim=cold_rec.model_config.dim)
+        settings = towers.TowerSettings(objective=objective, epochs=cfg.tower_epochs, seed=cfg.seed)
+        towers.fit(
+            net, content, pairs=pairs, user_vectors=vectors, item_rows=rows, settings=settings
+        )
+        generated = rows.copy()
+        generated[judge.cold] = towers.generate(net, content, judge.cold)
+        scale, hybrid = judge.scaled(vectors, generated)
+        table[f"tower_{objective}"] = {
+            **judge.cold_row(vectors[judge.users] @ generated[test_cold].T),
+            **hybrid,
+            "scale": scale,
+        }
+        seconds[f"tower_{objective}"] = round(time.time() - tick, 1)
+    table["ceiling"] = {
+        **judge.cold_row(ceiling_vectors[judge.users] @ ceiling.embeddings[test_cold].T),
+        **judge.hybrid_row(ceiling_vectors, ceiling.embeddings),
+    }
+    return {
+        "cold_items": int(len(judge.cold)),
+        "validation_items": int(len(val_cold)),
+        "test_items": int(len(test_cold)),
+        "users": int(len(judge.users)),
+        "fraction": cfg.cold_item_fraction,
+        "truth": "the test split's rows on test-cold items; every train item excluded",
+        "models": table,
+        "training_seconds": seconds,
+        "seconds": round(time.time() - start, 1),
+    }
+
+
+def print_cold_items(result: dict[str, Any]) -> None:
+    rows = [
+        [name] + [round(m[c], 4) if c in m else "" for c in COLUMNS]
+        for name, m in result["models"].items()
+    ]
+    print_table(
+        f"cold items: {result['test_items']} test items held out of training "
+        f"({result['users']} users; hybrid rows scaled on {result['validation_items']} "
+        "validation items)",
+        ["model", *COLUMNS],
+        rows,
+    )
