@@ -55,16 +55,15 @@ def test_cold_items_are_held_out_of_training_and_recommended_from_their_content(
             als_iterations=3,
         )
     )["cold_items"]
-    data, copy = DataDir(synthetic_data), DataDir(run / "cold_items" / "data")
+    data, copy = DataDir(synthetic_data), DataDir(run / "cold_items" / "random" / "data")
     held = np.array(copy.manifest["cold_items"]["items"])
     assert result["cold_items"] == len(held) == round(0.2 * data.manifest["items"])
     assert result["validation_items"] + result["test_items"] == len(held)
     # The copy lacks every row of those items, and the table's cold GAN was trained on it.
     for split in ("train", "test"):
         assert not np.isin(copy.read(split)["item_idx"].to_numpy(), held).any()
-    assert yaml.safe_load((run / "cold_items" / "gan" / "config.yaml").read_text())["data"] == (
-        copy.root
-    )
+    trained_on = yaml.safe_load((run / "cold_items" / "random" / "gan" / "config.yaml").read_text())
+    assert trained_on["data"] == copy.root
     models = result["models"]
     assert set(models) == {
         "random",
@@ -82,6 +81,12 @@ def test_cold_items_are_held_out_of_training_and_recommended_from_their_content(
     assert json.loads((run / "eval.json").read_text())["cold_items"]["test_items"] > 0
     with pytest.raises(UserError, match="needs item content"):
         evaluate(EvaluateConfig(data=copy.root, run=str(run), ablation=False, cold_items=True))
+    # The synthetic log brings no item late: a time cut holds none out, said before training.
+    time_cut = EvaluateConfig(
+        data=str(synthetic_data), run=str(run), cold_items=True, cold_item_split="time"
+    )
+    with pytest.raises(UserError, match="fewer than 2 items"):
+        evaluate(time_cut)
 
 
 def _history(run):

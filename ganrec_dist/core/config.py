@@ -347,6 +347,11 @@ class EvaluateConfig:
     cold_item_fraction: float = setting(
         0.2, "cold items: the fraction of the items with content and interactions held out"
     )
+    cold_item_split: str = setting(
+        "random",
+        "cold items: random (a seeded fraction of the items) | time (the items first seen in "
+        "the last fraction of the log: new SKUs)",
+    )
     tower_epochs: int = setting(30, "cold items: epochs of the content tower's fit")
     cold_user_dropout: float = setting(
         0.0,

@@ -1,7 +1,9 @@
 """`ganrec evaluate --cold_items true`: items nobody has touched, recommended from their content.
 
 A seeded ``--cold_item_fraction`` of the items that occur in train (and have content) is cold,
-split 1:1 into validation and test items (GAR's protocol). A copy of DATA without any of their
+or with ``--cold_item_split time`` the items first seen after the time by which 1 - fraction of
+the log had happened (new SKUs); either way split 1:1 into validation and test items (GAR's
+protocol). A copy of DATA without any of their
 rows (``RUN/cold_items/data``: the same id maps) trains the GAN with the run's settings; the
 content tower is fitted on the warm items against that frozen model, both ways
 (``training.tower``: ``regress``, the ablation, and ``gar``). The run itself, trained with those
@@ -51,17 +53,48 @@ SCALES = (0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0)
 COLUMNS = ("cold_ndcg@20", "cold_recall@20", "cold_hit@10", "hybrid_ndcg@10", "exposure@10")
 
 
-def pick_items(train_items: np.ndarray, has_content: np.ndarray, fraction: float, seed: int):
-    """A seeded ``fraction`` of the items in train with content, as (validation, test) halves."""
-    eligible = np.flatnonzero(np.isin(np.arange(len(has_content)), train_items) & has_content)
-    n = int(round(fraction * len(eligible)))
+SPLITS = ("random", "time")
+
+
+def pick_items(data: DataDir, has_content: np.ndarray, cfg: EvaluateConfig):
+    """The cold items as (validation, test) halves, drawn at random by a seed: ``random``, a
+    seeded ``--cold_item_fraction`` of the items in train with content; ``time``, the items
+    with content first seen after the time by which ``1 - fraction`` of the log had happened
+    (new SKUs, the realistic case)."""
+    fraction, seed = cfg.cold_item_fraction, cfg.seed
+    if cfg.cold_item_split not in SPLITS:
+        raise UserError(f"--cold_item_split {cfg.cold_item_split!r}: expected random or time")
+    train_items = data.read("train", ["item_idx"])["item_idx"].to_numpy()
+    in_train = np.zeros(len(has_content), bool)
+    in_train[train_items] = True
+    if cfg.cold_item_split == "random":
+        eligible = np.flatnonzero(in_train & has_content)
+        n = int(round(fraction * len(eligible)))
+        cold = np.random.default_rng([seed, 28]).choice(eligible, n, replace=False)
+    else:
+        rows = pa.concat_tables(data.read(s, ["item_idx", "timestamp"]) for s in ("train", "test"))
+        items, times = rows["item_idx"].to_numpy(), rows["timestamp"].to_numpy()
+        first = np.full(len(has_content), np.iinfo(np.int64).max)
+        np.minimum.at(first, items, times)
+        cut = np.quantile(times, 1.0 - fraction)
+        cold = np.flatnonzero((first > cut) & (first < np.iinfo(np.int64).max) & has_content)
+        cold = np.random.default_rng([seed, 28]).permutation(cold)
+        n = len(cold)
     if n < 2:
         raise UserError(
-            f"--cold_item_fraction {fraction}: fewer than 2 of the {len(eligible)} items with "
-            "content and interactions are held out"
+            f"--cold_item_fraction {fraction} ({cfg.cold_item_split}): fewer than 2 items with "
+            "content are held out"
         )
-    cold = np.random.default_rng([seed, 28]).choice(eligible, n, replace=False)
     return np.sort(cold[: n // 2]), np.sort(cold[n // 2 :])
+
+
+def held_out(cfg: EvaluateConfig, data: DataDir) -> tuple[Content, tuple[np.ndarray, np.ndarray]]:
+    """DATA's content and its (validation, test) cold items; one line if there are none."""
+    content = data.content()
+    if content is None:
+        raise UserError(f"{data}: --cold_items needs item content (prepare --item_content FILE)")
+    has_content = content.batch(np.arange(content.n_items))["has_content"]
+    return content, pick_items(data, has_content, cfg)
 
 
 def write_without_items(data: DataDir, items: np.ndarray, out: Path) -> DataDir:
@@ -238,12 +271,7 @@ def cold_items(cfg: EvaluateConfig, run: RunDir) -> dict[str, Any]:
         raise UserError("--cold_items needs a local RUN directory (its DATA copy is written there)")
     start = time.time()
     data = DataDir(cfg.data)
-    content = data.content()
-    if content is None:
-        raise UserError(f"{data}: --cold_items needs item content (prepare --item_content FILE)")
-    train_items = data.read("train", ["item_idx"])["item_idx"].to_numpy()
-    has_content = content.batch(np.arange(content.n_items))["has_content"]
-    val_cold, test_cold = pick_items(train_items, has_content, cfg.cold_item_fraction, cfg.seed)
+    content, (val_cold, test_cold) = held_out(cfg, data)
     judge = judge_for(data, val_cold, test_cold)
     log.info(
         "cold items: %d held out of a copy of %s (%d validation, %d test; %d users judged)",
@@ -253,9 +281,10 @@ def cold_items(cfg: EvaluateConfig, run: RunDir) -> dict[str, Any]:
         len(test_cold),
         len(judge.users),
     )
-    copy = write_without_items(data, judge.cold, run.local / RunDir.COLD_ITEMS / "data")
+    here = f"{RunDir.COLD_ITEMS}/{cfg.cold_item_split}"
+    copy = write_without_items(data, judge.cold, run.local / here / "data")
     tick = time.time()
-    target = run.companion(f"{RunDir.COLD_ITEMS}/gan")
+    target = run.companion(f"{here}/gan")
     outcome = companion_run(dataclasses.replace(cfg, data=copy.root), run, target, "cold-items-gan")
     seconds = {"gan": round(time.time() - tick, 1)}
     cold_rec, ceiling = Recommender(outcome["run"]), Recommender(run.uri)
@@ -300,6 +329,7 @@ def cold_items(cfg: EvaluateConfig, run: RunDir) -> dict[str, Any]:
         "test_items": int(len(test_cold)),
         "users": int(len(judge.users)),
         "fraction": cfg.cold_item_fraction,
+        "split": cfg.cold_item_split,
         "truth": "the test split's rows on test-cold items; every train item excluded",
         "models": table,
         "training_seconds": seconds,

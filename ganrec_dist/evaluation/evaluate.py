@@ -191,8 +191,10 @@ def evaluate_models(cfg: EvaluateConfig) -> dict:
     if not 0 <= cfg.samples <= MAX_SAMPLES:
         raise UserError(f"--samples must be in 0..{MAX_SAMPLES}, got {cfg.samples}")
     frontier_samples = _frontier_samples(cfg.frontier_samples)
-    if cfg.cold_items and data.content() is None:  # before any training, not after
-        raise UserError(f"{data}: --cold_items needs item content (prepare --item_content FILE)")
+    if cfg.cold_items:  # refused before any training, not after
+        from ganrec_dist.evaluation.colditems import held_out
+
+        held_out(cfg, data)
     companions = train_companions(cfg, run)  # first, and on their own: then the table
     recs: dict[str, np.ndarray] = {}
     params: dict[str, dict] = {}
