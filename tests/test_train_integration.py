@@ -20,6 +20,7 @@ from ganrec_dist.core.errors import UserError
 from ganrec_dist.data.interactions import validation_limits
 from ganrec_dist.data.layout import DataDir, RunDir
 from ganrec_dist.data.prepare import prepare
+from ganrec_dist.evaluation.compare import compare
 from ganrec_dist.evaluation.evaluate import evaluate
 from ganrec_dist.training.train import train
 from ganrec_dist.training.validation import validation_truth
@@ -79,6 +80,11 @@ def test_cold_items_are_held_out_of_training_and_recommended_from_their_content(
     assert models["content_knn"]["cold_ndcg@20"] > 1.5 * models["random"]["cold_ndcg@20"]
     assert models["tower_regress"]["cold_ndcg@20"] > 1.5 * models["random"]["cold_ndcg@20"]
     assert json.loads((run / "eval.json").read_text())["cold_items"]["test_items"] > 0
+    # compare pairs seeds on a metric of the table: here one run, two of its rows.
+    paired = compare([str(run)], [str(run)], metric="cold_ndcg@20")
+    expected = models["tower_regress"]["cold_ndcg@20"] - models["content_knn"]["cold_ndcg@20"]
+    assert paired["seeds"] == 1 and paired["difference"] == pytest.approx(expected)
+    assert paired["metric"] == "cold_ndcg@20" and paired["rows"] == ["tower_regress", "content_knn"]
     with pytest.raises(UserError, match="needs item content"):
         evaluate(EvaluateConfig(data=copy.root, run=str(run), ablation=False, cold_items=True))
     # The synthetic log brings no item late: a time cut holds none out, said before training.

@@ -400,6 +400,13 @@ class RunDir:
     def write_eval(self, result: dict) -> None:
         self.write_file(self.EVAL, json.dumps(result, indent=2) + "\n")
 
+    def read_eval(self) -> dict:
+        """The run's eval.json (``evaluate``'s tables); one line if it has none."""
+        path = self.local / self.EVAL
+        if not path.exists():
+            raise UserError(f"{self.uri}: no {self.EVAL}; run ganrec evaluate on it first")
+        return json.loads(path.read_text())
+
     def write_file(self, name: str, text: str | bytes) -> None:
         """A small file of the run's (eval.json, gate.json, frontier.png), written aside then
         renamed."""

@@ -12,6 +12,11 @@ check. An interval that straddles zero is reported as no difference.
 Validation (the default) uses the per-user NDCG@10 each run recorded at its best search epoch
 (so hyper-parameters can be compared without reading test); ``--split test`` scores each run's
 final model on the test split through the retrieval path, as `evaluate` does.
+
+``--metric`` pairs the seeds on a number of each run's eval.json instead: a metric of the
+cold-item table (``cold_ndcg@20``, ``hybrid_ndcg@10``, ...), row ``--rows A_ROW,B_ROW`` of
+A's runs against row B_ROW of B's (the same runs, to compare two rows). Only seed means exist
+there, so the bootstrap resamples the seeds alone.
 """
 
 from __future__ import annotations
@@ -188,6 +193,25 @@ def scores(runs: list[str], split: str, data: str) -> dict[int, tuple[np.ndarray
     return out
 
 
+def eval_scores(runs: list[str], metric: str, row: str) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Each run's ``metric`` of ``row`` in its eval.json's cold-item table, as one 'user'."""
+    out: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    for uri in runs:
+        run = RunDir.open(uri)
+        section = run.read_eval().get("cold_items")
+        if section is None:
+            raise UserError(f"{uri}: eval.json has no cold-item table (evaluate --cold_items true)")
+        values = section["models"].get(row)
+        if values is None or metric not in values:
+            known = ", ".join(section["models"])
+            raise UserError(f"{uri}: no {metric} for row {row!r} (rows: {known})")
+        s = run_seed(run)
+        if s in out:
+            raise UserError(f"{uri}: a second run of seed {s} in the same group")
+        out[s] = (np.zeros(1, np.int64), np.array([float(values[metric])]))
+    return out
+
+
 def compare(
     runs: list[str],
     against: list[str],
@@ -196,7 +220,20 @@ def compare(
     data: str = "",
     resamples: int = 2000,
     seed: int = 0,
+    metric: str = "",
+    rows: tuple[str, str] = ("tower_regress", "content_knn"),
 ) -> dict[str, Any]:
+    if metric:
+        a, b = eval_scores(runs, metric, rows[0]), eval_scores(against, metric, rows[1])
+        result = compare_scores(a, b, resamples=resamples, seed=seed)
+        return {
+            "split": "test",
+            "rows": list(rows),
+            "runs": runs,
+            "against": against,
+            **result,
+            "metric": metric,
+        }
     if split not in ("validation", "test"):
         raise UserError(f"--split {split!r}: expected validation or test")
     result = compare_scores(
@@ -212,7 +249,7 @@ def print_comparison(result: dict[str, Any], names: tuple[str, str] = ("A", "B")
         for p in result["per_seed"]
     ]
     print_table(
-        f"{a} vs {b}, NDCG@10 on {result['split']}, paired by seed",
+        f"{a} vs {b}, {result['metric']} on {result['split']}, paired by seed",
         ["seed", "users", a, b, f"{a} - {b}"],
         rows,
     )
@@ -220,10 +257,17 @@ def print_comparison(result: dict[str, Any], names: tuple[str, str] = ("A", "B")
     sign = result["sign_test"]
     print(
         f"{a} - {b}: {result['difference']:+.4f}, 95% interval [{low:+.4f}, {high:+.4f}] "
-        f"(hierarchical bootstrap over {result['seeds']} seeds and their users); {a} ahead on "
+        f"(bootstrap over {result['seeds']} seeds{'' if 'rows' in result else ' and their users'}); {a} ahead on "
         f"{sign['ahead']} of {result['seeds']} seeds (sign test p = {sign['p']:.3f}): "
         f"{result['verdict'].replace('A', a).replace('B', b)}"
     )
+
+
+def _two(text: str, flag: str) -> tuple[str, str]:
+    parts = tuple(p.strip() for p in text.split(","))
+    if len(parts) != 2 or not all(parts):
+        raise UserError(f"{flag}: expected two names, comma-separated")
+    return parts  # type: ignore[return-value]
 
 
 def main(argv: list[str]) -> int:
@@ -235,6 +279,17 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--against", nargs="+", required=True, help="the RUN directories of B")
     parser.add_argument("--split", default="validation", help="validation (default) | test")
     parser.add_argument("--data", default="", help="DATA for --split test (default: the runs')")
+    parser.add_argument(
+        "--metric",
+        default="",
+        help="pair the seeds on this metric of each run's eval.json cold-item table instead "
+        "(e.g. cold_ndcg@20)",
+    )
+    parser.add_argument(
+        "--rows",
+        default="tower_regress,content_knn",
+        help="with --metric: A's row and B's row of the table",
+    )
     parser.add_argument("--out", default="compare.json", help="the JSON written")
     parser.add_argument("--names", default="A,B", help="the two groups' names in the table")
     parser.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples")
@@ -255,6 +310,8 @@ def main(argv: list[str]) -> int:
         data=args.data,
         resamples=args.resamples,
         seed=args.seed,
+        metric=args.metric,
+        rows=_two(args.rows, "--rows"),
     )
     result["names"] = list(names)
     print_comparison(result, names)  # type: ignore[arg-type]
