@@ -331,3 +331,83 @@ def test_the_tower_learns_cold_items_from_informative_content_and_nothing_from_n
     # nothing: no better than a guess among 6 (1/6), within a tolerance of 0.15.
     assert share[0.1] >= 0.9, share
     assert share[1.0] <= 1 / 6 + 0.15, share
+
+
+@pytest.mark.integration
+def test_training_writes_generated_rows_that_the_retrieval_path_finds(ray_local, tmp_path):
+    import torch
+
+    from ganrec_dist.core.config import train_config
+    from ganrec_dist.data.layout import RunDir
+    from ganrec_dist.model.content import ContentTower
+    from ganrec_dist.retrieval.recommender import Recommender
+    from ganrec_dist.training import tower
+    from ganrec_dist.training.train import train
+
+    rng = np.random.default_rng(0)
+    log = _csv(
+        tmp_path / "log.csv",
+        ["user_id", "item_id", "timestamp"],
+        [[f"u{u}", f"i{int(rng.integers(0, 8))}", t] for u in range(60) for t in range(8)],
+    )
+    items = _csv(
+        tmp_path / "items.csv",
+        ["item_id", "brand", "emb"],
+        [[f"i{k}", f"b{k % 3}", f"[{k % 3}, {k % 2}, 1]"] for k in range(8)]
+        + [["new", "b1", "[1, 1, 1]"]],  # in no interaction: reachable only through content
+    )
+    data = tmp_path / "data"
+    prepare(PrepareConfig(source=log, out=str(data), item_content=items))
+    run = tmp_path / "run"
+    settings = dict(dim=8, hidden=16, history_len=5, noise_dim=4, epochs=1, refit=False)
+    train(train_config(data=str(data), out=str(run), tower="regress", tower_epochs=2, **settings))
+    payload = RunDir(run).payload()
+    assert payload["state"]["phase"] == "done" and payload["state"]["generated_items"] == 1
+    assert [h["phase"] for h in payload["state"]["history"]] == ["search", "tower", "tower"]
+    ids = DataDir(data).read(DataDir.ITEMS)["item_id"].to_pylist()
+    new = ids.index("new")
+    rec = Recommender(run)
+    row = rec.embeddings[new]
+    assert np.isfinite(row).all() and np.abs(row).sum() > 0
+    # The row is the tower's vector for its content, scaled: rebuilt from the checkpoint.
+    net = ContentTower(DataDir(data).manifest["content"]["features"], dim=8)
+    net.load_state_dict(payload["tower"])
+    expected = tower.generate(net, DataDir(data).content(), np.array([new]))[0] * 0.5
+    assert np.allclose(row, expected, atol=1e-5)
+    # The index holds it with its generated row (every item ranked: it is among them, with
+    # its own score), and as a history item it moves the user's vector (the encoder reads the
+    # same table).
+    everything = rec.model_config.n_items
+    found, scores = rec.search(row[None, :], [np.zeros(0, np.int64)], everything)
+    assert new in found[0]
+    assert scores[0, list(found[0]).index(new)] == pytest.approx(float(row @ row), rel=1e-4)
+    pad = rec.model_config.n_items
+    plain = np.full((1, 5), pad)
+    with_new = plain.copy()
+    with_new[0, -1] = new
+    unknown = np.array([rec.model_config.n_users])
+    assert not np.allclose(rec.vectors(plain, unknown), rec.vectors(with_new, unknown))
+    assert torch.isfinite(torch.as_tensor(rec.vectors(with_new, unknown))).all()
+    # A worker killed in the tower's second epoch resumes into the uninterrupted run.
+    broken = tmp_path / "broken"
+    train(
+        train_config(
+            data=str(data),
+            out=str(broken),
+            tower="regress",
+            tower_epochs=2,
+            fail_at_epoch=2,
+            fail_phase="tower",
+            max_failures=1,
+            **settings,
+        )
+    )
+    assert (broken / RunDir.FAULT_MARKER).exists()
+    again = RunDir(broken).payload()
+    losses = [[h.get("tower_loss"), h.get("ce_loss")] for h in again["state"]["history"]]
+    assert losses == [[h.get("tower_loss"), h.get("ce_loss")] for h in payload["state"]["history"]]
+    assert np.array_equal(Recommender(broken).embeddings, rec.embeddings)
+    with pytest.raises(UserError, match="needs item content"):
+        no_content = tmp_path / "plain"
+        prepare(PrepareConfig(source=log, out=str(no_content)))
+        train(train_config(data=str(no_content), out=str(tmp_path / "r2"), tower="gar"))

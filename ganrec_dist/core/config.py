@@ -247,6 +247,28 @@ class OptimSettings:
 
 
 @dataclasses.dataclass
+class ContentSettings:
+    """New items from their content: the content tower, fitted after the model (DATA with item
+    content only)."""
+
+    tower: str = setting(
+        "off",
+        "off | regress (content regressed onto the learned rows plus a ranking term) | gar "
+        "(GAR's generator loss against the model's scores): fitted after training, it writes "
+        "the rows of items with fewer than --cold_item_min interactions",
+    )
+    tower_epochs: int = setting(10, "epochs of the content tower's fit")
+    tower_scale: float = setting(
+        0.5,
+        "generated rows are scaled by this before they join the catalogue (they are longer than "
+        "learned rows; evaluate --cold_items chooses it on validation-cold items)",
+    )
+    cold_item_min: int = setting(
+        0, "items with fewer train interactions than this get generated rows (0: never seen)"
+    )
+
+
+@dataclasses.dataclass
 class DatasetSettings:
     """How the train split is carved and fed."""
 
@@ -283,6 +305,7 @@ class ExecutionSettings:
         "numbers, more passes; what `bench scale` compares against)",
     )
     fail_at_epoch: int = setting(-1, "test hook: the last rank exits once at this search epoch")
+    fail_phase: str = setting("search", "test hook: the phase of --fail_at_epoch")
 
 
 @dataclasses.dataclass
@@ -305,6 +328,7 @@ class TrainConfig:
         SamplingSettings, "several samples per user (training and inference)", flat=True
     )
     dataset: DatasetSettings = section(DatasetSettings, "validation carve and data feed", flat=True)
+    content: ContentSettings = section(ContentSettings, "new items from their content", flat=True)
     execution: ExecutionSettings = section(
         ExecutionSettings, "where it runs (may change on resume)", flat=True
     )

@@ -128,6 +128,8 @@ class Models:
     g_opt: Any  # Adam, or GeneratorOptimizer for sparse tables
     d_opt: torch.optim.Adam
     average: Any  # AveragedModel, LazyAverage for sparse tables, or None
+    tower: Any = None  # the content tower (DDP-wrapped with several ranks), or None
+    tower_opt: Any = None
 
     @property
     def model(self) -> Generator:

@@ -14,14 +14,14 @@ from typing import Any
 
 from ganrec_dist.data.layout import RunDir, load_payload
 
-PHASES = {"search": 0, "refit": 1, "done": 2}
+PHASES = {"search": 0, "refit": 1, "tower": 2, "done": 3}
 
 
 @dataclasses.dataclass
 class LoopState:
     """Everything about progress that a resumed run needs, saved in every checkpoint."""
 
-    phase: str = "search"  # search | refit | done
+    phase: str = "search"  # search | refit | tower (the content tower, when on) | done
     epoch: int = 0  # epochs completed in this phase
     best_epoch: int = 0
     best_metric: float = -1.0
@@ -34,6 +34,7 @@ class LoopState:
     # which `ganrec compare` pairs across runs (the refit model has trained on those rows).
     best_val_users: list = dataclasses.field(default_factory=list)
     best_val_ndcg: list = dataclasses.field(default_factory=list)
+    generated_items: int = 0  # items whose catalogue row the content tower wrote
 
 
 def payload(
@@ -58,6 +59,8 @@ def payload(
         "averaged_generator": None if models.average is None else models.average.state_dict(),
         "g_optimizer": models.g_opt.state_dict(),
         "d_optimizer": models.d_opt.state_dict(),
+        "tower": None if models.tower is None else unwrap(models.tower).state_dict(),
+        "tower_optimizer": None if models.tower_opt is None else models.tower_opt.state_dict(),
         "model_config": model_config,
         "train_config": train_config,
         "state": dataclasses.asdict(state),

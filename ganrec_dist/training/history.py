@@ -24,6 +24,7 @@ PLOTS = (  # (column, panel)
     ("d_real", 1),
     ("d_fake", 1),
     ("d_other", 1),  # D(u, another user's real item): the matching-aware term's pairs
+    ("tower_loss", 0),
     ("val_ndcg@10", 2),
 )
 
@@ -70,9 +71,10 @@ def _plot(history: list[dict], run: RunDir) -> None:
 def epoch_line(row: dict, epochs: int, best_epoch: int) -> str:
     """One progress line for an epoch's row of the history."""
     phase, epoch = row.get("phase", "?"), row.get("epoch", 0)
-    total = epochs if phase == "search" else best_epoch
+    total = {"search": epochs, "refit": best_epoch}.get(phase, row.get("of", "?"))
     line = f"{phase} epoch {epoch}/{total}: "
-    line += ", ".join(f"{k} {row[k]:.4f}" for k in ("ce_loss", "d_real", "d_fake") if k in row)
+    shown = ("ce_loss", "d_real", "d_fake", "tower_loss")
+    line += ", ".join(f"{k} {row[k]:.4f}" for k in shown if k in row)
     if "val_ndcg@10" in row:
         line += f"; validation NDCG@10 {row['val_ndcg@10']:.4f}"
     return line + f"; {row.get('seconds', 0):.1f} s"

@@ -67,24 +67,43 @@ def fit(
         losses = []
         for start in range(0, len(order), settings.batch):
             pick = order[start : start + settings.batch]
-            u, i = vectors[users[pick]], items[pick]
-            generated = tower(inputs(content.batch(i)))
-            real = rows[i]
-            if settings.objective == "regress":
-                logits = u @ generated.T  # each user's own item on the diagonal
-                target = torch.arange(len(pick))
-                loss = F.mse_loss(generated, real) + F.cross_entropy(logits, target)
-            else:
-                gap = (u * real).sum(1) - (u * generated).sum(1)
-                match = (generated - real).abs().sum(1)
-                loss = ((1 - GAR_ALPHA) * F.softplus(gap) + GAR_ALPHA * match).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            losses.append(float(loss.detach()))
+            batch = Pairs(vectors[users[pick]], rows[items[pick]], content.batch(items[pick]))
+            losses.append(step(tower, opt, batch, settings.objective))
         history.append(float(np.mean(losses)))
     tower.eval()
     return history
+
+
+@dataclass
+class Pairs:
+    """A batch of (user, item) train pairs: the user vectors ``[b, dim]``, the items' learned
+    rows ``[b, dim]`` and their content (``Content.batch``)."""
+
+    users: torch.Tensor
+    rows: torch.Tensor
+    content: dict[str, np.ndarray]
+
+
+def loss(generated: torch.Tensor, batch: Pairs, objective: str) -> torch.Tensor:
+    """The tower's loss on a batch (see the module docstring)."""
+    u, real = batch.users, batch.rows
+    if objective == "regress":
+        logits = u @ generated.T  # each user's own item on the diagonal
+        target = torch.arange(len(u), device=u.device)
+        return F.mse_loss(generated, real) + F.cross_entropy(logits, target)
+    gap = (u * real).sum(1) - (u * generated).sum(1)
+    match = (generated - real).abs().sum(1)
+    return ((1 - GAR_ALPHA) * F.softplus(gap) + GAR_ALPHA * match).mean()
+
+
+def step(tower: torch.nn.Module, opt: torch.optim.Optimizer, batch: Pairs, objective: str) -> float:
+    """One optimiser step of the tower (DDP-wrapped or not) on ``batch``; its loss."""
+    generated = tower(inputs(batch.content, device=batch.users.device))
+    value = loss(generated, batch, objective)
+    opt.zero_grad()
+    value.backward()
+    opt.step()
+    return float(value.detach())
 
 
 def generate(tower: ContentTower, content: Content, items: np.ndarray, batch: int = 65_536):

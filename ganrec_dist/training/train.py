@@ -25,6 +25,7 @@ from ganrec_dist.model.models import ENCODERS
 from ganrec_dist.training import warmstart
 from ganrec_dist.training.history import Progress, write_history
 from ganrec_dist.training.resume import check_resumable, run_changes
+from ganrec_dist.training.tower import OBJECTIVES
 from ganrec_dist.training.worker import train_loop
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,10 @@ def _check(cfg: TrainConfig, data: DataDir) -> None:
             f"--train_positions must be in 1..history_len ({model.history_len}), got "
             f"{cfg.optim.train_positions}"
         )
+    if cfg.content.tower not in ("off", *OBJECTIVES):
+        raise UserError(f"--tower {cfg.content.tower!r}: expected off, {', '.join(OBJECTIVES)}")
+    if cfg.content.tower != "off" and not data.manifest.get("content"):
+        raise UserError(f"{data}: --tower needs item content (prepare --item_content FILE)")
     if data.manifest["train_rows"] == 0:
         raise UserError(f"{data}: no train rows")
 

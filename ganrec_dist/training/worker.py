@@ -27,8 +27,10 @@ import torch
 
 from ganrec_dist.core.config import TrainConfig, build, to_dict
 from ganrec_dist.data import shards
+from ganrec_dist.data.content import Content
 from ganrec_dist.data.interactions import Sequences, validation_limits
 from ganrec_dist.data.layout import DataDir, RunDir, write_checkpoint
+from ganrec_dist.model.content import ContentTower
 from ganrec_dist.model.models import ENCODERS, ModelConfig
 from ganrec_dist.model.sampling import SamplingTerms
 from ganrec_dist.training import checkpoint, gan, warmstart
@@ -56,6 +58,8 @@ from ganrec_dist.training.collectives import (
     weighted_mean,
 )
 from ganrec_dist.training.tables import LazyAverage, keep_out_of_ddp
+from ganrec_dist.training.tower import Pairs, TowerSettings, generate
+from ganrec_dist.training.tower import step as tower_step
 from ganrec_dist.training.validation import (
     DIAGNOSTIC_USERS,
     sample_users,
@@ -131,6 +135,7 @@ class Rank:
     best_generator: dict | None
     draws: Draws
     lineage: dict  # DATA's version and newest timestamp, and the parent run (--init)
+    content: Content | None = None  # DATA's item content, when the tower is on
 
 
 def log_bytes(seq: Sequences, limits: np.ndarray, truth: sp.csr_matrix) -> int:
@@ -170,6 +175,9 @@ def setup(config: dict) -> Rank:
     val_truth = validation_truth(seq, fit_limits, val_users)
     payload = checkpoint.latest_payload(ray.train.get_checkpoint(), run)
     models, state, best = restore(cfg, mcfg, payload)
+    content = data.content() if cfg.content.tower != "off" else None
+    if content is not None:
+        models.tower, models.tower_opt = content_tower(data, mcfg, payload)
     state.nodes = gather_nodes()
     state.shards = all_concat_objects(
         {
@@ -210,7 +218,22 @@ def setup(config: dict) -> Rank:
             sampling=cfg.sampling,
         ),
         lineage=config["lineage"],
+        content=content,
     )
+
+
+def content_tower(data: DataDir, mcfg: ModelConfig, payload: dict | None) -> tuple[Any, Any]:
+    """The content tower and its optimiser, fresh or as the checkpoint holds them."""
+    import ray.train.torch
+
+    net = ContentTower(data.manifest["content"]["features"], dim=mcfg.dim)
+    if payload is not None and payload.get("tower") is not None:
+        net.load_state_dict(payload["tower"])
+    wrapped = ray.train.torch.prepare_model(net)  # DDP with several ranks: gradients averaged
+    opt = torch.optim.Adam(wrapped.parameters(), lr=TowerSettings.lr)
+    if payload is not None and payload.get("tower_optimizer") is not None:
+        opt.load_state_dict(payload["tower_optimizer"])
+    return wrapped, opt
 
 
 def restore(
@@ -248,9 +271,11 @@ def restore(
 
 
 def inject_fault(rank: Rank, epoch: int) -> None:
-    """Test hook: the last rank exits once at ``fail_at_epoch`` of the search."""
+    """Test hook: the last rank exits once at ``fail_at_epoch`` of ``fail_phase``."""
     cfg = rank.cfg.execution
-    if cfg.fail_at_epoch != epoch or rank.state.phase != "search" or rank.rank != rank.world - 1:
+    if cfg.fail_at_epoch != epoch or rank.state.phase != cfg.fail_phase:
+        return
+    if rank.rank != rank.world - 1:
         return
     marker = rank.run.local / RunDir.FAULT_MARKER
     if not marker.exists():
@@ -367,6 +392,79 @@ def run_epoch(rank: Rank, shard: Any, epoch: int) -> dict[str, Any]:
     return metrics
 
 
+def tower_epoch(rank: Rank, epoch: int) -> dict[str, Any]:
+    """One epoch of the content tower against the trained model (frozen): every rank draws
+    the same number of batches of its own users' (user, item) train pairs, DDP averages the
+    gradients."""
+    cfg, seq = rank.cfg, rank.seq
+    tick = time.perf_counter()
+    torch.manual_seed(cfg.seed * 7919 + epoch * 31 + rank.rank + 200_003)
+    rng = np.random.default_rng([cfg.seed, epoch, rank.rank, 7])
+    core = gan.unwrap(rank.models.gen).eval()
+    with torch.no_grad():
+        rows = core.catalogue().detach().float()
+        vectors = torch.as_tensor(user_vectors(core, seq), device=rows.device)
+    pair_users = np.repeat(np.arange(seq.n_users), seq.lengths)
+    pair_items = seq.items.astype(np.int64)
+    batch = TowerSettings.batch
+    total = int(all_sum(torch.tensor(len(pair_items), device=rank.device)))
+    steps = max(1, -(-total // (rank.world * batch)))
+    losses = []
+    rank.models.tower.train()
+    for _ in range(steps):
+        pick = rng.integers(0, len(pair_items), batch)
+        items = pair_items[pick]
+        pairs = Pairs(vectors[pair_users[pick]], rows[items], rank.content.batch(items))
+        losses.append(
+            tower_step(rank.models.tower, rank.models.tower_opt, pairs, cfg.content.tower)
+        )
+    metrics: dict[str, Any] = all_mean({"tower_loss": float(np.mean(losses))}, rank.device)
+    metrics.update(
+        phase="tower",
+        epoch=epoch,
+        of=cfg.content.tower_epochs,
+        rows=steps * batch * rank.world,
+        seconds=time.perf_counter() - tick,
+    )
+    return metrics
+
+
+def user_vectors(core: Any, seq: Sequences) -> np.ndarray:
+    """``[n_users, dim]``: G's vector of each of this rank's users (zeros for the others)."""
+    from ganrec_dist.core.config import IndexConfig
+    from ganrec_dist.retrieval.recommender import Recommender
+
+    held = np.flatnonzero(seq.lengths > 0)
+    rec = Recommender.over(core, seq, index_cfg=IndexConfig(kind="flat"))
+    out = np.zeros((seq.n_users, core.cfg.dim), np.float32)
+    histories = seq.window(held, seq.lengths[held], core.cfg.history_len)
+    out[held] = rec.vectors(histories, held)
+    return out
+
+
+def write_generated_rows(rank: Rank) -> None:
+    """The items with content and fewer than ``--cold_item_min`` train interactions (never
+    seen, at 0) get the tower's vector, scaled, as their catalogue row: on every rank, the
+    same rows (the counts are summed over the ranks' shards)."""
+    cfg, seq = rank.cfg, rank.seq
+    counts = torch.as_tensor(np.bincount(seq.items, minlength=seq.n_items), device=rank.device)
+    counts = all_sum(counts.to(torch.float64)).cpu().numpy()
+    has = rank.content.batch(np.arange(seq.n_items))["has_content"]
+    cold = np.flatnonzero(has & (counts < max(cfg.content.cold_item_min, 1)))
+    tower = gan.unwrap(rank.models.tower).eval()
+    core = gan.unwrap(rank.models.gen)
+    if len(cold):
+        generated = generate(tower, rank.content, cold)
+        with torch.no_grad():
+            scaled = torch.as_tensor(generated * cfg.content.tower_scale, device=rank.device)
+            core.item_table[torch.as_tensor(cold, device=rank.device)] = scaled.to(
+                core.item_table.dtype
+            )
+    rank.state.generated_items = int(len(cold))
+    if rank.rank == 0:
+        log.info("content tower: %d item(s) got generated rows", len(cold))
+
+
 def validate(rank: Rank, metrics: dict[str, Any], epoch: int) -> None:
     """Search phase: validation metrics, each rank scoring its own users of the validation
     sample (their per-user mean over all ranks is the one-rank number); the same decision on
@@ -437,13 +535,24 @@ def advance_phase(rank: Rank, epoch: int) -> None:
             if start is not None:
                 load_inherited_optimizers(start, m.g_opt, m.d_opt)
         else:
-            state.phase = "done"
+            finish_training(rank)
             if rank.best_generator is not None:
                 gan.unwrap(m.gen).load_state_dict(rank.best_generator)
     elif state.phase == "refit" and epoch >= state.best_epoch:
-        state.phase = "done"
+        finish_training(rank)
         if m.average is not None:
             gan.unwrap(m.gen).load_state_dict(m.average.module.state_dict())
+    elif state.phase == "tower" and epoch >= cfg.content.tower_epochs:
+        write_generated_rows(rank)
+        state.phase = "done"
+
+
+def finish_training(rank: Rank) -> None:
+    """The model is trained: fit the content tower next, if it is on, else done."""
+    if rank.models.tower is not None:
+        rank.state.phase, rank.state.epoch = "tower", 0
+    else:
+        rank.state.phase = "done"
 
 
 def save_and_report(rank: Rank, metrics: dict[str, Any]) -> None:
@@ -485,7 +594,10 @@ def train_loop(config: dict) -> None:
     while rank.state.phase != "done":
         epoch = rank.state.epoch + 1
         inject_fault(rank, epoch)
-        metrics = run_epoch(rank, shard, epoch)
+        if rank.state.phase == "tower":
+            metrics = tower_epoch(rank, epoch)
+        else:
+            metrics = run_epoch(rank, shard, epoch)
         if rank.state.phase == "search":
             validate(rank, metrics, epoch)
         rank.state.epoch = epoch
