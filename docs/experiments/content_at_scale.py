@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import shutil
 import tempfile
@@ -24,19 +23,10 @@ import numpy as np
 import pyarrow.compute as pc
 import torch
 
+from ganrec_dist.bench.common import cpu_model
 from ganrec_dist.data import content, sources
 from ganrec_dist.model.content import ContentTower
 from ganrec_dist.training.tower import generate
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def measure(items: int, root: Path) -> dict:
