@@ -1,13 +1,20 @@
 """Cold items from their content on the synthetic log, informative content against noise.
 
     python docs/experiments/cold_items.py --out EXP [--users 3000 --items 1500 \
-        --interactions 150000 --noise 0.2,1.0 --seed 0]
+        --interactions 150000 --noise 0.2,1.0 --seeds 0]
 
 The same log is prepared once per ``--feature_noise`` level (the content differs, the log and the
 id maps do not), the GAN is trained once on the first, and ``ganrec evaluate --cold_items true``
 runs against each DATA: the same cold items are held out of the same copy, so the cold GAN is
-trained once and reused, and only the content tower and content-kNN see the other content. Writes
-``EXP/cold_items.json`` (each level's cold-item table) and prints the tables.
+trained once and reused, and only the content tower and content-kNN see the other content. With
+several ``--seeds`` each seed trains its own run (``EXP/run-seed<S>``, its cold items drawn by
+that seed) and ends with the first level's table in its eval.json, so that
+
+    ganrec compare EXP/run-seed* --against EXP/run-seed* --metric cold_ndcg@20 \
+        --rows tower_regress,content_knn
+
+pairs the tower with content-kNN over the seeds. Writes ``EXP/cold_items.json`` (each seed's and
+level's cold-item table) and prints the tables.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ def main() -> None:
     p.add_argument("--items", type=int, default=1500)
     p.add_argument("--interactions", type=int, default=150_000)
     p.add_argument("--noise", default="0.2,1.0")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", default="0")
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -50,31 +57,35 @@ def main() -> None:
                     f"--users={args.users}",
                     f"--items={args.items}",
                     f"--interactions={args.interactions}",
-                    f"--seed={args.seed}",
+                    "--seed=0",
                     "--item_content=synthetic",
                     f"--feature_noise={noise}",
                     f"--out={out / f'data-{noise}'}",
                 ]
             )
-    run = out / "run"
-    if not (run / "checkpoint" / "meta.json").exists():
-        ganrec(
-            ["train", f"--data={out / f'data-{levels[0]}'}", f"--out={run}", f"--seed={args.seed}"]
+    tables: dict[str, dict] = {}
+    for seed in (int(x) for x in args.seeds.split(",")):
+        run = out / f"run-seed{seed}"
+        if not (run / "checkpoint" / "meta.json").exists():
+            first = out / f"data-{levels[0]}"
+            ganrec(["train", f"--data={first}", f"--out={run}", f"--seed={seed}"])
+        for noise in reversed(levels):  # the first level last: its table stays in eval.json
+            ganrec(
+                [
+                    "evaluate",
+                    f"--data={out / f'data-{noise}'}",
+                    f"--run={run}",
+                    "--ablation=false",
+                    "--cold_items=true",
+                    f"--seed={seed}",
+                ]
+            )
+            cold = json.loads((run / "eval.json").read_text())["cold_items"]
+            tables.setdefault(str(seed), {})[str(noise)] = cold
+        (out / "cold_items.json").write_text(
+            json.dumps({"args": vars(args), "by_seed": tables}, indent=1) + "\n"
         )
-    tables = {}
-    for noise in levels:
-        ganrec(
-            [
-                "evaluate",
-                f"--data={out / f'data-{noise}'}",
-                f"--run={run}",
-                "--ablation=false",
-                "--cold_items=true",
-                f"--seed={args.seed}",
-            ]
-        )
-        tables[str(noise)] = json.loads((run / "eval.json").read_text())["cold_items"]
-    result = {"args": vars(args), "by_noise": tables, "seconds": round(time.time() - start, 1)}
+    result = {"args": vars(args), "by_seed": tables, "seconds": round(time.time() - start, 1)}
     (out / "cold_items.json").write_text(json.dumps(result, indent=1) + "\n")
     print(f"{result['seconds']} s -> {out / 'cold_items.json'}")
 
