@@ -44,18 +44,7 @@ def test_cold_items_are_held_out_of_training_and_recommended_from_their_content(
     synthetic_data, tiny_run, tmp_path
 ):
     run = shutil.copytree(tiny_run, tmp_path / "run")
-    result = evaluate(
-        EvaluateConfig(
-            data=str(synthetic_data),
-            run=str(run),
-            ablation=False,
-            cold_items=True,
-            tower_epochs=3,
-            ease_lambdas="50",
-            als_regs="0.1",
-            als_iterations=3,
-        )
-    )["cold_items"]
+    result = _quick_evaluate(synthetic_data, run, cold_items=True, tower_epochs=3)["cold_items"]
     data, copy = DataDir(synthetic_data), DataDir(run / "cold_items" / "random" / "data")
     held = np.array(copy.manifest["cold_items"]["items"])
     assert result["cold_items"] == len(held) == round(0.2 * data.manifest["items"])
@@ -93,6 +82,12 @@ def test_cold_items_are_held_out_of_training_and_recommended_from_their_content(
     )
     with pytest.raises(UserError, match="fewer than 2 items"):
         evaluate(time_cut)
+
+
+def _quick_evaluate(data, run, **settings):
+    """evaluate without the ablation and with one-point baseline grids: the cold tables' tests."""
+    quick = dict(ablation=False, ease_lambdas="50", als_regs="0.1", als_iterations=3)
+    return evaluate(EvaluateConfig(data=str(data), run=str(run), **quick, **settings))
 
 
 def _history(run):
@@ -369,18 +364,7 @@ def test_cold_start_holds_users_out_of_training_and_judges_every_n_on_one_tail(
     synthetic_data, tiny_run, tmp_path
 ):
     run = shutil.copytree(tiny_run, tmp_path / "run")
-    result = evaluate(
-        EvaluateConfig(
-            data=str(synthetic_data),
-            run=str(run),
-            ablation=False,
-            cold_start=True,
-            cold_fraction=0.2,
-            ease_lambdas="50",
-            als_regs="0.1",
-            als_iterations=3,
-        )
-    )["cold_start"]
+    result = _quick_evaluate(synthetic_data, run, cold_start=True, cold_fraction=0.2)["cold_start"]
     data, copy = DataDir(synthetic_data), DataDir(run / "cold_start" / "data")
     held = np.array(copy.manifest["cold_start"]["users"])
     assert result["users"] == len(held) > 0

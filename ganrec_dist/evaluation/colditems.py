@@ -24,17 +24,12 @@ ceiling.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import shutil
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import scipy.sparse as sp
 
 from ganrec_dist.core.config import EvaluateConfig
@@ -42,6 +37,7 @@ from ganrec_dist.core.errors import UserError
 from ganrec_dist.core.logs import print_table
 from ganrec_dist.data.content import Content
 from ganrec_dist.data.layout import DataDir, RunDir
+from ganrec_dist.evaluation.coldstart import write_without
 from ganrec_dist.evaluation.companions import companion_run
 from ganrec_dist.model.content import ContentTower
 from ganrec_dist.retrieval.metrics import ranking_metrics
@@ -95,42 +91,6 @@ def held_out(cfg: EvaluateConfig, data: DataDir) -> tuple[Content, tuple[np.ndar
         raise UserError(f"{data}: --cold_items needs item content (prepare --item_content FILE)")
     has_content = content.batch(np.arange(content.n_items))["has_content"]
     return content, pick_items(data, has_content, cfg)
-
-
-def write_without_items(data: DataDir, items: np.ndarray, out: Path) -> DataDir:
-    """A copy of DATA without any row of ``items`` at the local ``out`` (written aside, then
-    renamed; the same id maps, no content); reused when it holds the same items."""
-    manifest_path = out / DataDir.MANIFEST
-    if manifest_path.exists():
-        held = json.loads(manifest_path.read_text()).get("cold_items", {}).get("items")
-        if held == items.tolist():
-            return DataDir(out)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    held_out = pa.array(np.asarray(items, dtype=np.int32))
-    rows: dict[str, int] = {}
-    for split in (DataDir.TRAIN, DataDir.TEST):
-        (tmp / split).mkdir(parents=True)
-        fs, files = data.split_files(split)
-        rows[split] = 0
-        for f in files:
-            table = pq.read_table(f, filesystem=fs)
-            table = table.filter(pc.invert(pc.is_in(table["item_idx"], value_set=held_out)))
-            rows[split] += table.num_rows
-            pq.write_table(table, tmp / split / Path(f).name)
-    for name in (DataDir.ITEMS, DataDir.USERS):
-        pq.write_table(data.read(name), tmp / name)
-    manifest = {k: v for k, v in data.manifest.items() if k != "content"}
-    manifest.update(
-        source=f"{data.manifest['source']}, without {len(items)} cold items",
-        train_rows=rows[DataDir.TRAIN],
-        test_rows=rows[DataDir.TEST],
-        cold_items={"from": data.root, "items": items.tolist()},
-    )
-    (tmp / DataDir.MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
-    return DataDir(out)
 
 
 def content_matrix(content: Content) -> sp.csr_matrix:
@@ -282,7 +242,9 @@ def cold_items(cfg: EvaluateConfig, run: RunDir) -> dict[str, Any]:
         len(judge.users),
     )
     here = f"{RunDir.COLD_ITEMS}/{cfg.cold_item_split}"
-    copy = write_without_items(data, judge.cold, run.local / here / "data")
+    copy = write_without(
+        data, judge.cold, run.local / here / "data", column="item_idx", key="cold_items"
+    )
     tick = time.time()
     target = run.companion(f"{here}/gan")
     outcome = companion_run(dataclasses.replace(cfg, data=copy.root), run, target, "cold-items-gan")

@@ -68,36 +68,46 @@ def pick_users(full: Sequences, fraction: float, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng([seed, 23]).choice(eligible, n, replace=False))
 
 
-def write_without(data: DataDir, users: np.ndarray, out: Path) -> DataDir:
-    """A copy of DATA (local or a URI) without ``users``' rows, at the local ``out`` (written
-    aside, then renamed); reused when it holds the same users."""
+def write_without(
+    data: DataDir,
+    values: np.ndarray,
+    out: Path,
+    *,
+    column: str = "user_idx",
+    key: str = "cold_start",
+) -> DataDir:
+    """A copy of DATA (local or a URI) without the rows whose ``column`` is in ``values`` (the
+    held-out users, or items), at the local ``out`` (written aside, then renamed; the same id
+    maps, no item content); the manifest records them under ``key``, and a copy holding the
+    same ones is reused."""
     manifest_path = out / DataDir.MANIFEST
+    field = column.split("_")[0] + "s"  # users | items
     if manifest_path.exists():
-        held = json.loads(manifest_path.read_text()).get("cold_start", {}).get("users")
-        if held == users.tolist():
+        held = json.loads(manifest_path.read_text()).get(key, {}).get(field)
+        if held == values.tolist():
             return DataDir(out)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     rows: dict[str, int] = {}
-    held_out = pa.array(np.asarray(users, dtype=np.int32))
+    held_out = pa.array(np.asarray(values, dtype=np.int32))
     for split in (DataDir.TRAIN, DataDir.TEST):
         (tmp / split).mkdir(parents=True)
         fs, files = data.split_files(split)
         rows[split] = 0
         for f in files:  # file by file: the copy keeps prepare's whole-user shards
             table = pq.read_table(f, filesystem=fs)
-            table = table.filter(pc.invert(pc.is_in(table["user_idx"], value_set=held_out)))
+            table = table.filter(pc.invert(pc.is_in(table[column], value_set=held_out)))
             rows[split] += table.num_rows
             pq.write_table(table, tmp / split / Path(f).name)
     for name in (DataDir.ITEMS, DataDir.USERS):
         pq.write_table(data.read(name), tmp / name)
-    manifest = {
-        **data.manifest,
-        "source": f"{data.manifest['source']}, without {len(users)} cold-start users",
-        "train_rows": rows[DataDir.TRAIN],
-        "test_rows": rows[DataDir.TEST],
-        "cold_start": {"from": data.root, "users": users.tolist()},
-    }
+    manifest = {k: v for k, v in data.manifest.items() if k != "content"}
+    manifest.update(
+        source=f"{data.manifest['source']}, without {len(values)} held-out {field}",
+        train_rows=rows[DataDir.TRAIN],
+        test_rows=rows[DataDir.TEST],
+    )
+    manifest[key] = {"from": data.root, field: values.tolist()}
     (tmp / DataDir.MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)

@@ -136,6 +136,8 @@ class Rank:
     draws: Draws
     lineage: dict  # DATA's version and newest timestamp, and the parent run (--init)
     content: Content | None = None  # DATA's item content, when the tower is on
+    # The frozen model's user vectors and item rows, computed once for the tower phase.
+    tower_targets: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 def log_bytes(seq: Sequences, limits: np.ndarray, truth: sp.csr_matrix) -> int:
@@ -400,10 +402,13 @@ def tower_epoch(rank: Rank, epoch: int) -> dict[str, Any]:
     tick = time.perf_counter()
     torch.manual_seed(cfg.seed * 7919 + epoch * 31 + rank.rank + 200_003)
     rng = np.random.default_rng([cfg.seed, epoch, rank.rank, 7])
-    core = gan.unwrap(rank.models.gen).eval()
-    with torch.no_grad():
-        rows = core.catalogue().detach().float()
-        vectors = torch.as_tensor(user_vectors(core, seq), device=rows.device)
+    if rank.tower_targets is None:  # the model does not move in this phase: once
+        core = gan.unwrap(rank.models.gen).eval()
+        with torch.no_grad():
+            rows = core.catalogue().detach().float()
+            vectors = torch.as_tensor(user_vectors(core, seq), device=rows.device)
+        rank.tower_targets = (vectors, rows)
+    vectors, rows = rank.tower_targets
     pair_users = np.repeat(np.arange(seq.n_users), seq.lengths)
     pair_items = seq.items.astype(np.int64)
     batch = TowerSettings.batch
