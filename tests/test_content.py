@@ -407,6 +407,33 @@ def test_training_writes_generated_rows_that_the_retrieval_path_finds(ray_local,
     losses = [[h.get("tower_loss"), h.get("ce_loss")] for h in again["state"]["history"]]
     assert losses == [[h.get("tower_loss"), h.get("ce_loss")] for h in payload["state"]["history"]]
     assert np.array_equal(Recommender(broken).embeddings, rec.embeddings)
+    # add-items, no training: an item with the content of "new" gets the row training wrote for
+    # "new" (identical content, identical embedding), and a history reads both alike; learned
+    # rows stay as they were; known items in the file update their content, not their rows.
+    from ganrec_dist.core.config import AddItemsConfig
+    from ganrec_dist.operations.additems import add_items
+
+    more = _csv(
+        tmp_path / "more.csv",
+        ["item_id", "brand", "emb"],
+        [["twin", "b1", "[1, 1, 1]"], ["other", "b2", "[0, 0, 1]"], ["i0", "b2", "[2, 2, 2]"]],
+    )
+    summary = add_items(AddItemsConfig(run=str(run), item_content=more, rollout=False))
+    assert summary["items_added"] == 2 and summary["run"].endswith("run.v2")
+    grown = Recommender(summary["run"])
+    assert list(grown.item_ids[everything:]) == ["other", "twin"]  # new ids: sorted, after the old
+    assert np.array_equal(grown.embeddings[:everything], rec.embeddings)
+    assert np.allclose(grown.embeddings[everything + 1], row, atol=1e-6)
+    twin = np.full((1, 5), everything + 2)  # the grown model's padding id
+    twin[0, -1] = everything + 1
+    assert np.allclose(grown.vectors(twin, unknown), rec.vectors(with_new, unknown), atol=1e-5)
+    assert (
+        json.loads((tmp_path / "data.v2" / "manifest.json").read_text())["train_rows"]
+        == (DataDir(data).manifest["train_rows"])
+    )
+    with pytest.raises(UserError, match="no item the run does not already know"):
+        known = _csv(tmp_path / "known.csv", ["item_id", "brand", "emb"], [["i1", "b0", "[0,0,0]"]])
+        add_items(AddItemsConfig(run=summary["run"], item_content=known, rollout=False))
     with pytest.raises(UserError, match="needs item content"):
         no_content = tmp_path / "plain"
         prepare(PrepareConfig(source=log, out=str(no_content)))

@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ganrec_dist.core.config import (
+    AddItemsConfig,
     PrepareConfig,
     ScoreConfig,
     ServeConfig,
@@ -26,6 +27,7 @@ from ganrec_dist.data.layout import DataDir, RunDir
 from ganrec_dist.data.prepare import prepare
 from ganrec_dist.inference.score import score
 from ganrec_dist.inference.serve import start, wait_healthy
+from ganrec_dist.operations.additems import add_items
 from ganrec_dist.operations.update import update
 from ganrec_dist.training.train import train
 
@@ -69,10 +71,18 @@ def service(ray_local, tmp_path_factory):
     data, run, run2 = base / "data", base / "run", base / "run2"
     prepare(
         PrepareConfig(
-            source="synthetic", out=str(data), users=300, items=400, interactions=12_000, seed=3
+            source="synthetic",
+            out=str(data),
+            users=300,
+            items=400,
+            interactions=12_000,
+            seed=3,
+            item_content="synthetic",
         )
     )
+    # With the content tower: add-items writes new items' rows with it.
     small = dict(refit=False, dim=16, hidden=32, history_len=10, noise_dim=4, cpus_per_worker=1)
+    small.update(tower="regress", tower_epochs=2)
     train(train_config(data=str(data), out=str(run), epochs=2, **small))
     # Today's partition: later rows of some users, a new user with a new item; the most popular
     # item retired. RUN2 is warm-started from RUN on that new DATA version.
@@ -405,3 +415,72 @@ def test_rollout_to_a_warm_started_run_and_back_drops_no_request(service):
     }
     assert _rolled_to(service, service["run"], "run") == {"run", "run2"}  # rolling back
     assert _newcomers(service) == before
+
+
+def test_add_items_puts_new_items_live_without_training_and_drops_no_request(service, tmp_path):
+    """New SKUs with content only: a new version with their generated rows, rolled out under
+    load; a history naming one of them is read, not ignored; then back to the old version."""
+    import numpy as np
+    import pyarrow as pa
+
+    from ganrec_dist.retrieval.recommender import Recommender
+
+    items = pq.read_table(service["data"] / "items.parquet")
+    rng = np.random.default_rng(7)
+    new = [f"sku-{k}" for k in range(5)]
+    content = tmp_path / "new-items.parquet"
+    pq.write_table(
+        pa.table(
+            {
+                "item_id": new,
+                "category": [items["category"][k].as_py() for k in range(5)],
+                "embedding": pa.array(
+                    [rng.normal(size=16).astype(np.float32).tolist() for _ in new],
+                    pa.list_(pa.float32()),
+                ),
+            }
+        ),
+        content,
+    )
+    assert post(service, {"user_id": "x", "history": [new[0]]}).json()["ignored"] == [new[0]]
+    result: dict = {}
+    loader = threading.Thread(
+        target=lambda: result.update(zip(("ok", "failed", "v"), _load(service, 14, 4)))
+    )
+    loader.start()
+    time.sleep(2)
+    summary = add_items(
+        AddItemsConfig(
+            run=str(service["run"]),
+            item_content=str(content),
+            out_data=str(tmp_path / "data-new"),
+            out=str(tmp_path / "run-new"),
+        )
+    )
+    loader.join()
+    assert summary["items_added"] == 5 and summary["rolled_out"] is True
+    assert result["failed"] == 0 and result["ok"] > 20
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        body = post(service, {"user_id": "x", "history": [new[0], new[1]]}).json()
+        if body["model_version"].startswith("run-new@"):
+            break
+        time.sleep(0.5)
+    assert body["ignored"] == [] and body["fallback"] == "history"
+    # Anonymous users: popular items, with the last of ten slots (explore_share 0.1) for the
+    # newest untouched item.
+    anonymous = post(service, {"user_id": "nobody", "k": 10}).json()
+    assert anonymous["fallback"] == "popularity"
+    assert [i["item_id"] for i in anonymous["items"]][-1] == new[-1]
+    assert not set(new) & {i["item_id"] for i in anonymous["items"][:-1]}
+    # The learned catalogue is the live run's; the new rows are finite, found by the index.
+    old, grown = Recommender(service["run"]), Recommender(tmp_path / "run-new")
+    n_old = old.embeddings.shape[0]
+    assert np.array_equal(grown.embeddings[:n_old], old.embeddings)
+    rows = grown.embeddings[n_old:]
+    assert rows.shape == (5, 16) and np.isfinite(rows).all() and np.abs(rows).sum() > 0
+    found, scores = grown.search(rows, [np.zeros(0, np.int64)] * 5, n_old + 5)
+    for k in range(5):  # indexed with its generated row: its score is that row's own product
+        at = list(found[k]).index(n_old + k)
+        assert scores[k, at] == pytest.approx(float(rows[k] @ rows[k]), rel=1e-4)
+    assert _rolled_to(service, service["run"], "run") == {"run", "run-new"}

@@ -32,6 +32,7 @@ STAGES = (
     "prepare",
     "train",
     "update",
+    "add-items",
     "evaluate",
     "score",
     "serve",
@@ -266,6 +267,11 @@ class ContentSettings:
     cold_item_min: int = setting(
         0, "items with fewer train interactions than this get generated rows (0: never seen)"
     )
+    explore_share: float = setting(
+        0.1,
+        "with the tower on: the share of a popularity fallback's slots (its last floor(k * "
+        "share)) given to items nobody has touched yet, newest first, so new items are shown",
+    )
 
 
 @dataclasses.dataclass
@@ -415,6 +421,22 @@ class UpdateConfig:
     rollout: bool = setting(
         True, "set the live Serve app's run to the new one if the gate passed (none live: skip)"
     )
+    app: str = setting("ganrec", "the Serve application to roll out to")
+    address: str = setting("", "Ray cluster address; empty: RAY_ADDRESS, else a local Ray")
+
+
+@dataclasses.dataclass
+class AddItemsConfig:
+    """`ganrec add-items`: new items with content into a trained run, without training."""
+
+    run: str = setting("runs/movielens-small", "the live RUN (trained with --tower)")
+    item_content: str = setting(
+        "", "a CSV/TSV/Parquet file of the new items: item_id plus the run's content columns"
+    )
+    data: str = setting("", "the run's DATA (default: the one it was trained on)")
+    out_data: str = setting("", "the new DATA version (default: DATA.v<N> beside DATA)")
+    out: str = setting("", "the new RUN (default: RUN.v<N> beside RUN, N the DATA version)")
+    rollout: bool = setting(True, "set the live Serve app's run to the new one (none live: skip)")
     app: str = setting("ganrec", "the Serve application to roll out to")
     address: str = setting("", "Ray cluster address; empty: RAY_ADDRESS, else a local Ray")
 

@@ -399,7 +399,7 @@ def _manifest(
     newest = [t for t in (old.get("max_timestamp"), part["max_timestamp"]) if t is not None]
     manifest = {
         **old,
-        "columns": cols,
+        "columns": cols if raw.files else old["columns"],
         "ignored_columns": sorted(set(old.get("ignored_columns", [])) | set(ignored)),
         "rows_in": old["rows_in"] + part["rows_in"],
         "rows_kept": old["rows_kept"] + part["rows_kept"],

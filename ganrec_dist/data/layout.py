@@ -367,6 +367,25 @@ class RunDir:
         storage.replace_dir(tmp, self.log)
         self.save(self.LOG)
 
+    def write_log_from(self, parent: RunDir, data: DataDir) -> None:
+        """RUN/log/ for ``data`` when it is ``parent``'s DATA plus items nobody has touched
+        (``add-items``): the parent's sequences as they are, the popularity grown with zeros
+        and ``data``'s id maps. Reads the parent's log, not DATA's shards."""
+        tmp = self.local / f".{self.LOG}.tmp-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir(parents=True)
+        for name in (DataDir.ITEMS, DataDir.USERS):
+            storage.download_file(data.path(name), tmp / name)
+        seq, popularity = parent.sequences()
+        n_items = int(data.manifest["items"])
+        grown = np.zeros(n_items, np.int64)
+        grown[: len(popularity)] = popularity
+        np.savez(tmp / self.SEQUENCES, offsets=seq.offsets, items=seq.items, popularity=grown)
+        files = {f.name: storage.file_digest(f) for f in sorted(tmp.iterdir())}
+        meta = {"manifest": data.manifest, "n_users": seq.n_users, "n_items": n_items}
+        (tmp / self.META).write_text(json.dumps({**meta, "files": files}, indent=2) + "\n")
+        storage.replace_dir(tmp, self.log)
+        self.save(self.LOG)
+
     def _log_meta(self) -> dict:
         path = self.log / self.META
         if not path.exists():

@@ -400,7 +400,22 @@ class Source:
     uses_ray: bool = False
 
 
+def no_log(cfg: Any, staging: Path, remote_args: dict | None) -> RawInput:
+    """``--source none``: a partition of item content only (new items before anyone has touched
+    them: ``ganrec add-items``); valid only with ``--append-to`` and ``--item_content``."""
+    if not cfg.append_to or not cfg.item_content or cfg.item_content == "synthetic":
+        raise UserError(
+            "--source none adds item content only: it needs --append-to DATA and "
+            "--item_content FILE"
+        )
+    return RawInput(files=[], format="parquet", description=CONTENT_ONLY)
+
+
+CONTENT_ONLY = "no interactions (item content only)"
+
+
 SOURCES: dict[str, Source] = {
+    "none": Source(resolve=no_log),
     "movielens-small": Source(resolve=lambda cfg, staging, remote: movielens_small(staging)),
     "synthetic": Source(
         resolve=lambda cfg, staging, remote_args: synthetic(

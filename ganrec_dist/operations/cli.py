@@ -37,6 +37,11 @@ COMMANDS: dict[str, tuple[type, str, str]] = {
         "ganrec_dist.operations.update:update",
         "daily update: append a partition, warm-start train, gate, index, roll out",
     ),
+    "add-items": (
+        cfgmod.AddItemsConfig,
+        "ganrec_dist.operations.additems:add_items",
+        "new items with content into a trained run (generated rows, index, rollout)",
+    ),
     "evaluate": (
         cfgmod.EvaluateConfig,
         "ganrec_dist.evaluation.evaluate:evaluate",

@@ -106,6 +106,10 @@ class Recommender:
             retired=retired_items(self.item_table),
         )
         self.version = self.run.version()
+        content = self.train_config.get("content", {})
+        # Items without a train interaction have rows only when the tower wrote them.
+        tower_on = content.get("tower", "off") != "off"
+        self.explore_share = float(content.get("explore_share", 0.1)) if tower_on else 0.0
 
     @classmethod
     def over(
@@ -193,12 +197,23 @@ class Recommender:
         return seq.items[seq.offsets[user] : seq.offsets[user + 1]]
 
     def popular_items(self, k: int, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The k most popular train items not in ``exclude`` nor retired (the no-history
-        fallback)."""
+        """The no-history fallback: the k most popular train items not in ``exclude`` nor
+        retired, except that with the content tower on the last ``floor(k * explore_share)``
+        slots go to items nobody has touched yet (their rows are the tower's), newest (highest
+        index) first, score 0; popular items fill the slots there are no such items for."""
         exclude = np.concatenate([exclude, self.retired]) if len(self.retired) else exclude
+        fresh = self.fresh_items[: int(k * self.explore_share) + len(exclude)]
+        fresh = fresh[~np.isin(fresh, exclude)][: int(k * self.explore_share)]
         candidates = self.popular[: k + len(exclude)]
-        chosen = candidates[~np.isin(candidates, exclude)][:k]
+        chosen = candidates[~np.isin(candidates, exclude)][: k - len(fresh)]
+        chosen = np.concatenate([chosen, fresh]).astype(np.int64)
         return chosen, self.popularity[chosen].astype(np.float32)
+
+    @functools.cached_property
+    def fresh_items(self) -> np.ndarray:
+        """Items with no train interaction and not retired, newest (highest index) first."""
+        untouched = np.flatnonzero(self.popularity == 0)[::-1]
+        return untouched[~np.isin(untouched, self.retired)] if len(self.retired) else untouched
 
     @property
     def history_len(self) -> int:

@@ -58,6 +58,8 @@ def _check(cfg: TrainConfig, data: DataDir) -> None:
         )
     if cfg.content.tower not in ("off", *OBJECTIVES):
         raise UserError(f"--tower {cfg.content.tower!r}: expected off, {', '.join(OBJECTIVES)}")
+    if not 0.0 <= cfg.content.explore_share <= 1.0:
+        raise UserError(f"--explore_share {cfg.content.explore_share}: expected 0..1")
     if cfg.content.tower != "off" and not data.manifest.get("content"):
         raise UserError(f"{data}: --tower needs item content (prepare --item_content FILE)")
     if data.manifest["train_rows"] == 0:
