@@ -62,8 +62,21 @@ def test_cold_items_are_held_out_of_training_and_recommended_from_their_content(
         "tower_regress",
         "tower_gar",
         "ceiling",
+        "rare_learned",
+        "rare_generated",
+        "rare_blend",
     }
     assert all(0 <= v <= 1 for m in models.values() for k, v in m.items() if k != "scale")
+    # Items in between (1..5 train interactions in the copy): learned, generated, blended rows,
+    # the rule chosen on the validation half.
+    between = result["in_between"]
+    assert between["validation_items"] > 10 and between["test_items"] > 10
+    assert between["chosen"] in ("learned", "generated", "blend")
+    assert between["blend"]["m"] in (1.0, 3.0, 10.0)
+    assert (
+        max(between["validation_ndcg@20"].values())
+        == between["validation_ndcg@20"][between["chosen"]]
+    )
     assert models["no_generated_rows"]["exposure@10"] == 0.0  # untrained rows reach nobody
     # Content drawn from the clusters is there to be found: by kNN and by the tower.
     assert models["content_knn"]["cold_ndcg@20"] > 1.5 * models["random"]["cold_ndcg@20"]

@@ -19,6 +19,14 @@ items, every train item excluded:
 Rows: random, content-kNN (a cold item scored by the cosine of its content to the mean content of
 the user's history), no generated rows (the cold model's untrained rows), the two towers, the
 ceiling.
+
+Items in between (``in_between``; rows ``rare_*``): the warm items of the copy with 1 to
+``RARE_MAX`` train interactions and content, split 1:1 into validation and test items the same
+way, are ranked among their half (NDCG@20 on the test split's rows on them, train items
+excluded) with their learned rows (``rare_learned``), the ``regress`` tower's rows
+(``rare_generated``), or a blend by interaction count ``c``: ``w * learned + (1 - w) * scale *
+generated``, ``w = c / (c + m)``, with ``m`` and the scale chosen on the validation half
+(``rare_blend``). What `train --cold_item_min` should be follows from which wins.
 """
 
 from __future__ import annotations
@@ -46,7 +54,16 @@ from ganrec_dist.training import tower as towers
 log = logging.getLogger(__name__)
 
 SCALES = (0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0)
-COLUMNS = ("cold_ndcg@20", "cold_recall@20", "cold_hit@10", "hybrid_ndcg@10", "exposure@10")
+COLUMNS = (
+    "cold_ndcg@20",
+    "cold_recall@20",
+    "cold_hit@10",
+    "hybrid_ndcg@10",
+    "exposure@10",
+    "rare_ndcg@20",
+)
+RARE_MAX = 5  # "in between": 1..RARE_MAX train interactions
+BLENDS = (1.0, 3.0, 10.0)  # m of the blend's weight c / (c + m)
 
 
 SPLITS = ("random", "time")
@@ -281,6 +298,12 @@ def cold_items(cfg: EvaluateConfig, run: RunDir) -> dict[str, Any]:
             "scale": scale,
         }
         seconds[f"tower_{objective}"] = round(time.time() - tick, 1)
+        if objective == "regress":
+            rare = rare_items(judge, copy, content, seed=cfg.seed)
+            between = in_between(
+                rare, rows, towers.generate(net, content, rare.items), vectors, judge.seen
+            )
+            table.update(between.pop("rows"))
     table["ceiling"] = {
         **judge.cold_row(ceiling_vectors[judge.users] @ ceiling.embeddings[test_cold].T),
         **judge.hybrid_row(ceiling_vectors, ceiling.embeddings),
@@ -294,8 +317,73 @@ def cold_items(cfg: EvaluateConfig, run: RunDir) -> dict[str, Any]:
         "split": cfg.cold_item_split,
         "truth": "the test split's rows on test-cold items; every train item excluded",
         "models": table,
+        "in_between": between,
         "training_seconds": seconds,
         "seconds": round(time.time() - start, 1),
+    }
+
+
+@dataclasses.dataclass
+class Rare:
+    """The in-between items of the cold model's DATA copy, halved like the cold items."""
+
+    items: np.ndarray  # every in-between item (validation half first)
+    counts: np.ndarray  # their train interactions in the copy
+    halves: tuple[tuple[np.ndarray, np.ndarray, sp.csr_matrix], ...]  # (items, users, truth)
+
+
+def rare_items(judge: Judge, copy: DataDir, content: Content, *, seed: int) -> Rare:
+    """Warm items with 1..RARE_MAX train interactions in ``copy`` and content, halved by seed
+    into (validation, test), each with its users and their test rows on its items."""
+    train = copy.read("train", ["item_idx"])["item_idx"].to_numpy()
+    counts = np.bincount(train, minlength=content.n_items)
+    has = content.batch(np.arange(content.n_items))["has_content"]
+    rare = np.flatnonzero((counts >= 1) & (counts <= RARE_MAX) & has)
+    rare = np.random.default_rng([seed, 29]).permutation(rare[~np.isin(rare, judge.cold)])
+    test = copy.read("test", ["user_idx", "item_idx"])
+    su, si = (test[c].to_numpy().astype(np.int64) for c in ("user_idx", "item_idx"))
+    halves = []
+    for items in (rare[: len(rare) // 2], rare[len(rare) // 2 :]):
+        truth = _truth(su, si, np.isin(si, items), judge.seen.shape)
+        users = np.flatnonzero(truth.getnnz(axis=1) > 0)
+        halves.append((items, users, truth[users][:, items]))
+    return Rare(rare, counts[rare], tuple(halves))
+
+
+def in_between(
+    rare: Rare, rows: np.ndarray, generated: np.ndarray, vectors: np.ndarray, seen: sp.csr_matrix
+) -> dict[str, Any]:
+    """Learned, generated and blended rows of the in-between items, ranked among their half;
+    the blend's ``m`` and scale chosen on the validation half (see the module docstring)."""
+    described: dict[str, Any] = {
+        "max_count": RARE_MAX,
+        "validation_items": int(len(rare.halves[0][0])),
+        "test_items": int(len(rare.halves[1][0])),
+        "users": int(len(rare.halves[1][1])),
+    }
+    if not (len(rare.halves[0][1]) and len(rare.halves[1][1])):
+        return {**described, "chosen": None, "rows": {}}  # no test rows on them to judge by
+    made = dict(zip(rare.items.tolist(), generated))
+    count = dict(zip(rare.items.tolist(), rare.counts.tolist()))
+
+    def ndcg(half: int, m: float, scale: float) -> float:
+        items, users, truth = rare.halves[half]
+        c = np.array([count[i] for i in items], np.float64)[:, None]
+        w = np.ones_like(c) if m == 0 else np.zeros_like(c) if m == np.inf else c / (c + m)
+        mixed = w * rows[items] + (1 - w) * scale * np.stack([made[i] for i in items])
+        recs = top(vectors[users] @ mixed.T, seen[users][:, items], 20, np.zeros(0, int))
+        return ranking_metrics(recs, truth, [20])["ndcg@20"]
+
+    blends = [(m, s) for m in BLENDS for s in SCALES]
+    m, scale = max(blends, key=lambda b: ndcg(0, *b))
+    rules = {"learned": (0.0, 1.0), "generated": (np.inf, 1.0), "blend": (m, scale)}
+    validation = {name: ndcg(0, *rule) for name, rule in rules.items()}
+    return {
+        **described,
+        "blend": {"m": m, "scale": scale},
+        "validation_ndcg@20": validation,
+        "chosen": max(validation, key=lambda name: validation[name]),
+        "rows": {f"rare_{name}": {"rare_ndcg@20": ndcg(1, *rule)} for name, rule in rules.items()},
     }
 
 
@@ -311,3 +399,11 @@ def print_cold_items(result: dict[str, Any]) -> None:
         ["model", *COLUMNS],
         rows,
     )
+    between = result.get("in_between")
+    if between and between["chosen"]:
+        print(
+            f"in between (1..{between['max_count']} train interactions, "
+            f"{between['test_items']} test items, {between['users']} users): "
+            f"validation chose {between['chosen']} (blend m={between['blend']['m']}, "
+            f"scale {between['blend']['scale']})"
+        )
