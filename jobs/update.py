@@ -34,18 +34,25 @@ def live(root: str) -> dict:
     return {"data": storage.join(root, "data"), "run": storage.join(root, "run")}
 
 
-def run(root: str, source: str, retire: str = "", rollout: bool = True) -> int:
+def run(
+    root: str, source: str, retire: str = "", rollout: bool = True, item_content: str = ""
+) -> int:
     current = live(root)
     record = update(
         UpdateConfig(
-            run=current["run"], data=current["data"], source=source, retire=retire, rollout=rollout
+            run=current["run"],
+            data=current["data"],
+            source=source,
+            retire=retire,
+            item_content=item_content,
+            rollout=rollout,
         )
     )
     if record["passed"]:
         text = json.dumps({"data": record["data"], "run": record["new_run"]}, indent=2) + "\n"
         storage.write_atomic(Path(root) / CURRENT, text)
     print(json.dumps(record, indent=2), flush=True)
-    return 0
+    return 0 if record["passed"] else 3  # 3: held back by the gate, as `ganrec update`
 
 
 if __name__ == "__main__":
@@ -53,11 +60,20 @@ if __name__ == "__main__":
     parser.add_argument("--root", required=True, help="where jobs/pipeline.py put data and run")
     parser.add_argument("--source", required=True, help="the new partition's log files")
     parser.add_argument("--retire", default="", help="a file of item ids to retire")
+    parser.add_argument("--item_content", default="", help="the day's item content file")
     parser.add_argument("--no-rollout", action="store_true", help="gate and index only")
     args = parser.parse_args()
     setup_logging()
     try:
-        sys.exit(run(args.root, args.source, args.retire, rollout=not args.no_rollout))
+        sys.exit(
+            run(
+                args.root,
+                args.source,
+                args.retire,
+                rollout=not args.no_rollout,
+                item_content=args.item_content,
+            )
+        )
     except UserError as exc:
         print(f"update: error: {exc}", file=sys.stderr)
         sys.exit(2)

@@ -9,6 +9,7 @@ import socket
 import threading
 import time
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import requests
@@ -18,17 +19,19 @@ from hypothesis import strategies as st
 from ganrec_dist.core.config import (
     AddItemsConfig,
     PrepareConfig,
+    RollbackConfig,
     ScoreConfig,
     ServeConfig,
     UpdateConfig,
     train_config,
 )
+from ganrec_dist.core.errors import UserError
 from ganrec_dist.data.layout import DataDir, RunDir
 from ganrec_dist.data.prepare import prepare
 from ganrec_dist.inference.score import score
 from ganrec_dist.inference.serve import start, wait_healthy
 from ganrec_dist.operations.additems import add_items
-from ganrec_dist.operations.update import update
+from ganrec_dist.operations.update import rollback, update
 from ganrec_dist.training.train import train
 
 pytestmark = pytest.mark.integration
@@ -41,6 +44,7 @@ def _free_port() -> int:
 
 
 NEW_USER, NEW_ITEM = "shop-new-user", "shop-new-item"
+CONTENT_ONLY_ITEM = "shop-item-with-content-only"
 
 
 def _todays_partition(base, data, run):
@@ -60,7 +64,21 @@ def _todays_partition(base, data, run):
     items, _ = RunDir(run).id_maps()
     retired = base / "retire.csv"
     retired.write_text(f"item_id\n{items['item_id'][int(popularity.argmax())].as_py()}\n")
-    return today, retired
+    # The day's item content: today's new item, and one nobody has touched yet.
+    import pyarrow as pa
+
+    content = base / "today-items.parquet"
+    pq.write_table(
+        pa.table(
+            {
+                "item_id": [NEW_ITEM, CONTENT_ONLY_ITEM],
+                "category": ["c1", "c2"],
+                "embedding": pa.array([[0.5] * 16, [-0.5] * 16], pa.list_(pa.float32())),
+            }
+        ),
+        content,
+    )
+    return today, retired, content
 
 
 @pytest.fixture(scope="module")
@@ -86,12 +104,13 @@ def service(ray_local, tmp_path_factory):
     train(train_config(data=str(data), out=str(run), epochs=2, **small))
     # Today's partition: later rows of some users, a new user with a new item; the most popular
     # item retired. RUN2 is warm-started from RUN on that new DATA version.
-    today, retired = _todays_partition(base, data, run)
+    today, retired, content = _todays_partition(base, data, run)
     gate = update(
         UpdateConfig(
             run=str(run),
             source=str(today),
             retire=str(retired),
+            item_content=str(content),
             out_data=str(base / "data2"),
             out=str(run2),
             init_epochs=1,
@@ -368,17 +387,18 @@ def _some_users(service) -> list:
     return pq.read_table(service["data"] / "users.parquet")["user_id"].to_pylist()[:20]
 
 
-def _rolled_to(service, run, version, seconds=10):
+def _rolled_to(service, run, version, seconds=10, action=None):
+    """Roll the live app to ``run`` (or run ``action``, which does) under load: no request
+    fails, both versions answer."""
     from ganrec_dist.inference.serve import rollout
 
-    """Roll the live app to ``run`` under load: no request fails, both versions answer."""
     result: dict = {}
     loader = threading.Thread(
         target=lambda: result.update(zip(("ok", "failed", "v"), _load(service, seconds, 4)))
     )
     loader.start()
     time.sleep(3)
-    assert rollout(str(run))
+    assert (action or (lambda: rollout(str(run))))()
     loader.join()
     assert result["failed"] == 0 and result["ok"] > 20
     deadline = time.time() + 60
@@ -394,7 +414,16 @@ def test_update_gates_the_warm_started_run_on_rows_newer_than_the_live_data(serv
     stored = json.loads((service["run2"] / "gate.json").read_text())
     assert stored == gate
     assert (service["run2"] / "index" / "meta.json").exists()
-    assert RunDir(service["run2"]).payload()["parent"]["run"] == str(service["run"])
+    payload = RunDir(service["run2"]).payload()
+    assert payload["parent"]["run"] == str(service["run"])
+    # The day's item content: the item nobody has touched has the warm run's tower row.
+    from ganrec_dist.retrieval.recommender import Recommender
+
+    rec = Recommender(service["run2"])
+    item = rec.item_index[CONTENT_ONLY_ITEM]
+    assert rec.popularity[item] == 0 and payload["state"]["generated_items"] >= 1
+    row = rec.embeddings[item]
+    assert np.isfinite(row).all() and np.abs(row).sum() > 0
 
 
 def test_rollout_to_a_warm_started_run_and_back_drops_no_request(service):
@@ -420,7 +449,6 @@ def test_rollout_to_a_warm_started_run_and_back_drops_no_request(service):
 def test_add_items_puts_new_items_live_without_training_and_drops_no_request(service, tmp_path):
     """New SKUs with content only: a new version with their generated rows, rolled out under
     load; a history naming one of them is read, not ignored; then back to the old version."""
-    import numpy as np
     import pyarrow as pa
 
     from ganrec_dist.retrieval.recommender import Recommender
@@ -483,4 +511,11 @@ def test_add_items_puts_new_items_live_without_training_and_drops_no_request(ser
     for k in range(5):  # indexed with its generated row: its score is that row's own product
         at = list(found[k]).index(n_old + k)
         assert scores[k, at] == pytest.approx(float(rows[k] @ rows[k]), rel=1e-4)
-    assert _rolled_to(service, service["run"], "run") == {"run", "run-new"}
+    # `ganrec rollback`: the version's parent serves again, under load.
+    back = RollbackConfig(run=str(tmp_path / "run-new"))
+    assert _rolled_to(service, service["run"], "run", action=lambda: rollback(back)) == {
+        "run",
+        "run-new",
+    }
+    with pytest.raises(UserError, match="no parent version"):
+        rollback(RollbackConfig(run=str(service["run"])))

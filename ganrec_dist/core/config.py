@@ -33,6 +33,7 @@ STAGES = (
     "train",
     "update",
     "add-items",
+    "rollback",
     "evaluate",
     "score",
     "serve",
@@ -414,6 +415,11 @@ class UpdateConfig:
     source: str = setting("", "the new partition: a file, directory or glob of logs")
     data: str = setting("", "the live run's DATA (default: the one it was trained on)")
     retire: str = setting("", "a CSV/TSV/Parquet file of item ids to retire")
+    item_content: str = setting(
+        "",
+        "the day's item content (CSV/TSV/Parquet: new items and changed ones); with a run "
+        "trained with --tower, new items get generated rows before any interaction",
+    )
     out_data: str = setting("", "the new DATA version (default: DATA.v<N> beside DATA)")
     out: str = setting("", "the new RUN (default: RUN.v<N> beside RUN, N the DATA version)")
     init_epochs: int = setting(5, "search epochs of the warm start")
@@ -422,6 +428,18 @@ class UpdateConfig:
         True, "set the live Serve app's run to the new one if the gate passed (none live: skip)"
     )
     app: str = setting("ganrec", "the Serve application to roll out to")
+    address: str = setting("", "Ray cluster address; empty: RAY_ADDRESS, else a local Ray")
+
+
+@dataclasses.dataclass
+class RollbackConfig:
+    """`ganrec rollback --run RUN`: the live app back to RUN's parent version."""
+
+    run: str = setting("runs/movielens-small", "the version being served now")
+    to: str = setting(
+        "", "the version to serve instead (default: RUN's parent: --init or add-items)"
+    )
+    app: str = setting("ganrec", "the Serve application")
     address: str = setting("", "Ray cluster address; empty: RAY_ADDRESS, else a local Ray")
 
 

@@ -20,6 +20,10 @@ from ganrec_dist.core.logs import quiet_ray_environment, setup_logging
 
 log = logging.getLogger("ganrec_dist.operations.cli")
 
+# `ganrec update` when the gate held the new run back (the live app was not touched): a
+# scheduler tells "no new model today" from a failure (2: a user error, 1: a crash).
+EXIT_HELD_BACK = 3
+
 # command name -> (config class, "module:function", help)
 COMMANDS: dict[str, tuple[type, str, str]] = {
     "prepare": (
@@ -36,6 +40,11 @@ COMMANDS: dict[str, tuple[type, str, str]] = {
         cfgmod.UpdateConfig,
         "ganrec_dist.operations.update:update",
         "daily update: append a partition, warm-start train, gate, index, roll out",
+    ),
+    "rollback": (
+        cfgmod.RollbackConfig,
+        "ganrec_dist.operations.update:rollback",
+        "the live app back to the previous run version (zero-drop rollout)",
     ),
     "add-items": (
         cfgmod.AddItemsConfig,
@@ -224,6 +233,8 @@ def _run(argv: list[str]) -> int:
     result = handler(config)
     if isinstance(result, dict) and not args.quiet:
         log.debug("result: %s", json.dumps(result, default=str)[:2000])
+    if key == "update" and isinstance(result, dict) and not result["passed"]:
+        return EXIT_HELD_BACK
     return 0
 
 

@@ -65,6 +65,7 @@ def update(cfg: cfgmod.UpdateConfig) -> dict:
                 append_to=parent_data.root,
                 out=out_data,
                 retire=cfg.retire,
+                item_content=cfg.item_content,
                 address=cfg.address,
             )
         )
@@ -93,6 +94,20 @@ def update(cfg: cfgmod.UpdateConfig) -> dict:
         ", rolled out" if record["rolled_out"] else "",
     )
     return record
+
+
+def rollback(cfg: cfgmod.RollbackConfig) -> dict:
+    """Serve ``cfg.to`` (default: the parent of ``cfg.run``) again through the zero-drop
+    rollout; one line if there is no parent or no live app."""
+    from ganrec_dist.inference.serve import rollout
+
+    target = cfg.to or (RunDir.open(cfg.run).payload().get("parent") or {}).get("run")
+    if not target:
+        raise UserError(f"--run {cfg.run}: no parent version to roll back to (pass --to RUN)")
+    if not rollout(target, app=cfg.app, address=cfg.address):
+        raise UserError(f"no running Serve app {cfg.app!r}: nothing to roll back")
+    log.info("rollback: %s serves %s again (was %s)", cfg.app, target, cfg.run)
+    return {"from": cfg.run, "to": target}
 
 
 def _appended_before(data: DataDir, parent: DataDir, source: str) -> bool:
