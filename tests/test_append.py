@@ -43,6 +43,9 @@ def logs(tmp_path_factory):
     new += [[f"n{u}", f"i{30 + u % 5}", 1300 + u, "3"] for u in range(2)]  # new users, items
     new += old[:5]  # repeats of old rows: duplicates
     new += [[old[7][0], "i05", old[7][2], "5"]]  # a tie with an old row: after it in order
+    # A late row: older than its user's newest old row (and than DATA's newest): merged into
+    # the user's sequence by time, as a fresh prepare of the union places it.
+    new += [[old[10][0], "i07", old[10][2] - 5, "2"]]
     new += [["", "i01", 1200, "1"], ["u01", "i01", "not a time", "1"]]  # quarantined
     (root / "both").mkdir()
     _write(root / "both" / "a-old.csv", old)

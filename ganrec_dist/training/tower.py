@@ -13,6 +13,14 @@ with content and learned rows):
   vector must be ranked by the item's users as high as the real row), alpha = 0.05 as in GAR.
   With the recommender frozen this is GAR's generator step without its discriminator step.
 
+Neither shares the GAN's own D. That D judges "is this vector a real item for this user" for
+G's *user-side* vectors against the item rows; the content tower writes *item* rows, and the
+judge GAR calls for is one that ranks items for users — which is the recommender's score
+``u . e_i`` itself. Training D (or the recommender, as GAR's discriminator step does) against
+generated item rows would move the warm items' rows and every warm list with them; the frozen
+recommender keeps warm lists exactly as they were, and the tower can be refitted or added to
+(``add-items``) without touching them.
+
 Cost: a step touches its batch's items' content and users' vectors, never the catalogue.
 """
 
