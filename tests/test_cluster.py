@@ -65,8 +65,17 @@ def test_manifests_match_the_installed_ray_version():
         "raycluster.yaml",
         "rayjob.yaml",
         "rayjob-update.yaml",
+        "raycronjob-update.yaml",
         "rayservice.yaml",
     }
+    # The schedule creates the update's RayJob: the same spec, the day's files in its entrypoint.
+    cron = docs.pop("raycronjob-update.yaml")
+    assert cron["kind"] == "RayCronJob" and len(cron["spec"]["schedule"].split()) == 5
+    template = dict(cron["spec"]["jobTemplate"])
+    assert "--item_content" in template.pop("entrypoint")
+    job_spec = dict(docs["rayjob-update.yaml"]["spec"])
+    job_spec.pop("entrypoint")
+    assert template == job_spec
     update = docs.pop("rayjob-update.yaml")  # runs on the serving cluster: it has no spec of one
     assert update["kind"] == "RayJob" and "jobs/update.py" in update["spec"]["entrypoint"]
     assert (
