@@ -35,7 +35,12 @@ def live(root: str) -> dict:
 
 
 def run(
-    root: str, source: str, retire: str = "", rollout: bool = True, item_content: str = ""
+    root: str,
+    source: str,
+    retire: str = "",
+    rollout: bool = True,
+    item_content: str = "",
+    keep: int = 0,
 ) -> int:
     current = live(root)
     record = update(
@@ -46,6 +51,7 @@ def run(
             retire=retire,
             item_content=item_content,
             rollout=rollout,
+            keep=keep,
         )
     )
     if record["passed"]:
@@ -61,6 +67,7 @@ if __name__ == "__main__":
     parser.add_argument("--source", required=True, help="the new partition's log files")
     parser.add_argument("--retire", default="", help="a file of item ids to retire")
     parser.add_argument("--item_content", default="", help="the day's item content file")
+    parser.add_argument("--keep", type=int, default=0, help="run versions to keep (0: all)")
     parser.add_argument("--no-rollout", action="store_true", help="gate and index only")
     args = parser.parse_args()
     setup_logging()
@@ -72,6 +79,7 @@ if __name__ == "__main__":
                 args.retire,
                 rollout=not args.no_rollout,
                 item_content=args.item_content,
+                keep=args.keep,
             )
         )
     except UserError as exc:

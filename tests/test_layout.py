@@ -83,3 +83,35 @@ def test_replace_dir_swaps_in_one_step_and_keeps_nothing_behind(tmp_path):
     fresh.mkdir()
     storage.replace_dir(fresh, tmp_path / "fresh")  # nothing there before
     assert (tmp_path / "fresh").is_dir() and not fresh.exists()
+
+
+def _version(root, name, data, parent):
+    """A run directory as prune reads it: config.yaml's DATA and the checkpoint's parent."""
+    run = root / "runs" / name
+    (run / "checkpoint").mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump({"data": str(data), "execution": {}}))
+    meta = {"parent": {"run": str(root / "runs" / parent)} if parent else None}
+    (run / "checkpoint" / "meta.json").write_text(json.dumps(meta))
+    (data / "manifest.json").parent.mkdir(parents=True, exist_ok=True)
+    (data / "manifest.json").write_text("{}")
+    return run
+
+
+def test_keep_removes_only_versions_no_kept_or_rollback_version_needs(tmp_path):
+    from ganrec_dist.operations.update import prune, versions
+
+    names = ["r", "r.v2", "r.v3", "r.v4"]
+    datas = [tmp_path / "d", tmp_path / "d.v2", tmp_path / "d.v3", tmp_path / "d.v4"]
+    runs = [
+        _version(tmp_path, name, data, names[i - 1] if i else None)
+        for i, (name, data) in enumerate(zip(names, datas))
+    ]
+    (tmp_path / "runs" / "r.vx").mkdir()  # not a version: never touched
+    assert versions(runs[2]) == [r.resolve() for r in runs]
+    # The live run is the newest but one (the newest was held back): it, its parent and the
+    # newest stay, with their DATA.
+    assert prune(str(runs[2]), keep=1) == [str(runs[0].resolve()), str(datas[0].resolve())]
+    assert [p.exists() for p in runs + datas] == [False, True, True, True] * 2
+    assert prune(str(runs[3]), keep=1) == [str(runs[1].resolve()), str(datas[1].resolve())]
+    assert {p.name for p in (tmp_path / "runs").iterdir()} == {"r.v3", "r.v4", "r.vx"}
+    assert prune(str(runs[3]), keep=0) == []

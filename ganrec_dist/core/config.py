@@ -428,6 +428,11 @@ class UpdateConfig:
         True, "set the live Serve app's run to the new one if the gate passed (none live: skip)"
     )
     app: str = setting("ganrec", "the Serve application to roll out to")
+    keep: int = setting(
+        0,
+        "after the update, remove RUN and DATA versions beside RUN that neither the newest "
+        "`keep` run versions, the live run nor its parent need (0: remove nothing)",
+    )
     address: str = setting("", "Ray cluster address; empty: RAY_ADDRESS, else a local Ray")
 
 

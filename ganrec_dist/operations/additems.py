@@ -168,10 +168,15 @@ def _write_version(live: RunDir, payload: dict, stored: dict, data: DataDir, out
         "train_config": train_config,
         "state": state,
         "data": data.root,
+    }
+    recorded = {
+        "data_version": data.version,
+        "data_max_timestamp": data.max_timestamp,
         "parent": {"run": live.uri, "added_items": n_all - n_old},
     }
+    grown.update(recorded)
     meta = {k: v for k, v in live.meta().items() if k not in ("format", "files")}
-    meta["model_config"] = model_config
+    meta.update(recorded, model_config=model_config)
     if out.is_uri:
         raise UserError(f"--out {out.uri}: add-items writes a local RUN directory")
     tmp = out.local.parent / f".{out.local.name}.tmp-{uuid.uuid4().hex[:8]}"

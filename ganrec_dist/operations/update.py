@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +85,7 @@ def update(cfg: cfgmod.UpdateConfig) -> dict:
 
         rollout(out, app=cfg.app, address=cfg.address)
         record["rolled_out"] = True
+    record["removed"] = prune(out if record["passed"] else cfg.run, cfg.keep)
     RunDir(out).write_file(RunDir.GATE, json.dumps(record, indent=2) + "\n")
     log.info(
         "update: NDCG@10 on %d users' unfitted rows: new %.4f, live %.4f -> %s%s",
@@ -94,6 +96,47 @@ def update(cfg: cfgmod.UpdateConfig) -> dict:
         ", rolled out" if record["rolled_out"] else "",
     )
     return record
+
+
+def versions(path: str | Path) -> list[Path]:
+    """``path``'s stem and its sibling versions ``<stem>.v<N>`` (the stem is version 1), oldest
+    first."""
+    root = Path(path).resolve()
+    stem = root.name.split(".v")[0]
+    found = []
+    for sibling in root.parent.iterdir() if root.parent.exists() else []:
+        number = sibling.name[len(stem) + 2 :]
+        if sibling.name == stem:
+            found.append((1, sibling))
+        elif sibling.name.startswith(f"{stem}.v") and number.isdigit():
+            found.append((int(number), sibling))
+    return [p for _, p in sorted(found)]
+
+
+def prune(live_run: str, keep: int) -> list[str]:
+    """Remove the RUN and DATA versions beside ``live_run`` that neither the ``keep`` newest
+    run versions, the live run nor its parent (what `rollback` serves) need; returns what was
+    removed. DATA versions share unchanged files by hard links, so removing one frees only
+    what no kept version links."""
+    if keep <= 0 or storage.is_uri(live_run):
+        return []
+    runs = versions(live_run)
+    needed = {*runs[-keep:], Path(live_run).resolve()}
+    parent = (RunDir(live_run).meta().get("parent") or {}).get("run")
+    if parent and not storage.is_uri(parent):
+        needed.add(Path(parent).resolve())
+    data_needed = set()
+    for run in needed:
+        stored = RunDir(run).stored_config() if run.exists() else None
+        if stored and not storage.is_uri(stored["data"]):
+            data_needed.add(Path(stored["data"]).resolve())
+    removed = [run for run in runs if run not in needed]
+    if data_needed:
+        removed += [d for d in versions(next(iter(data_needed))) if d not in data_needed]
+    for path in removed:
+        shutil.rmtree(path)
+        log.info("update: removed %s (--keep %d)", path, keep)
+    return [str(p) for p in removed]
 
 
 def rollback(cfg: cfgmod.RollbackConfig) -> dict:
