@@ -72,8 +72,12 @@ def update(cfg: cfgmod.UpdateConfig) -> dict:
         )
     out = cfg.out or next_run(cfg.run, data)
     train_cfg = warm_config(stored, cfg, data=data.root, out=out)
-    log.info("update 2/4: warm-start train %s from %s", out, cfg.run)
-    train(train_cfg)
+    if _trained_before(out, data):
+        # A re-run after the driver died past training (e.g. before the rollout).
+        log.info("update 2/4: %s is already trained on %s: reused", out, data)
+    else:
+        log.info("update 2/4: warm-start train %s from %s", out, cfg.run)
+        train(train_cfg)
     log.info("update 3/4: gate: %s against %s on rows the live run never fitted", out, cfg.run)
     record = gate(cfg.run, out, data)
     RunDir(out).write_file(RunDir.GATE, json.dumps(record, indent=2) + "\n")
@@ -151,6 +155,15 @@ def rollback(cfg: cfgmod.RollbackConfig) -> dict:
         raise UserError(f"no running Serve app {cfg.app!r}: nothing to roll back")
     log.info("rollback: %s serves %s again (was %s)", cfg.app, target, cfg.run)
     return {"from": cfg.run, "to": target}
+
+
+def _trained_before(out: str, data: DataDir) -> bool:
+    """``out`` holds a finished run trained on ``data``."""
+    run = RunDir(out)
+    if not run.has_checkpoint():
+        return False
+    stored = run.stored_config() or {}
+    return bool(run.meta().get("final")) and stored.get("data") == data.root
 
 
 def _appended_before(data: DataDir, parent: DataDir, source: str) -> bool:
