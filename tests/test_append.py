@@ -152,3 +152,52 @@ def test_append_cli_errors_are_one_line(versions, tmp_path, capsys):
         and "none.csv: no such file or directory" in err[0]
         and "no manifest.json" in err[1]
     )
+
+
+def test_an_append_killed_half_way_leaves_data_as_it_was(versions, tmp_path):
+    """The new version is built aside (a hidden ``.NAME.tmp-*``) and renamed when complete: a
+    driver killed while it builds leaves the parent untouched and no version; run again, the
+    append completes."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    _, new, _ = versions
+    before = sorted(os.listdir(new.root))
+    manifest = open(new.path("manifest.json")).read()
+    extra = tmp_path / "extra.csv"
+    _write(extra, [["u01", "i02", 6000, "4"], ["u02", "i09", 6001, "5"]])
+    out = tmp_path / "v5"
+    cli = [sys.executable, "-m", "ganrec_dist", "prepare", "--quiet", f"--source={extra}"]
+    cli += [f"--append-to={new.root}", f"--out={out}"]
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    proc = subprocess.Popen(
+        cli, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.time() + 120
+    try:
+        while not list(tmp_path.glob(".v5.tmp-*/_staging")) and time.time() < deadline:
+            assert proc.poll() is None, "the append ended before it could be killed"
+            time.sleep(0.05)
+    finally:
+        try:
+            victims = [proc, *psutil.Process(proc.pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            victims = [proc]
+        for p in victims:
+            try:
+                os.kill(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        proc.wait()
+        psutil.wait_procs([p for p in victims if isinstance(p, psutil.Process)], timeout=30)
+    assert time.time() < deadline, "the append never started building"
+    assert not out.exists()
+    assert sorted(os.listdir(new.root)) == before and open(new.path("manifest.json")).read() == (
+        manifest
+    )
+    m = prepare(PrepareConfig(source=str(extra), append_to=new.root, out=str(out)))
+    assert m["partitions"][-1]["rows_kept"] == 2 and DataDir(out).manifest == m
