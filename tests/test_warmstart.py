@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 
 import numpy as np
 import pytest
@@ -163,3 +164,29 @@ def test_bad_or_incompatible_init_is_one_line(lineage, tmp_path, capsys):
     assert "no interaction newer" in err[2] and "not a prepared data directory" in err[3]
     assert "not" in err[4] and "an ancestor of it" in err[4]
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.integration
+def test_a_worker_killed_during_the_warm_start_resumes_into_the_same_run(lineage, tmp_path):
+    """The daily update's training: a worker killed in its second search epoch is restarted
+    by Ray Train and resumes from the warm run's own checkpoint, ending where the
+    uninterrupted warm start ended (same losses, same final model)."""
+    broken = tmp_path / "broken"
+    cfg = dataclasses.replace(lineage["cfg"], out=str(broken))
+    cfg = dataclasses.replace(
+        cfg,
+        execution=dataclasses.replace(
+            cfg.execution, fail_at_epoch=2, max_failures=1, name="broken-warm"
+        ),
+    )
+    train(cfg)
+    assert (broken / RunDir.FAULT_MARKER).exists()
+    keys = ("phase", "ce_loss", "d_loss", "val_ndcg@10")
+    whole = RunDir(lineage["child"]).payload()
+    again = RunDir(broken).payload()
+    assert [[h.get(k) for k in keys] for h in again["state"]["history"]] == [
+        [h.get(k) for k in keys] for h in whole["state"]["history"]
+    ]
+    assert torch.equal(
+        again["generator"]["encoder.items.weight"], whole["generator"]["encoder.items.weight"]
+    )
