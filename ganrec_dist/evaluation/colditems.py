@@ -374,8 +374,8 @@ def in_between(
         recs = top(vectors[users] @ mixed.T, seen[users][:, items], 20, np.zeros(0, int))
         return ranking_metrics(recs, truth, [20])["ndcg@20"]
 
-    blends = [(m, s) for m in BLENDS for s in SCALES]
-    m, scale = max(blends, key=lambda b: ndcg(0, *b))
+    grid = {(m, s): ndcg(0, m, s) for m in BLENDS for s in SCALES}
+    m, scale = max(grid, key=lambda b: grid[b])
     rules = {"learned": (0.0, 1.0), "generated": (np.inf, 1.0), "blend": (m, scale)}
     validation = {name: ndcg(0, *rule) for name, rule in rules.items()}
     return {
@@ -383,6 +383,8 @@ def in_between(
         "blend": {"m": m, "scale": scale},
         "validation_ndcg@20": validation,
         "chosen": max(validation, key=lambda name: validation[name]),
+        # Every blend's validation value: one setting for train can be chosen over seeds.
+        "validation_grid": {f"m={m:g},scale={s:g}": v for (m, s), v in grid.items()},
         "rows": {f"rare_{name}": {"rare_ndcg@20": ndcg(1, *rule)} for name, rule in rules.items()},
     }
 
