@@ -242,6 +242,15 @@ def _encoded(tmp_path, rows):
     return described, encoded.batch(np.array(order))
 
 
+def test_the_blend_moves_from_the_generated_to_the_learned_row_with_interactions():
+    from ganrec_dist.training.tower import blend
+
+    learned, generated = np.ones((3, 2), np.float32), np.full((3, 2), 4.0, np.float32)
+    rows = blend(learned, generated, np.array([1, 3, 1000]), m=3.0, scale=0.5)
+    # w = c / (c + 3): 1/4, 1/2, ~1; the generated part scaled by 0.5 (= 2.0)
+    assert np.allclose(rows[:, 0], [0.25 + 0.75 * 2.0, 0.5 + 0.5 * 2.0, 1.0], atol=1e-2)
+
+
 def test_the_tower_is_a_pure_module_with_a_shape_and_gradients(tmp_path):
     import torch
 
@@ -348,21 +357,25 @@ def test_training_writes_generated_rows_that_the_retrieval_path_finds(ray_local,
     log = _csv(
         tmp_path / "log.csv",
         ["user_id", "item_id", "timestamp"],
-        [[f"u{u}", f"i{int(rng.integers(0, 8))}", t] for u in range(60) for t in range(8)],
+        [[f"u{u}", f"i{int(rng.integers(0, 8))}", t + 1] for u in range(60) for t in range(8)]
+        + [[f"u{u}", "rare", 0] for u in range(2)],  # in between: two (first, train) rows
     )
     items = _csv(
         tmp_path / "items.csv",
         ["item_id", "brand", "emb"],
         [[f"i{k}", f"b{k % 3}", f"[{k % 3}, {k % 2}, 1]"] for k in range(8)]
-        + [["new", "b1", "[1, 1, 1]"]],  # in no interaction: reachable only through content
+        + [["new", "b1", "[1, 1, 1]"]]  # in no interaction: reachable only through content
+        + [["rare", "b0", "[0, 1, 1]"]],
     )
     data = tmp_path / "data"
     prepare(PrepareConfig(source=log, out=str(data), item_content=items))
     run = tmp_path / "run"
     settings = dict(dim=8, hidden=16, history_len=5, noise_dim=4, epochs=1, refit=False)
+    settings.update(cold_item_blend=3.0)
     train(train_config(data=str(data), out=str(run), tower="regress", tower_epochs=2, **settings))
     payload = RunDir(run).payload()
     assert payload["state"]["phase"] == "done" and payload["state"]["generated_items"] == 1
+    assert payload["state"]["blended_items"] == 1  # "rare": its row blended with the tower's
     assert [h["phase"] for h in payload["state"]["history"]] == ["search", "tower", "tower"]
     ids = DataDir(data).read(DataDir.ITEMS)["item_id"].to_pylist()
     new = ids.index("new")

@@ -268,6 +268,15 @@ class ContentSettings:
     cold_item_min: int = setting(
         0, "items with fewer train interactions than this get generated rows (0: never seen)"
     )
+    cold_item_blend: float = setting(
+        0.0,
+        "items with content and 1..5 train interactions (in between): row = w * learned + "
+        "(1 - w) * cold_item_blend_scale * generated, w = c / (c + this), c the item's train "
+        "interactions; 0: their learned rows (evaluate --cold_items measures it: in_between)",
+    )
+    cold_item_blend_scale: float = setting(
+        0.1, "the generated vector's scale in --cold_item_blend's rows"
+    )
     explore_share: float = setting(
         0.1,
         "with the tower on: the share of a popularity fallback's slots (its last floor(k * "

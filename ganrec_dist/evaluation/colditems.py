@@ -62,7 +62,7 @@ COLUMNS = (
     "exposure@10",
     "rare_ndcg@20",
 )
-RARE_MAX = 5  # "in between": 1..RARE_MAX train interactions
+RARE_MAX = towers.IN_BETWEEN  # "in between": 1..RARE_MAX train interactions
 BLENDS = (1.0, 3.0, 10.0)  # m of the blend's weight c / (c + m)
 
 
@@ -368,9 +368,14 @@ def in_between(
 
     def ndcg(half: int, m: float, scale: float) -> float:
         items, users, truth = rare.halves[half]
-        c = np.array([count[i] for i in items], np.float64)[:, None]
-        w = np.ones_like(c) if m == 0 else np.zeros_like(c) if m == np.inf else c / (c + m)
-        mixed = w * rows[items] + (1 - w) * scale * np.stack([made[i] for i in items])
+        made_rows = np.stack([made[i] for i in items])
+        if m == 0:
+            mixed = rows[items]
+        elif m == np.inf:
+            mixed = made_rows
+        else:
+            counts = np.array([count[i] for i in items])
+            mixed = towers.blend(rows[items], made_rows, counts, m, scale)
         recs = top(vectors[users] @ mixed.T, seen[users][:, items], 20, np.zeros(0, int))
         return ranking_metrics(recs, truth, [20])["ndcg@20"]
 

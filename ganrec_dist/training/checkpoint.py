@@ -35,6 +35,7 @@ class LoopState:
     best_val_users: list = dataclasses.field(default_factory=list)
     best_val_ndcg: list = dataclasses.field(default_factory=list)
     generated_items: int = 0  # items whose catalogue row the content tower wrote
+    blended_items: int = 0  # in-between items whose row it blended (--cold_item_blend)
 
 
 def payload(

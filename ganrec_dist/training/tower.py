@@ -37,6 +37,20 @@ from ganrec_dist.model.content import ContentTower, inputs
 
 OBJECTIVES = ("regress", "gar")
 GAR_ALPHA = 0.05
+# Items "in between" never seen and warm: 1..IN_BETWEEN train interactions. Their learned rows
+# rest on a handful of rows; `--cold_item_blend` mixes the tower's vector in (``blend``), the
+# rule `evaluate --cold_items` measures on them.
+IN_BETWEEN = 5
+
+
+def blend(
+    learned: np.ndarray, generated: np.ndarray, counts: np.ndarray, m: float, scale: float
+) -> np.ndarray:
+    """``w * learned + (1 - w) * scale * generated`` a row, ``w = c / (c + m)`` for an item's
+    ``c`` train interactions: more interactions, more of the learned row."""
+    c = np.asarray(counts, np.float64)[:, None]
+    w = c / (c + m)
+    return (w * learned + (1 - w) * scale * generated).astype(np.float32)
 
 
 @dataclass

@@ -58,6 +58,8 @@ def _check(cfg: TrainConfig, data: DataDir) -> None:
         )
     if cfg.content.tower not in ("off", *OBJECTIVES):
         raise UserError(f"--tower {cfg.content.tower!r}: expected off, {', '.join(OBJECTIVES)}")
+    if cfg.content.cold_item_blend < 0 or cfg.content.cold_item_blend_scale < 0:
+        raise UserError("--cold_item_blend and --cold_item_blend_scale: expected >= 0")
     if not 0.0 <= cfg.content.explore_share <= 1.0:
         raise UserError(f"--explore_share {cfg.content.explore_share}: expected 0..1")
     if cfg.content.tower != "off" and not data.manifest.get("content"):

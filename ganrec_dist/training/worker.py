@@ -58,7 +58,7 @@ from ganrec_dist.training.collectives import (
     weighted_mean,
 )
 from ganrec_dist.training.tables import LazyAverage, keep_out_of_ddp
-from ganrec_dist.training.tower import Pairs, TowerSettings, generate
+from ganrec_dist.training.tower import IN_BETWEEN, Pairs, TowerSettings, blend, generate
 from ganrec_dist.training.tower import step as tower_step
 from ganrec_dist.training.validation import (
     DIAGNOSTIC_USERS,
@@ -466,8 +466,31 @@ def write_generated_rows(rank: Rank) -> None:
                 core.item_table.dtype
             )
     rank.state.generated_items = int(len(cold))
+    rank.state.blended_items = 0
+    if cfg.content.cold_item_blend > 0:
+        low = max(cfg.content.cold_item_min, 1)
+        between = np.flatnonzero(has & (counts >= low) & (counts <= IN_BETWEEN))
+        if len(between):
+            index = torch.as_tensor(between, device=rank.device)
+            with torch.no_grad():
+                learned = core.item_table[index].float().cpu().numpy()
+                mixed = blend(
+                    learned,
+                    generate(tower, rank.content, between),
+                    counts[between],
+                    cfg.content.cold_item_blend,
+                    cfg.content.cold_item_blend_scale,
+                )
+                core.item_table[index] = torch.as_tensor(mixed, device=rank.device).to(
+                    core.item_table.dtype
+                )
+        rank.state.blended_items = int(len(between))
     if rank.rank == 0:
-        log.info("content tower: %d item(s) got generated rows", len(cold))
+        log.info(
+            "content tower: %d item(s) got generated rows, %d blended rows",
+            len(cold),
+            rank.state.blended_items,
+        )
 
 
 def validate(rank: Rank, metrics: dict[str, Any], epoch: int) -> None:
