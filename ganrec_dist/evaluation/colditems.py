@@ -298,11 +298,10 @@ def cold_items(cfg: EvaluateConfig, run: RunDir) -> dict[str, Any]:
             "scale": scale,
         }
         seconds[f"tower_{objective}"] = round(time.time() - tick, 1)
-        if objective == "regress":
+        if objective == "regress":  # the in-between items' rule, with the default objective
             rare = rare_items(judge, copy, content, seed=cfg.seed)
-            between = in_between(
-                rare, rows, towers.generate(net, content, rare.items), vectors, judge.seen
-            )
+            made = towers.generate(net, content, rare.items)
+            between = in_between(rare, rows=rows, generated=made, vectors=vectors, seen=judge.seen)
             table.update(between.pop("rows"))
     table["ceiling"] = {
         **judge.cold_row(ceiling_vectors[judge.users] @ ceiling.embeddings[test_cold].T),
@@ -351,7 +350,12 @@ def rare_items(judge: Judge, copy: DataDir, content: Content, *, seed: int) -> R
 
 
 def in_between(
-    rare: Rare, rows: np.ndarray, generated: np.ndarray, vectors: np.ndarray, seen: sp.csr_matrix
+    rare: Rare,
+    *,
+    rows: np.ndarray,
+    generated: np.ndarray,
+    vectors: np.ndarray,
+    seen: sp.csr_matrix,
 ) -> dict[str, Any]:
     """Learned, generated and blended rows of the in-between items, ranked among their half;
     the blend's ``m`` and scale chosen on the validation half (see the module docstring)."""
@@ -375,7 +379,7 @@ def in_between(
             mixed = made_rows
         else:
             counts = np.array([count[i] for i in items])
-            mixed = towers.blend(rows[items], made_rows, counts, m, scale)
+            mixed = towers.blend(rows[items], made_rows, counts, m=m, scale=scale)
         recs = top(vectors[users] @ mixed.T, seen[users][:, items], 20, np.zeros(0, int))
         return ranking_metrics(recs, truth, [20])["ndcg@20"]
 

@@ -44,7 +44,7 @@ IN_BETWEEN = 5
 
 
 def blend(
-    learned: np.ndarray, generated: np.ndarray, counts: np.ndarray, m: float, scale: float
+    learned: np.ndarray, generated: np.ndarray, counts: np.ndarray, *, m: float, scale: float
 ) -> np.ndarray:
     """``w * learned + (1 - w) * scale * generated`` a row, ``w = c / (c + m)`` for an item's
     ``c`` train interactions: more interactions, more of the learned row."""

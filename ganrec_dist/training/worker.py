@@ -478,8 +478,8 @@ def write_generated_rows(rank: Rank) -> None:
                     learned,
                     generate(tower, rank.content, between),
                     counts[between],
-                    cfg.content.cold_item_blend,
-                    cfg.content.cold_item_blend_scale,
+                    m=cfg.content.cold_item_blend,
+                    scale=cfg.content.cold_item_blend_scale,
                 )
                 core.item_table[index] = torch.as_tensor(mixed, device=rank.device).to(
                     core.item_table.dtype
