@@ -258,10 +258,17 @@ def test_jobs_training_across_nodes_and_serve_on_a_local_cluster(tmp_path):
             text=True,
             timeout=600,
         )
-        assert updated.returncode == 0 and "SUCCEEDED" in updated.stdout, (
-            updated.stdout[-3000:] + updated.stderr[-2000:]
-        )
-        gate = json.loads((tmp_path / "run.v2" / "gate.json").read_text())
+        record = tmp_path / "run.v2" / "gate.json"
+        assert record.exists(), updated.stdout[-3000:] + updated.stderr[-2000:]
+        gate = json.loads(record.read_text())
+        # A gate that holds the new run back exits 3: the job is then FAILED, by design (the
+        # gate on these tiny runs may go either way).
+        held_back = "held back" in updated.stdout and "FAILED" in updated.stdout
+        assert (
+            (updated.returncode == 0 and "SUCCEEDED" in updated.stdout)
+            if gate["passed"]
+            else (updated.returncode != 0 and held_back)
+        ), updated.stdout[-3000:] + updated.stderr[-2000:]
         assert gate["users"] > 0 and gate["data"] == str(tmp_path / "data.v2")
         warm = json.loads((tmp_path / "run.v2" / "checkpoint" / "meta.json").read_text())
         assert warm["parent"]["run"] == str(run) and len(set(warm["nodes"])) == 2

@@ -97,6 +97,19 @@ def test_cold_items_are_held_out_of_training_and_recommended_from_their_content(
         evaluate(time_cut)
 
 
+def test_add_items_refuses_a_run_without_a_tower_in_one_line(tiny_run, tmp_path, capsys):
+    from ganrec_dist.operations.cli import main
+
+    content = tmp_path / "new.csv"
+    content.write_text("item_id,category\nsku-1,c1\n")
+    args = ["add-items", f"--run={tiny_run}", f"--item_content={content}", "--rollout=false"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "trained without a content tower" in err[0]
+    assert main(["add-items", f"--run={tiny_run}"]) == 2
+    assert "needs --item_content" in capsys.readouterr().err
+
+
 def _quick_evaluate(data, run, **settings):
     """evaluate without the ablation and with one-point baseline grids: the cold tables' tests."""
     quick = dict(ablation=False, ease_lambdas="50", als_regs="0.1", als_iterations=3)
