@@ -76,3 +76,28 @@ def synthetic_data(ray_local, tmp_path_factory):
         )
     )
     return out
+
+
+def _kill_tree(proc) -> None:
+    """SIGKILL a driver started in its own session and everything under it (the local Ray it
+    started), then wait for them: a test of what a killed process leaves behind."""
+    import signal
+
+    import psutil
+
+    try:
+        victims = [proc, *psutil.Process(proc.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        victims = [proc]
+    for p in victims:
+        try:
+            os.kill(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()
+    psutil.wait_procs([p for p in victims if isinstance(p, psutil.Process)], timeout=30)
+
+
+@pytest.fixture
+def kill_tree():
+    return _kill_tree

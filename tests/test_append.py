@@ -154,16 +154,13 @@ def test_append_cli_errors_are_one_line(versions, tmp_path, capsys):
     )
 
 
-def test_an_append_killed_half_way_leaves_data_as_it_was(versions, tmp_path):
+def test_an_append_killed_half_way_leaves_data_as_it_was(versions, tmp_path, kill_tree):
     """The new version is built aside (a hidden ``.NAME.tmp-*``) and renamed when complete: a
     driver killed while it builds leaves the parent untouched and no version; run again, the
     append completes."""
-    import signal
     import subprocess
     import sys
     import time
-
-    import psutil
 
     _, new, _ = versions
     before = sorted(os.listdir(new.root))
@@ -183,17 +180,7 @@ def test_an_append_killed_half_way_leaves_data_as_it_was(versions, tmp_path):
             assert proc.poll() is None, "the append ended before it could be killed"
             time.sleep(0.05)
     finally:
-        try:
-            victims = [proc, *psutil.Process(proc.pid).children(recursive=True)]
-        except psutil.NoSuchProcess:
-            victims = [proc]
-        for p in victims:
-            try:
-                os.kill(p.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        proc.wait()
-        psutil.wait_procs([p for p in victims if isinstance(p, psutil.Process)], timeout=30)
+        kill_tree(proc)
     assert time.time() < deadline, "the append never started building"
     assert not out.exists()
     assert sorted(os.listdir(new.root)) == before and open(new.path("manifest.json")).read() == (

@@ -2,12 +2,10 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
 
-import psutil
 import pytest
 
 from ganrec_dist.core.errors import UserError
@@ -38,18 +36,7 @@ def _sweep(path):
     )
 
 
-def _kill_tree(proc):
-    victims = [proc] + psutil.Process(proc.pid).children(recursive=True)
-    for p in victims:
-        try:
-            os.kill(p.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    proc.wait()
-    psutil.wait_procs([p for p in victims if isinstance(p, psutil.Process)], timeout=30)
-
-
-def test_a_killed_sweep_resumes_and_compare_pairs_its_runs(synthetic_data, tmp_path):
+def test_a_killed_sweep_resumes_and_compare_pairs_its_runs(synthetic_data, tmp_path, kill_tree):
     out = tmp_path / "sweep"
     path = tmp_path / "sweep.yaml"
     path.write_text(SWEEP.format(out=out, data=synthetic_data))
@@ -66,7 +53,7 @@ def test_a_killed_sweep_resumes_and_compare_pairs_its_runs(synthetic_data, tmp_p
         else:
             pytest.fail("the first trial did not finish within 300 s")
     finally:
-        _kill_tree(proc)
+        kill_tree(proc)
     done_at = first.stat().st_mtime
     assert not (out / "sweep.json").exists()  # killed before the end
 

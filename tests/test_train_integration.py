@@ -5,13 +5,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
 
 import numpy as np
-import psutil
 import pytest
 import yaml
 
@@ -258,14 +256,7 @@ def test_a_dead_worker_resumes_from_the_last_checkpoint(synthetic_data, tmp_path
     assert epochs == [1, 2, 3]  # epoch 1 came from the checkpoint, not from a restart at 0
 
 
-def _descendants(pid):
-    try:
-        return psutil.Process(pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        return []
-
-
-def test_a_killed_driver_resumes_when_rerun(synthetic_data, tmp_path):
+def test_a_killed_driver_resumes_when_rerun(synthetic_data, tmp_path, kill_tree):
     run = tmp_path / "run"
     args = dict(
         data=str(synthetic_data),
@@ -295,14 +286,7 @@ def test_a_killed_driver_resumes_when_rerun(synthetic_data, tmp_path):
         else:
             pytest.fail("no checkpoint within 240 s")
     finally:
-        victims = [proc] + _descendants(proc.pid)  # the driver and the local Ray it started
-        for p in victims:
-            try:
-                os.kill(p.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        proc.wait()
-        psutil.wait_procs([p for p in victims if isinstance(p, psutil.Process)], timeout=30)
+        kill_tree(proc)  # the driver and the local Ray it started
     before = _history(run)
     assert not json.loads(meta_path.read_text())["final"]
     # Other settings would carry on from these weights as if they had made them: refused, and
