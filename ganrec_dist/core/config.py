@@ -269,13 +269,14 @@ class ContentSettings:
         0, "items with fewer train interactions than this get generated rows (0: never seen)"
     )
     cold_item_blend: float = setting(
-        0.0,
+        10.0,
         "items with content and 1..5 train interactions (in between): row = w * learned + "
         "(1 - w) * cold_item_blend_scale * generated, w = c / (c + this), c the item's train "
-        "interactions; 0: their learned rows (evaluate --cold_items measures it: in_between)",
+        "interactions; 0: their learned rows. The default is the blend with the best mean "
+        "validation over evaluate --cold_items's seeds (in_between; docs/results.md)",
     )
     cold_item_blend_scale: float = setting(
-        0.1, "the generated vector's scale in --cold_item_blend's rows"
+        0.2, "the generated vector's scale in --cold_item_blend's rows"
     )
     explore_share: float = setting(
         0.1,
