@@ -412,6 +412,11 @@ def test_update_gates_the_warm_started_run_on_rows_newer_than_the_live_data(serv
     gate = service["gate"]
     assert gate["users"] > 10 and 0 < gate["live"] <= 1 and 0 < gate["new"] <= 1
     assert gate["passed"] == (gate["new"] >= gate["live"]) and gate["rolled_out"] is False
+    # The day's items the live run did not know (one from the log, one from content only):
+    # how far the new run shows them.
+    reach = gate["new_items"]
+    assert reach["items"] == 2 and 0 <= reach["reached_top10"] <= 1
+    assert 0 <= reach["share_of_slots"] <= reach["items"] / 10
     stored = json.loads((service["run2"] / "gate.json").read_text())
     assert stored == gate
     assert (service["run2"] / "index" / "meta.json").exists()

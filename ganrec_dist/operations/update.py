@@ -78,11 +78,12 @@ def update(cfg: cfgmod.UpdateConfig) -> dict:
     else:
         log.info("update 2/4: warm-start train %s from %s", out, cfg.run)
         train(train_cfg)
-    log.info("update 3/4: gate: %s against %s on rows the live run never fitted", out, cfg.run)
-    record = gate(cfg.run, out, data)
-    RunDir(out).write_file(RunDir.GATE, json.dumps(record, indent=2) + "\n")
-    log.info("update 4/4: index %s", out)
+    log.info("update 3/4: index %s", out)
     index_command(IndexCommandConfig(run=out, index=train_cfg.index))
+    log.info("update 4/4: gate: %s against %s on rows the live run never fitted", out, cfg.run)
+    record, users = gate(cfg.run, out, data)
+    record["new_items"] = new_item_reach(cfg.run, out, users)
+    RunDir(out).write_file(RunDir.GATE, json.dumps(record, indent=2) + "\n")
     record["rolled_out"] = False
     if record["passed"] and cfg.rollout:
         from ganrec_dist.inference.serve import rollout
@@ -157,6 +158,27 @@ def rollback(cfg: cfgmod.RollbackConfig) -> dict:
     return {"from": cfg.run, "to": target}
 
 
+def new_item_reach(live_run: str, new_run: str, users: np.ndarray) -> dict:
+    """What the new run shows of the items the live one does not know (the day's new items,
+    with or without content): the share of them in any of ``users``' top 10 and their share
+    of all top-10 slots, through the retrieval path it will serve with. (Their hit rate needs
+    held-out rows on them, which a warm start's refit has trained on: not here.)"""
+    from ganrec_dist.retrieval.recommender import Recommender
+
+    known = int(RunDir.open(live_run).meta()["model_config"]["n_items"])
+    rec = Recommender(new_run)
+    fresh = np.setdiff1d(np.arange(known, rec.model_config.n_items), rec.retired)
+    if len(fresh) == 0 or len(users) == 0:
+        return {"items": int(len(fresh)), "reached_top10": 0.0, "share_of_slots": 0.0}
+    recs, _ = rec.recommend_known(users, 10)
+    shown = recs[recs >= 0]
+    return {
+        "items": int(len(fresh)),
+        "reached_top10": float(np.isin(fresh, shown).mean()),
+        "share_of_slots": float(np.isin(shown, fresh).mean()),
+    }
+
+
 def _trained_before(out: str, data: DataDir) -> bool:
     """``out`` holds a finished run trained on ``data``."""
     run = RunDir(out)
@@ -198,8 +220,9 @@ def _live_view(seq: Sequences, n_items: int) -> Sequences:
     return Sequences(seq.offsets, items, seq.n_users, n_items)
 
 
-def gate(live_run: str, new_run: str, data: DataDir) -> dict:
-    """Both runs' NDCG@10 on the new run's validation users and rows (see the module)."""
+def gate(live_run: str, new_run: str, data: DataDir) -> tuple[dict, np.ndarray]:
+    """Both runs' NDCG@10 on the new run's validation users and rows (see the module); the
+    record and those users."""
     from ganrec_dist.model.models import generator_from_state
 
     new = RunDir(new_run).payload()
@@ -226,7 +249,7 @@ def gate(live_run: str, new_run: str, data: DataDir) -> dict:
     new_scores = dict(zip(new["state"]["best_val_users"], new["state"]["best_val_ndcg"]))
     pairs = np.asarray([[new_scores[u], live_scores.get(u, 0.0)] for u in users.tolist()])
     new_mean, live_mean = (float(v) for v in pairs.mean(axis=0))
-    return {
+    record = {
         "live_run": storage.display(live_run),
         "new_run": storage.display(new_run),
         "data": data.root,
@@ -239,3 +262,4 @@ def gate(live_run: str, new_run: str, data: DataDir) -> dict:
         "rule": "roll out iff the new run's validation NDCG@10 (best search epoch) on the train "
         "rows the live run never trained on is not lower than the live run's on the same rows",
     }
+    return record, users
