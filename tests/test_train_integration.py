@@ -76,6 +76,9 @@ def test_cold_items_are_held_out_of_training_and_recommended_from_their_content(
         == between["validation_ndcg@20"][between["chosen"]]
     )
     assert models["no_generated_rows"]["exposure@10"] == 0.0  # untrained rows reach nobody
+    # GAR's warm setting (warm items only): the cold model's and the ceiling's, both learned.
+    assert models["no_generated_rows"]["warm_ndcg@20"] > 0 and models["ceiling"]["warm_ndcg@20"] > 0
+    assert models["tower_regress"]["hybrid_ndcg@20"] >= 0
     # Content drawn from the clusters is there to be found: by kNN and by the tower.
     assert models["content_knn"]["cold_ndcg@20"] > 1.5 * models["random"]["cold_ndcg@20"]
     assert models["tower_regress"]["cold_ndcg@20"] > 1.5 * models["random"]["cold_ndcg@20"]

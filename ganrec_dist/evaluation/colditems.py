@@ -11,10 +11,13 @@ items, is the ceiling. Every row is judged on the same truth, the test split's r
 items, every train item excluded:
 
 - cold: only the test-cold items are ranked, NDCG and Recall at 10 and 20, hit rate at 10;
+- warm: only the warm items are ranked (the test rows on them; the cold model's and the
+  ceiling's rows, the towers change no warm row), NDCG at 10 and 20;
 - hybrid: every item but the validation-cold ones, learned rows for warm items beside generated
   rows for cold ones (scaled by the factor with the best hybrid NDCG@10 on the validation-cold
   items: generated vectors are not on the learned rows' scale); truth the test rows on warm and
-  test-cold items; NDCG@10 and the share of test-cold items in anyone's top 10 (exposure).
+  test-cold items; NDCG at 10 and 20 and the share of test-cold items in anyone's top 10
+  (exposure).
 
 Rows: random, content-kNN (a cold item scored by the cosine of its content to the mean content of
 the user's history), no generated rows (the cold model's untrained rows), the two towers, the
@@ -59,7 +62,9 @@ COLUMNS = (
     "cold_recall@20",
     "cold_hit@10",
     "hybrid_ndcg@10",
+    "hybrid_ndcg@20",
     "exposure@10",
+    "warm_ndcg@20",
     "rare_ndcg@20",
 )
 RARE_MAX = towers.IN_BETWEEN  # "in between": 1..RARE_MAX train interactions
@@ -155,6 +160,7 @@ class Judge:
     truth_cold: sp.csr_matrix  # [users, test_cold]
     hybrid: tuple[np.ndarray, sp.csr_matrix]  # users, truth over items (warm + test-cold)
     val_hybrid: tuple[np.ndarray, sp.csr_matrix]  # the same with validation-cold items
+    warm: tuple[np.ndarray, sp.csr_matrix]  # users, truth over warm items only
 
     def cold_row(self, scores: np.ndarray) -> dict[str, float]:
         """``scores`` ``[users, test_cold]`` -> the cold setting's metrics."""
@@ -172,11 +178,29 @@ class Judge:
         cold items: hybrid NDCG@10 and the exposure of this half."""
         users, truth = self.val_hybrid if val else self.hybrid
         drop, shown = (self.test_cold, self.val_cold) if val else (self.val_cold, self.test_cold)
-        recs = top(vectors[users] @ rows.T, self.seen[users], 10, drop)
+        recs = top(vectors[users] @ rows.T, self.seen[users], 20, drop)
+        m = ranking_metrics(recs, truth[users], [10, 20])
+        first = recs[:, :10]
         return {
-            "hybrid_ndcg@10": ranking_metrics(recs, truth[users], [10])["ndcg@10"],
-            "exposure@10": float(np.isin(shown, recs[recs >= 0]).mean()),
+            "hybrid_ndcg@10": m["ndcg@10"],
+            "hybrid_ndcg@20": m["ndcg@20"],
+            "exposure@10": float(np.isin(shown, first[first >= 0]).mean()),
         }
+
+    def every_setting(self, vectors: np.ndarray, rows: np.ndarray) -> dict:
+        """The cold, hybrid and warm settings of a model's own rows, unscaled."""
+        return {
+            **self.cold_row(vectors[self.users] @ rows[self.test_cold].T),
+            **self.hybrid_row(vectors, rows),
+            **self.warm_row(vectors, rows),
+        }
+
+    def warm_row(self, vectors: np.ndarray, rows: np.ndarray) -> dict:
+        """GAR's warm setting: only the warm items ranked, truth the test rows on them."""
+        users, truth = self.warm
+        recs = top(vectors[users] @ rows.T, self.seen[users], 20, self.cold)
+        m = ranking_metrics(recs, truth[users], [10, 20])
+        return {"warm_ndcg@10": m["ndcg@10"], "warm_ndcg@20": m["ndcg@20"]}
 
     def scaled(self, vectors: np.ndarray, rows: np.ndarray) -> tuple[float, dict]:
         """The scale of the cold items' rows with the best validation hybrid NDCG@10, and the
@@ -231,6 +255,7 @@ def judge_for(data: DataDir, val_cold: np.ndarray, test_cold: np.ndarray) -> Jud
         truth_cold=truth_all[users][:, test_cold],
         hybrid=with_users(warm[si] | on_test_cold),
         val_hybrid=with_users(warm[si] | on_val_cold),
+        warm=with_users(warm[si]),
     )
 
 
@@ -276,10 +301,7 @@ def cold_items(cfg: EvaluateConfig, run: RunDir) -> dict[str, Any]:
     warm_history = judge.seen.multiply(~np.isin(np.arange(content.n_items), judge.cold)[None, :])
     profile = _normalised(sp.csr_matrix(warm_history @ cm))
     table["content_knn"] = judge.cold_row((profile[judge.users] @ cm[test_cold].T).toarray())
-    table["no_generated_rows"] = {
-        **judge.cold_row(vectors[judge.users] @ rows[test_cold].T),
-        **judge.hybrid_row(vectors, rows),
-    }
+    table["no_generated_rows"] = judge.every_setting(vectors, rows)  # its warm: the towers' too
     copy_train = copy.read("train", ["user_idx", "item_idx"])
     pairs = tuple(copy_train[c].to_numpy().astype(np.int64) for c in ("user_idx", "item_idx"))
     for objective in towers.OBJECTIVES:
@@ -303,10 +325,7 @@ def cold_items(cfg: EvaluateConfig, run: RunDir) -> dict[str, Any]:
             made = towers.generate(net, content, rare.items)
             between = in_between(rare, rows=rows, generated=made, vectors=vectors, seen=judge.seen)
             table.update(between.pop("rows"))
-    table["ceiling"] = {
-        **judge.cold_row(ceiling_vectors[judge.users] @ ceiling.embeddings[test_cold].T),
-        **judge.hybrid_row(ceiling_vectors, ceiling.embeddings),
-    }
+    table["ceiling"] = judge.every_setting(ceiling_vectors, ceiling.embeddings)
     return {
         "cold_items": int(len(judge.cold)),
         "validation_items": int(len(val_cold)),
