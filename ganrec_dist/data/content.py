@@ -610,6 +610,11 @@ class Content:
         }
         self.n_items = len(self.arrays["has_content"])
 
+    @property
+    def has_content(self) -> np.ndarray:
+        """Which items have content: the one flag column, without the other arrays."""
+        return np.asarray(self.arrays["has_content"])
+
     def batch(self, rows: np.ndarray) -> dict[str, np.ndarray]:
         """Every array's rows ``rows`` (item indices), copied out of the map."""
         rows = np.asarray(rows, dtype=np.int64)

@@ -111,7 +111,7 @@ def held_out(cfg: EvaluateConfig, data: DataDir) -> tuple[Content, tuple[np.ndar
     content = data.content()
     if content is None:
         raise UserError(f"{data}: --cold_items needs item content (prepare --item_content FILE)")
-    has_content = content.batch(np.arange(content.n_items))["has_content"]
+    has_content = content.has_content
     return content, pick_items(data, has_content, cfg)
 
 
@@ -355,7 +355,7 @@ def rare_items(judge: Judge, copy: DataDir, content: Content, *, seed: int) -> R
     into (validation, test), each with its users and their test rows on its items."""
     train = copy.read("train", ["item_idx"])["item_idx"].to_numpy()
     counts = np.bincount(train, minlength=content.n_items)
-    has = content.batch(np.arange(content.n_items))["has_content"]
+    has = content.has_content
     rare = np.flatnonzero((counts >= 1) & (counts <= RARE_MAX) & has)
     rare = np.random.default_rng([seed, 29]).permutation(rare[~np.isin(rare, judge.cold)])
     test = copy.read("test", ["user_idx", "item_idx"])

@@ -43,7 +43,7 @@ ITEM_TABLE = "encoder.items.weight"
 
 def add_items(cfg: cfgmod.AddItemsConfig) -> dict:
     """Add ``cfg.item_content``'s new items to ``cfg.run``; returns a summary."""
-    from ganrec_dist.operations.update import next_run
+    from ganrec_dist.operations.update import appended_before, next_run
     from ganrec_dist.retrieval.index import index_command
 
     start = time.time()
@@ -63,7 +63,7 @@ def add_items(cfg: cfgmod.AddItemsConfig) -> dict:
     seconds: dict[str, float] = {}
     tick = time.time()
     data = DataDir(cfg.out_data or default_out(parent))
-    if _appended_before(data, parent):
+    if appended_before(data, parent, CONTENT_ONLY):
         log.info("add-items 1/4: %s is already %s plus item content: reused", data, parent)
     else:
         log.info("add-items 1/4: append %s's content to %s -> %s", cfg.item_content, parent, data)
@@ -114,18 +114,6 @@ def add_items(cfg: cfgmod.AddItemsConfig) -> dict:
         summary["seconds"],
     )
     return summary
-
-
-def _appended_before(data: DataDir, parent: DataDir) -> bool:
-    """``data`` is ``parent`` plus a content-only partition (add-items run again)."""
-    if not storage.exists(data.path(DataDir.MANIFEST)):
-        return False
-    manifest = data.manifest
-    if (manifest.get("parent") or {}).get("version") != parent.version:
-        raise UserError(f"{data}: already exists and is not a version of {parent}")
-    if manifest["partitions"][-1]["source"] != CONTENT_ONLY:
-        raise UserError(f"{data}: already exists and its last partition is not item content")
-    return True
 
 
 def new_rows(payload: dict, data: DataDir, items: np.ndarray, scale: float) -> np.ndarray:

@@ -55,7 +55,7 @@ def update(cfg: cfgmod.UpdateConfig) -> dict:
     parent_data = DataDir(cfg.data or stored["data"])
     out_data = cfg.out_data or default_out(parent_data)
     data = DataDir(out_data)
-    if _appended_before(data, parent_data, cfg.source):
+    if appended_before(data, parent_data, cfg.source):
         # A re-run after a failure: the version is there; training resumes its run.
         log.info("update 1/4: %s is already %s plus a partition: reused", data, parent_data)
     else:
@@ -188,7 +188,7 @@ def _trained_before(out: str, data: DataDir) -> bool:
     return bool(run.meta().get("final")) and stored.get("data") == data.root
 
 
-def _appended_before(data: DataDir, parent: DataDir, source: str) -> bool:
+def appended_before(data: DataDir, parent: DataDir, source: str) -> bool:
     """``data`` is ``parent`` with ``source`` appended (an update run again after a failure)."""
     if not storage.exists(data.path(DataDir.MANIFEST)):
         return False

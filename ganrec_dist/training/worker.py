@@ -454,7 +454,7 @@ def write_generated_rows(rank: Rank) -> None:
     cfg, seq = rank.cfg, rank.seq
     counts = torch.as_tensor(np.bincount(seq.items, minlength=seq.n_items), device=rank.device)
     counts = all_sum(counts.to(torch.float64)).cpu().numpy()
-    has = rank.content.batch(np.arange(seq.n_items))["has_content"]
+    has = rank.content.has_content
     cold = np.flatnonzero(has & (counts < max(cfg.content.cold_item_min, 1)))
     tower = gan.unwrap(rank.models.tower).eval()
     core = gan.unwrap(rank.models.gen)
