@@ -346,40 +346,24 @@ class RunDir:
         meta = self.log / self.META
         return meta.exists() and json.loads(meta.read_text()).get("manifest") == data.manifest
 
-    def write_log(self, data: DataDir) -> None:
+    def write_log(self, data: DataDir, parent: RunDir | None = None) -> None:
         """The id maps and every user's train items (serving rebuilds histories, seen items and
         the popularity fallback from them), once per run rather than in every checkpoint; its
-        ``meta.json`` (written last) lists each file's checksum."""
+        ``meta.json`` (written last) lists each file's checksum. With ``parent`` (add-items:
+        ``data`` is the parent's DATA plus items nobody has touched), the sequences are the
+        parent's log's, not re-read from DATA's shards."""
         tmp = self.local / f".{self.LOG}.tmp-{uuid.uuid4().hex[:8]}"
         tmp.mkdir(parents=True)
         for name in (DataDir.ITEMS, DataDir.USERS):
             storage.download_file(data.path(name), tmp / name)
-        seq = data.sequences()
+        seq = data.sequences() if parent is None else parent.sequences()[0]
+        n_items = seq.n_items if parent is None else int(data.manifest["items"])
         np.savez(
             tmp / self.SEQUENCES,
             offsets=seq.offsets,
             items=seq.items,
-            popularity=np.bincount(seq.items, minlength=seq.n_items).astype(np.int64),
+            popularity=np.bincount(seq.items, minlength=n_items).astype(np.int64),
         )
-        files = {f.name: storage.file_digest(f) for f in sorted(tmp.iterdir())}
-        meta = {"manifest": data.manifest, "n_users": seq.n_users, "n_items": seq.n_items}
-        (tmp / self.META).write_text(json.dumps({**meta, "files": files}, indent=2) + "\n")
-        storage.replace_dir(tmp, self.log)
-        self.save(self.LOG)
-
-    def write_log_from(self, parent: RunDir, data: DataDir) -> None:
-        """RUN/log/ for ``data`` when it is ``parent``'s DATA plus items nobody has touched
-        (``add-items``): the parent's sequences as they are, the popularity grown with zeros
-        and ``data``'s id maps. Reads the parent's log, not DATA's shards."""
-        tmp = self.local / f".{self.LOG}.tmp-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir(parents=True)
-        for name in (DataDir.ITEMS, DataDir.USERS):
-            storage.download_file(data.path(name), tmp / name)
-        seq, popularity = parent.sequences()
-        n_items = int(data.manifest["items"])
-        grown = np.zeros(n_items, np.int64)
-        grown[: len(popularity)] = popularity
-        np.savez(tmp / self.SEQUENCES, offsets=seq.offsets, items=seq.items, popularity=grown)
         files = {f.name: storage.file_digest(f) for f in sorted(tmp.iterdir())}
         meta = {"manifest": data.manifest, "n_users": seq.n_users, "n_items": n_items}
         (tmp / self.META).write_text(json.dumps({**meta, "files": files}, indent=2) + "\n")

@@ -173,7 +173,7 @@ def _write_version(live: RunDir, payload: dict, stored: dict, data: DataDir, out
         write_checkpoint(tmp / RunDir.CHECKPOINT, payload=grown, meta=meta)
         version = RunDir(tmp)
         version.write_config({**stored, "data": data.root})
-        version.write_log_from(live, data)
+        version.write_log(data, parent=live)
         storage.replace_dir(tmp, out.local)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
