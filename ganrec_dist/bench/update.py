@@ -25,13 +25,14 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from ganrec_dist.bench.common import cpu_model, write_json
-from ganrec_dist.core.config import PrepareConfig, setting, train_config
+from ganrec_dist.core.config import OptimSettings, PrepareConfig, setting, train_config
 from ganrec_dist.core.logs import print_table
 from ganrec_dist.data.append import prepare_or_append
 from ganrec_dist.data.layout import DataDir, RunDir
 from ganrec_dist.evaluation.compare import compare
 
 log = logging.getLogger(__name__)
+_TRAIN = OptimSettings()
 
 
 @dataclasses.dataclass
@@ -48,11 +49,13 @@ class BenchUpdateConfig:
     )
     partitions: int = setting(2, "the rest of the log arrives in this many partitions")
     seeds: str = setting("0,1,2", "seeds, comma-separated (paired across warm and scratch)")
-    epochs: int = setting(30, "from scratch: most search epochs (the train default)")
-    patience: int = setting(8, "from scratch: patience (the train default)")
-    init_epochs: int = setting(5, "warm start: most search epochs (the train default)")
-    init_patience: int = setting(2, "warm start: patience (the train default)")
+    epochs: int = setting(_TRAIN.epochs, "from scratch: most search epochs (the train default)")
+    patience: int = setting(_TRAIN.patience, "from scratch: patience (the train default)")
+    init_epochs: int = setting(_TRAIN.init_epochs, "warm start: epochs (the train default)")
+    init_patience: int = setting(_TRAIN.init_patience, "warm start: patience (the train default)")
     train: str = setting("", "extra train settings for every run, key=value,... (dim=32,...)")
+    warm: str = setting("", "extra train settings for the warm starts only, key=value,...")
+    data_seed: int = setting(0, "synthetic source: the log's seed")
     out: str = setting("bench/update.json", "results JSON")
     workdir: str = setting("", "where data and runs go (default: a temporary directory)")
 
@@ -67,6 +70,7 @@ def _log_rows(cfg: BenchUpdateConfig, work: Path) -> pa.Table:
             users=cfg.users,
             items=cfg.items,
             interactions=cfg.interactions,
+            seed=cfg.data_seed,
             overwrite=True,
         )
     )
@@ -118,8 +122,8 @@ def _versions(cfg: BenchUpdateConfig, work: Path) -> list[DataDir]:
     return versions
 
 
-def _extra(cfg: BenchUpdateConfig) -> dict:
-    pairs = [p.split("=", 1) for p in cfg.train.split(",") if p.strip()]
+def _extra(settings: str) -> dict:
+    pairs = [p.split("=", 1) for p in settings.split(",") if p.strip()]
     return {k.strip(): v.strip() for k, v in pairs}
 
 
@@ -151,7 +155,7 @@ def new_item_share(run: str, data: DataDir, first_items: int) -> float:
 
 def _seed_runs(cfg: BenchUpdateConfig, versions: list[DataDir], work: Path, seed: int) -> list:
     """One seed: the first live model, then a warm and a scratch run per partition."""
-    extra = _extra(cfg)
+    extra = _extra(cfg.train)
     scratch = dict(epochs=cfg.epochs, patience=cfg.patience, seed=seed, **extra)
     live = str(work / f"seed{seed}" / "v0")
     first = _train(data=versions[0].root, out=live, **scratch)
@@ -166,7 +170,7 @@ def _seed_runs(cfg: BenchUpdateConfig, versions: list[DataDir], work: Path, seed
             init_epochs=cfg.init_epochs,
             init_patience=cfg.init_patience,
             seed=seed,
-            **extra,
+            **{**extra, **_extra(cfg.warm)},
         )
         fresh_s = _train(data=data.root, out=fresh, **scratch)
         rows.append(

@@ -34,6 +34,7 @@ STAGES = (
     "update",
     "add-items",
     "rollback",
+    "compact",
     "evaluate",
     "score",
     "serve",
@@ -99,6 +100,11 @@ class PrepareConfig:
     )
     retire: str = setting(
         "", "with append_to: a CSV/TSV/Parquet file of item ids that are never recommended again"
+    )
+    compact_at: float = setting(
+        0.25,
+        "with append_to: compact the new version when its delta partitions hold more than this "
+        "share of the rows (or number more than 64)",
     )
     users: int = setting(10_000, "synthetic source: users")
     items: int = setting(5_000, "synthetic source: items")
@@ -210,6 +216,12 @@ class OptimSettings:
     )
     init_epochs: int = setting(5, "with --init: most search epochs (instead of `epochs`)")
     init_patience: int = setting(2, "with --init: patience (instead of `patience`)")
+    init_schedule: str = setting(
+        "search",
+        "with --init: search (init_epochs validated on the rows the parent never fitted, then "
+        "the refit from the parent for the best count) | fixed (init_epochs epochs over all of "
+        "train from the parent, no search)",
+    )
     batch_size: int = setting(256, "rows per step and rank")
     lr: float = setting(2e-3, "G's Adam learning rate")
     table_lr: float = setting(
@@ -444,6 +456,14 @@ class UpdateConfig:
         "`keep` run versions, the live run nor its parent need (0: remove nothing)",
     )
     address: str = setting("", "Ray cluster address; empty: RAY_ADDRESS, else a local Ray")
+
+
+@dataclasses.dataclass
+class CompactConfig:
+    """`ganrec compact --data DATA`: fold an appended DATA's delta partitions into its base files."""
+
+    data: str = setting("data/movielens-small", "the DATA directory (compacted in place)")
+    out: str = setting("", "write the compacted copy here instead of replacing DATA")
 
 
 @dataclasses.dataclass

@@ -3,19 +3,26 @@ a new DATA version whose ids are the old ones plus the new.
 
 The new rows go through the same validation, quarantine and bucketing as a first prepare
 (:mod:`ganrec_dist.data.prepare`'s ingest pass, with DATA's own bucket count, so a user's new rows
-land in the bucket that holds their old ones). Then, for each bucket the new rows touched only:
+land in the bucket that holds their old ones). Then, for each bucket the new rows touched:
 
-- the bucket's old rows (train and test) are read back and staged with the new; an old row's
-  input order is its position in the user's sequence, every new row comes after every old one,
-  so the deduplication (an exact repeat of an old row is a duplicate of the partition) and the
-  per-user temporal split are the ones a fresh prepare of the union of the logs decides;
-- ids: every old user and item keeps its index; ids the partition brings are numbered after the
-  old ones, in sorted order among themselves.
+- in order (every new row after its user's newest row, the daily case): the rows become a delta
+  of the bucket (:mod:`ganrec_dist.data.delta`), positions continuing each user's sequence and
+  the touched users' new split points beside them; no old row is read, only the bucket's user
+  stats (row count and newest time per user);
+- with a late row (at or before its user's newest): the bucket's old rows (train, test and its
+  deltas) are read back and staged with the new; an old row's input order is its position in
+  the user's sequence, every new row comes after every old one, so the deduplication (an exact
+  repeat of an old row is a duplicate of the partition) and the per-user temporal split are the
+  ones a fresh prepare of the union of the logs decides; the bucket is written as new base files.
 
-Memory follows one bucket, as in prepare. A bucket the partition did not touch is the old file:
-hard-linked into the new version where DATA's filesystem allows it (no bytes copied), copied
-otherwise; the manifest says how many of each. So a daily append costs reading and rewriting the
-buckets its users fall in, plus the id maps.
+Either way every reader sees the rows, labels and positions a fresh prepare of the union gives;
+ids: every old user and item keeps its index; ids the partition brings are numbered after the
+old ones, in sorted order among themselves.
+
+Everything else is the old version's files, hard-linked into the new version where DATA's
+filesystem allows it (no bytes copied), copied otherwise; the manifest says how many of each. So
+a daily append costs the day's rows, the touched buckets' user stats and the id maps; a late
+row costs its bucket.
 
 ``--retire FILE`` (a CSV, TSV or Parquet file with an item id column) marks items as retired:
 they keep their index and their rows, and index, score and serve never recommend them.
@@ -40,7 +47,7 @@ import pyarrow.parquet as pq
 from ganrec_dist.core import storage
 from ganrec_dist.core.config import PrepareConfig
 from ganrec_dist.core.errors import UserError
-from ganrec_dist.data import content, prepare, sources
+from ganrec_dist.data import content, delta, layout, prepare, sources
 from ganrec_dist.data.layout import DataDir
 
 log = logging.getLogger(__name__)
@@ -77,6 +84,13 @@ def append(cfg: PrepareConfig) -> dict:
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
         manifest = _build(cfg, parent, tmp)
+        if delta.due(DataDir(tmp), cfg.compact_at):
+            compacted = tmp.with_name(tmp.name + "-compact")
+            compacted.mkdir()
+            manifest = delta.compact_into(DataDir(tmp), compacted)
+            shutil.rmtree(tmp)
+            compacted.rename(tmp)
+            log.info("append: the deltas passed --compact_at %s: compacted", cfg.compact_at)
         storage.replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -116,22 +130,23 @@ def _build(cfg: PrepareConfig, parent: DataDir, tmp: Path) -> dict:
     )
     touched = sorted(int(p.name[1:]) for p in (staging / "buckets").glob("b*") if any(p.iterdir()))
     merge = {"staging": str(staging), "parent": parent.root, "test_fraction": parent.test_fraction}
-    split = prepare._run(
-        merge_bucket, [{**merge, "bucket": b} for b in touched], "merge", remote_args
+    # In order (every row after its user's newest): a delta. A bucket with a late row: merged.
+    tried = prepare._run(
+        delta.delta_bucket, [{**merge, "bucket": b} for b in touched], "delta", remote_args
+    )
+    fast = [r for r in tried if not r["late"]]
+    late = [r["bucket"] for r in tried if r["late"]]
+    merged = prepare._run(
+        merge_bucket, [{**merge, "bucket": b} for b in late], "merge", remote_args
     )
     new_ids = _extend_id_maps(staging, tmp, parent, staged=staged, retire=retire)
     described = _grow_content(parent, earlier, staged, tmp)
-    for name in (DataDir.TRAIN, DataDir.TEST, DataDir.REJECTED):
-        (tmp / name).mkdir()
-    prepare._run(
-        prepare.map_bucket,
-        [{"staging": str(staging), "out": str(tmp), "bucket": b} for b in touched],
-        "map ids",
-        remote_args,
+    shared, layout = _write_buckets(
+        parent, tmp, staging, fast=fast, late=late, name=f"p{partition:04d}", remote=remote_args
     )
-    shared = _carry_over(parent, tmp, touched, shards)
     for f in sorted((staging / DataDir.REJECTED).glob("*.parquet")):
         f.rename(tmp / DataDir.REJECTED / f"p{partition:04d}-{f.name}")
+    split = fast + merged
     shutil.rmtree(staging)
     manifest = _manifest(
         parent,
@@ -142,20 +157,62 @@ def _build(cfg: PrepareConfig, parent: DataDir, tmp: Path) -> dict:
         split=split,
         ids=new_ids,
         out=tmp,
-        touched=len(touched),
-        shared=shared,
+        shared={**shared, "rewritten": len(late), "delta": len(fast)},
         seconds=time.time() - start,
         described=described,
+        layout=layout,
     )
     (tmp / DataDir.MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
+
+
+def _write_buckets(
+    parent: DataDir,
+    tmp: Path,
+    staging: Path,
+    *,
+    fast: list[dict],
+    late: list[int],
+    name: str,
+    remote: dict | None,
+) -> tuple[dict, dict]:
+    """The version's bucket files: the late buckets' new base files, the in-order buckets'
+    deltas, the rest linked. Returns (files linked/copied, the manifest's layout keys)."""
+    for folder in (DataDir.TRAIN, DataDir.TEST, DataDir.REJECTED, DataDir.USER_STATS):
+        (tmp / folder).mkdir()
+    (tmp / DataDir.DELTA / name).mkdir(parents=True)
+    where = {"staging": str(staging), "out": str(tmp)}
+    mapped = prepare._run(
+        prepare.map_bucket, [{**where, "bucket": b} for b in late], "map ids", remote
+    )
+    prepare._run(
+        delta.map_delta,
+        [{**where, "bucket": r["bucket"], "partition": name} for r in fast],
+        "map ids (deltas)",
+        remote,
+    )
+    in_order = [r["bucket"] for r in fast]
+    shared = _carry_over(parent, tmp, rewritten=late, in_order=in_order, shards=parent.buckets)
+    deltas = {p: [b for b in bs if b not in late] for p, bs in parent.deltas.items()}
+    deltas[name] = in_order
+    counted = delta.bucket_rows(parent)
+    for r in fast:
+        counted[DataDir.TRAIN][r["bucket"]] += r["train_delta"]
+        counted[DataDir.TEST][r["bucket"]] += r["test_delta"]
+    for r in mapped:
+        counted[DataDir.TRAIN][r["bucket"]] = r["train_rows"]
+        counted[DataDir.TEST][r["bucket"]] = r["test_rows"]
+    if not fast:
+        shutil.rmtree(tmp / DataDir.DELTA / name)
+    return shared, {"deltas": {p: bs for p, bs in deltas.items() if bs}, "bucket_rows": counted}
 
 
 def _summary(manifest: dict, out: Path, replacing: bool) -> None:
     part = manifest["partitions"][-1]
     log.info(
         "append: %d rows in, %d kept, %d rejected, %d duplicate; %d new users, %d new items, "
-        "%d retired; %d of %d buckets rewritten, %d files linked, %d copied -> %s%s (%.1fs)",
+        "%d retired; %d of %d buckets as deltas, %d rewritten; %d files linked, %d copied "
+        "-> %s%s (%.1fs)",
         part["rows_in"],
         part["rows_kept"],
         part["rows_rejected"],
@@ -163,8 +220,9 @@ def _summary(manifest: dict, out: Path, replacing: bool) -> None:
         part["new_users"],
         part["new_items"],
         part["retired"],
-        part["buckets_rewritten"],
+        part["buckets_delta"],
         manifest["shards"],
+        part["buckets_rewritten"],
         part["files_linked"],
         part["files_copied"],
         out,
@@ -177,12 +235,9 @@ def merge_bucket(task: dict) -> dict:
     """One touched bucket: its old rows and the partition's, deduplicated and split again."""
     staging, bucket = Path(task["staging"]), int(task["bucket"])
     parent = DataDir(task["parent"])
-    old = [
-        pq.read_table(path, columns=OLD_COLUMNS)
-        for split in (DataDir.TRAIN, DataDir.TEST)
-        if os.path.exists(path := parent.path(f"{split}/part-{bucket:05d}.parquet"))
-    ]
-    old_rows = pa.concat_tables(old) if old else pa.table({c: [] for c in OLD_COLUMNS})
+    old_rows = pa.concat_tables(
+        [parent.bucket(split, bucket, OLD_COLUMNS) for split in (DataDir.TRAIN, DataDir.TEST)]
+    )
     staged_old = pa.table(
         {
             "user_id": old_rows["user_id"].cast(pa.string()),
@@ -323,40 +378,34 @@ def _item_columns(
     return known, added
 
 
-def _carry_over(parent: DataDir, out: Path, touched: list[int], shards: int) -> dict[str, int]:
-    """The untouched buckets' shards and the old quarantine, hard-linked (copied where the
-    filesystem cannot link)."""
+def _carry_over(
+    parent: DataDir, out: Path, *, rewritten: list[int], in_order: list[int], shards: int
+) -> dict[str, int]:
+    """What the new version shares with the parent, hard-linked (copied where the filesystem
+    cannot link): the base files and deltas of every bucket not rewritten, the user stats of
+    the buckets the partition did not touch, and the old quarantine."""
     done = {"linked": 0, "copied": 0}
-    keep = set(range(shards)) - set(touched)
+    keep = sorted(set(range(shards)) - set(rewritten))
+    root = Path(parent.root)
     files = [
-        (Path(parent.path(f"{split}/part-{b:05d}.parquet")), out / split / f"part-{b:05d}.parquet")
-        for split in (DataDir.TRAIN, DataDir.TEST)
-        for b in sorted(keep)
+        (f"{split}/part-{b:05d}.parquet") for split in (DataDir.TRAIN, DataDir.TEST) for b in keep
+    ]
+    files += [f"{DataDir.USER_STATS}/part-{b:05d}.parquet" for b in keep if b not in set(in_order)]
+    files += [
+        f"{DataDir.DELTA}/{p}/{name}"
+        for p, buckets in parent.deltas.items()
+        for b in buckets
+        if b in keep
+        for name in (layout.part_name(b), layout.cuts_name(b))
     ]
     files += [
-        (f, out / DataDir.REJECTED / f.name)
+        str(f.relative_to(root))
         for f in sorted(Path(parent.path(DataDir.REJECTED)).glob("*.parquet"))
     ]
-    for source, target in files:
-        if not source.exists():
-            continue
-        try:
-            os.link(source, target)
-            done["linked"] += 1
-        except OSError:
-            shutil.copy2(source, target)
-            done["copied"] += 1
+    for name in files:
+        if (root / name).exists():
+            done[delta.link(root / name, out / name)] += 1
     return done
-
-
-def _split_rows(out: Path) -> dict[str, int]:
-    """Rows of each split of the version in ``out``, from the Parquet footers."""
-    return {
-        split_name: sum(
-            pq.ParquetFile(f).metadata.num_rows for f in (out / split_name).glob("*.parquet")
-        )
-        for split_name in (DataDir.TRAIN, DataDir.TEST)
-    }
 
 
 def _manifest(
@@ -369,10 +418,10 @@ def _manifest(
     split: list[dict],
     ids: tuple[int, int],
     out: Path,
-    touched: int,
     shared: dict[str, int],
     seconds: float,
     described: dict | None = None,
+    layout: dict,
 ) -> dict:
     """The parent's manifest with the partition added: totals over every partition, a record of
     this one, and the parent pinned by version."""
@@ -392,7 +441,7 @@ def _manifest(
     }
     items = pq.read_table(out / DataDir.ITEMS, columns=["retired"])["retired"]
     retired = int(pc.sum(items).as_py() or 0)
-    rows = _split_rows(out)
+    rows = {k: sum(v) for k, v in layout["bucket_rows"].items()}
     partitions = old.get("partitions") or [
         prepare.partition_entry(old, users=old["users"], items=old["items"])
     ]
@@ -415,6 +464,7 @@ def _manifest(
         "seconds": round(seconds, 2),
         "max_timestamp": max(newest) if newest else None,
         "retired_items": retired,
+        **layout,
         "version_number": old.get("version_number", 1) + 1,
         "parent": {"path": parent.root, "version": parent.version},
         "lineage": parent.lineage,
@@ -423,7 +473,8 @@ def _manifest(
             {
                 **prepare.partition_entry(part, users=ids[0], items=ids[1]),
                 "retired": retired - int(old.get("retired_items", 0)),
-                "buckets_rewritten": touched,
+                "buckets_rewritten": shared["rewritten"],
+                "buckets_delta": shared["delta"],
                 "files_linked": shared["linked"],
                 "files_copied": shared["copied"],
                 "seconds": round(seconds, 2),

@@ -48,6 +48,8 @@ class DataDir:
     USERS = "users.parquet"
     REJECTED = "rejected"
     CONTENT = "content"  # item content, encoded (``data.content``)
+    DELTA = "delta"  # appended partitions' rows, merged by the readers (``data.delta``)
+    USER_STATS = "user_stats"  # per bucket: each user's row count and newest timestamp
 
     def __init__(self, root: str | Path) -> None:
         self.root = storage.display(root)
@@ -119,33 +121,68 @@ class DataDir:
     def test_fraction(self) -> float:
         return float(self.manifest["split"]["test_fraction"])
 
+    @property
+    def deltas(self) -> dict[str, list[int]]:
+        """Appended partitions not compacted yet: ``{"p0002": [bucket, ...]}``, oldest first."""
+        return self.manifest.get("deltas") or {}
+
+    @property
+    def buckets(self) -> int:
+        return int(self.manifest["shards"])
+
     def read(self, name: str, columns: list[str] | None = None) -> pa.Table:
-        """One split (``train``/``test``) or file (``users.parquet``...), read into memory."""
+        """One split (``train``/``test``) or file (``users.parquet``...), read into memory;
+        a split with its deltas merged in (:meth:`bucket`)."""
         self.manifest  # noqa: B018  (a directory without its manifest is not read)
+        if name in (self.TRAIN, self.TEST) and self.deltas:
+            return pa.concat_tables([self.bucket(name, b, columns) for b in range(self.buckets)])
         fs, path = storage.resolve(self.path(name))
         return pq.read_table(path, columns=columns, filesystem=fs)
 
+    def bucket(self, split: str, bucket: int, columns: list[str] | None = None) -> pa.Table:
+        """One bucket's rows of a split, as a fresh prepare of the same log would have written
+        them: its base file with every delta of the bucket merged in and relabelled."""
+        return _read_bucket(self, split, bucket, columns)
+
     def split_files(self, split: str) -> tuple[pafs.FileSystem, list[str]]:
-        """A split's Parquet files (sorted) and the filesystem they are on."""
+        """A split's base Parquet files (sorted) and the filesystem they are on. Without deltas
+        they are the split; with deltas read :meth:`bucket` instead."""
         self.manifest  # noqa: B018
         fs, path = storage.resolve(self.path(split))
         infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
         return fs, sorted(i.path for i in infos if i.is_file and i.path.endswith(".parquet"))
 
     def train_shards(self) -> list[tuple[str, int]]:
-        """The train split's files and their row counts (from the Parquet footers). Prepare
-        writes each user's rows into one file, so a set of files is a set of whole users."""
+        """The train split's files and their row counts (from the Parquet footers, or with
+        deltas the manifest's per-bucket counts). Prepare writes each user's rows into one
+        bucket, so a set of files is a set of whole users."""
         fs, files = self.split_files(self.TRAIN)
+        counted = (self.manifest.get("bucket_rows") or {}).get(self.TRAIN)
+        if self.deltas and counted:
+            return [(f, int(counted[bucket_number(f)])) for f in files]
         return [(f, pq.ParquetFile(fs.open_input_file(f)).metadata.num_rows) for f in files]
 
     def train_dataset(self, columns: list[str], files: list[str] | None = None) -> Any:
         """A Ray Data dataset over the train shards (all, or ``files`` of :meth:`train_shards`),
-        streamed from wherever DATA lives."""
+        streamed from wherever DATA lives; with deltas, one merged bucket a block."""
         import ray.data
 
         self.manifest  # noqa: B018
         fs, path = storage.resolve(self.path(self.TRAIN))
-        return ray.data.read_parquet(files or path, filesystem=fs).select_columns(columns)
+        if not self.deltas:
+            return ray.data.read_parquet(files or path, filesystem=fs).select_columns(columns)
+        chosen = files or self.split_files(self.TRAIN)[1]
+        root = self.root
+
+        def merged(batch: dict) -> pa.Table:
+            return pa.concat_tables(
+                [DataDir(root).bucket(DataDir.TRAIN, int(b), columns) for b in batch["bucket"]]
+            )
+
+        buckets = [{"bucket": bucket_number(f)} for f in chosen]
+        return ray.data.from_items(buckets, override_num_blocks=max(1, len(buckets))).map_batches(
+            merged, batch_size=1, batch_format="numpy"
+        )
 
     def sequences(self, split: str = "train", files: list[str] | None = None) -> Sequences:
         """One split's (user_idx, item_idx, position) rows as per-user CSR sequences: of every
@@ -153,6 +190,8 @@ class DataDir:
         columns = ["user_idx", "item_idx", "position"]
         if files is None:
             table = self.read(split, columns)
+        elif self.deltas:
+            table = pa.concat_tables([self.bucket(split, bucket_number(f), columns) for f in files])
         else:
             fs, _ = storage.resolve(self.path(split))
             table = pq.read_table(files, columns=columns, filesystem=fs)
@@ -168,6 +207,76 @@ class DataDir:
         """``{user_id: user_idx}``."""
         users = self.read(self.USERS)
         return dict(zip(users["user_id"].to_pylist(), users["user_idx"].to_pylist()))
+
+
+def part_name(bucket: int) -> str:
+    return f"part-{bucket:05d}.parquet"
+
+
+def cuts_name(bucket: int) -> str:
+    return f"cuts-{bucket:05d}.parquet"
+
+
+def read_optional(data: Any, name: str, columns: list[str] | None) -> pa.Table | None:
+    fs, path = storage.resolve(data.path(name))
+    if fs.get_file_info(path).type.name == "NotFound":
+        return None
+    return pq.read_table(path, columns=columns, filesystem=fs)
+
+
+def _read_bucket(data: Any, split: str, bucket: int, columns: list[str] | None) -> pa.Table:
+    """``split``'s rows of ``bucket``, deltas merged and relabelled (see the module)."""
+    wanted = list(columns) if columns else None
+    parts = [p for p, buckets in data.deltas.items() if bucket in buckets]
+    if not parts:
+        found = read_optional(data, f"{split}/{part_name(bucket)}", wanted)
+        return found if found is not None else _empty(data, wanted)
+    need = list(dict.fromkeys([*wanted, "user_id", "user_idx", "position"])) if wanted else None
+    tables, labels = [], []
+    for name, label in ((DataDir.TRAIN, False), (DataDir.TEST, True)):
+        table = read_optional(data, f"{name}/{part_name(bucket)}", need)
+        if table is not None:
+            tables.append(table)
+            labels.append(np.full(table.num_rows, label))
+    users, cuts = [], []
+    for p in parts:
+        rows = read_optional(data, f"{DataDir.DELTA}/{p}/{part_name(bucket)}", need)
+        cut = read_optional(data, f"{DataDir.DELTA}/{p}/{cuts_name(bucket)}", ["user_idx", "cut"])
+        if rows is None or cut is None:
+            raise UserError(f"{data}: delta {p} of bucket {bucket} is missing a file")
+        tables.append(rows.cast(tables[0].schema) if tables else rows)
+        labels.append(np.zeros(rows.num_rows, bool))  # every delta row's user has a cut
+        users.append(cut["user_idx"].to_numpy())
+        cuts.append(cut["cut"].to_numpy())
+    table = pa.concat_tables(tables)
+    is_test = np.concatenate(labels)
+    # The newest cut of each user wins: later partitions come later in the arrays.
+    u, c = np.concatenate(users).astype(np.int64), np.concatenate(cuts).astype(np.int64)
+    lookup = np.full(
+        int(max(u.max(initial=-1), table["user_idx"].to_numpy().max(initial=-1))) + 1, -1
+    )
+    lookup[u] = c  # numpy assigns repeated indices in order: the last (newest) stays
+    row_cut = lookup[table["user_idx"].to_numpy()]
+    position = table["position"].to_numpy()
+    is_test = np.where(row_cut >= 0, position >= row_cut, is_test)
+    keep = is_test if split == DataDir.TEST else ~is_test
+    table = table.filter(pa.array(keep)).sort_by(
+        [("user_id", "ascending"), ("position", "ascending")]
+    )
+    return table.select(wanted) if wanted else table
+
+
+def _empty(data: Any, columns: list[str] | None) -> pa.Table:
+    """A split's columns with no rows (the schema of bucket 0's base train file)."""
+    found = read_optional(data, f"{DataDir.TRAIN}/{part_name(0)}", columns)
+    if found is None:
+        raise UserError(f"{data}: no train file for bucket 0")
+    return found.slice(0, 0)
+
+
+def bucket_number(path: str) -> int:
+    """The bucket of a split's file, ``.../part-00003.parquet`` -> 3."""
+    return int(Path(path).name.split("-")[1].split(".")[0])
 
 
 def retired_items(item_table: pa.Table) -> np.ndarray:

@@ -59,6 +59,14 @@ STAGED_SCHEMA = pa.schema(
         ("seq", pa.int64()),
     ]
 )
+STATS_SCHEMA = pa.schema(
+    [
+        ("user_id", pa.string()),
+        ("user_idx", pa.int32()),
+        ("rows", pa.int64()),
+        ("newest", pa.int64()),
+    ]
+)
 OUTPUT_COLUMNS = ["user_id", "item_id", "timestamp", "weight", "user_idx", "item_idx", "position"]
 REASONS = (
     "missing user_id",
@@ -469,10 +477,33 @@ def map_bucket(task: dict) -> dict:
     ):
         part = table.filter(mask).select(OUTPUT_COLUMNS)
         pq.write_table(part, out / name / f"part-{bucket:05d}.parquet", row_group_size=65_536)
-    return {"bucket": bucket}
+    # What an in-order append needs of the old rows (``data.delta``): counts, newest times.
+    (out / DataDir.USER_STATS).mkdir(exist_ok=True)
+    pq.write_table(
+        user_stats(table.select(["user_id", "user_idx", "timestamp"])),
+        out / DataDir.USER_STATS / f"part-{bucket:05d}.parquet",
+    )
+    n_test = int(np.count_nonzero(table["is_test"].to_numpy(zero_copy_only=False)))
+    return {"bucket": bucket, "train_rows": table.num_rows - n_test, "test_rows": n_test}
 
 
 # --- the driver ------------------------------------------------------------------------------
+
+
+def user_stats(table: pa.Table) -> pa.Table:
+    """Per user of ``table`` (rows with user_id, user_idx, timestamp): row count, newest time."""
+    grouped = table.group_by(["user_id", "user_idx"], use_threads=False).aggregate(
+        [("timestamp", "count"), ("timestamp", "max")]
+    )
+    return pa.table(
+        {
+            "user_id": grouped["user_id"].cast(pa.string()),
+            "user_idx": grouped["user_idx"].cast(pa.int32()),
+            "rows": grouped["timestamp_count"].cast(pa.int64()),
+            "newest": grouped["timestamp_max"].cast(pa.int64()),
+        },
+        schema=STATS_SCHEMA,
+    ).sort_by("user_idx")
 
 
 def _run(

@@ -32,7 +32,7 @@ from ganrec_dist.core.config import EvaluateConfig
 from ganrec_dist.core.errors import UserError
 from ganrec_dist.core.logs import print_table
 from ganrec_dist.data.interactions import Sequences, from_rows
-from ganrec_dist.data.layout import DataDir, RunDir
+from ganrec_dist.data.layout import DataDir, RunDir, part_name
 from ganrec_dist.evaluation.baselines import BASELINES
 from ganrec_dist.evaluation.companions import SASREC, companion_run
 from ganrec_dist.retrieval.metrics import ranking_metrics
@@ -92,16 +92,17 @@ def write_without(
     held_out = pa.array(np.asarray(values, dtype=np.int32))
     for split in (DataDir.TRAIN, DataDir.TEST):
         (tmp / split).mkdir(parents=True)
-        fs, files = data.split_files(split)
         rows[split] = 0
-        for f in files:  # file by file: the copy keeps prepare's whole-user shards
-            table = pq.read_table(f, filesystem=fs)
+        for b in range(data.buckets):  # bucket by bucket: the copy keeps the whole-user shards
+            table = data.bucket(split, b)  # its deltas merged: the copy has none
             table = table.filter(pc.invert(pc.is_in(table[column], value_set=held_out)))
             rows[split] += table.num_rows
-            pq.write_table(table, tmp / split / Path(f).name)
+            pq.write_table(table, tmp / split / part_name(b))
     for name in (DataDir.ITEMS, DataDir.USERS):
         pq.write_table(data.read(name), tmp / name)
-    manifest = {k: v for k, v in data.manifest.items() if k != "content"}
+    manifest = {
+        k: v for k, v in data.manifest.items() if k not in ("content", "deltas", "bucket_rows")
+    }
     manifest.update(
         source=f"{data.manifest['source']}, without {len(values)} held-out {field}",
         train_rows=rows[DataDir.TRAIN],

@@ -31,6 +31,11 @@ COMMANDS: dict[str, tuple[type, str, str]] = {
         "ganrec_dist.data.append:prepare_or_append",
         "raw logs -> validated, split, sharded Parquet (or a new version of a DATA)",
     ),
+    "compact": (
+        cfgmod.CompactConfig,
+        "ganrec_dist.data.delta:compact_command",
+        "fold an appended DATA's delta partitions into its base files (same version)",
+    ),
     "train": (
         cfgmod.TrainConfig,
         "ganrec_dist.training.train:train",

@@ -66,6 +66,10 @@ def _check(cfg: TrainConfig, data: DataDir) -> None:
         raise UserError(f"{data}: --tower needs item content (prepare --item_content FILE)")
     if data.manifest["train_rows"] == 0:
         raise UserError(f"{data}: no train rows")
+    if cfg.optim.init_schedule not in ("search", "fixed"):
+        raise UserError(f"--init_schedule {cfg.optim.init_schedule!r}: expected search or fixed")
+    if cfg.init and cfg.optim.init_schedule == "fixed" and cfg.optim.init_epochs < 1:
+        raise UserError("--init_schedule fixed: --init_epochs must be at least 1")
 
 
 def lineage(cfg: TrainConfig, data: DataDir) -> dict:

@@ -255,6 +255,8 @@ def restore(
     elif start is not None:
         gen.load_state_dict(start["generator"])
         disc.load_state_dict(start["discriminator"])
+        if cfg.optim.init_schedule == "fixed":  # straight to training on all of train
+            state = LoopState(phase="refit", best_epoch=cfg.optim.init_epochs)
     if mcfg.sparse:
         keep_out_of_ddp(gen)
     gen_ddp = ray.train.torch.prepare_model(gen)  # DDP-wrapped with several ranks
