@@ -41,6 +41,7 @@ def run(
     rollout: bool = True,
     item_content: str = "",
     keep: int = 0,
+    retrain_every: int = 0,
 ) -> int:
     current = live(root)
     record = update(
@@ -52,6 +53,7 @@ def run(
             item_content=item_content,
             rollout=rollout,
             keep=keep,
+            retrain_every=retrain_every,
         )
     )
     if record["passed"]:
@@ -69,6 +71,12 @@ if __name__ == "__main__":
     parser.add_argument("--item_content", default="", help="the day's item content file")
     parser.add_argument("--keep", type=int, default=0, help="run versions to keep (0: all)")
     parser.add_argument("--no-rollout", action="store_true", help="gate and index only")
+    parser.add_argument(
+        "--retrain_every",
+        type=int,
+        default=0,
+        help="train from scratch every N days (0: warm starts only; ganrec update's policy)",
+    )
     args = parser.parse_args()
     setup_logging()
     try:
@@ -80,6 +88,7 @@ if __name__ == "__main__":
                 rollout=not args.no_rollout,
                 item_content=args.item_content,
                 keep=args.keep,
+                retrain_every=args.retrain_every,
             )
         )
     except UserError as exc:

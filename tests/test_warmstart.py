@@ -190,3 +190,67 @@ def test_a_worker_killed_during_the_warm_start_resumes_into_the_same_run(lineage
     assert torch.equal(
         again["generator"]["encoder.items.weight"], whole["generator"]["encoder.items.weight"]
     )
+
+
+@pytest.mark.integration
+def test_the_fixed_schedule_trains_all_of_train_from_the_parent(lineage, tmp_path):
+    """--init_schedule fixed: no search, init_epochs epochs over every train row from the
+    parent's weights; the parent is recorded as for the search schedule."""
+    out = tmp_path / "fixed"
+    cfg = dataclasses.replace(lineage["cfg"], out=str(out))
+    cfg = dataclasses.replace(
+        cfg, optim=dataclasses.replace(cfg.optim, init_schedule="fixed", init_epochs=2)
+    )
+    train(cfg)
+    payload = RunDir(out).payload()
+    assert [h["phase"] for h in payload["state"]["history"]] == ["refit", "refit"]
+    assert payload["state"]["history"][0]["rows"] == lineage["data2"].manifest["train_rows"]
+    assert RunDir(out).meta()["parent"]["run"] == str(lineage["parent"])
+    parent = RunDir(lineage["parent"]).payload()["generator"]["encoder.items.weight"]
+    grown = payload["generator"]["encoder.items.weight"]
+    assert not torch.equal(grown[: parent.shape[0] - 1], parent[:-1])  # trained on from there
+
+
+@pytest.mark.integration
+def test_warm_starts_count_back_to_the_last_run_from_scratch(lineage):
+    from ganrec_dist.operations.update import warm_starts
+
+    assert warm_starts(str(lineage["parent"])) == 0
+    assert warm_starts(str(lineage["child"])) == 1
+
+
+@pytest.mark.integration
+def test_the_retrain_policy_trains_from_scratch_and_still_gates(lineage, tmp_path):
+    """`ganrec update --retrain_every 2` on a run one warm start from scratch: the day's run is
+    trained from scratch (no parent), judged by the gate on its own validation rows."""
+    import json
+
+    from ganrec_dist.core.config import UpdateConfig
+    from ganrec_dist.operations.update import update
+
+    data2 = lineage["data2"]
+    train_rows = data2.read("train").to_pydict()
+    t0 = data2.max_timestamp
+    day = tmp_path / "day.csv"
+    with open(day, "w", newline="") as handle:
+        csv.writer(handle).writerows(
+            [["user_id", "item_id", "timestamp", "weight"]]
+            + [
+                [train_rows["user_id"][i], train_rows["item_id"][i], t0 + 1 + i, 1.0]
+                for i in range(0, 3000, 30)
+            ]
+        )
+    out = tmp_path / "retrained"
+    record = update(
+        UpdateConfig(
+            run=str(lineage["child"]),
+            source=str(day),
+            out_data=str(tmp_path / "data3"),
+            out=str(out),
+            retrain_every=2,
+            rollout=False,
+        )
+    )
+    assert RunDir(out).meta()["parent"] is None  # from scratch, not --init
+    gate = json.loads((out / RunDir.GATE).read_text())
+    assert gate["users"] > 0 and gate["passed"] == record["passed"]

@@ -2,10 +2,11 @@
 
 For each size: a synthetic log is prepared (timed: what a rebuild from scratch costs at least);
 then a day's partition (``--active`` of the users, ``--rows_per_user`` later rows each) is
-appended (timed), and the buckets it rewrote and the files it hard-linked are read from the
-manifest. Run alone on a quiet machine, e.g.
+appended (timed, with the peak PSS of this process and its Ray processes), the buckets it wrote
+as deltas or rewrote and the files it hard-linked are read from the manifest, and the appended
+version is compacted (timed). Run alone on a quiet machine, e.g.
 
-    .venv/bin/python docs/experiments/append_cost.py --sizes 1000000,4000000 \\
+    .venv/bin/python docs/experiments/append_cost.py --sizes 1000000,4000000,16000000 \\
         --out docs/bench/append-cost.json
 """
 
@@ -65,6 +66,12 @@ def one(size: int, shards: int, active: float, per_user: int, work: Path) -> dic
         )
     appended = time.perf_counter() - start
     part = manifest["partitions"][-1]
+    from ganrec_dist.data.delta import compact
+
+    start = time.perf_counter()
+    compact(str(data) + ".v2", str(data) + ".v2c")
+    compacted = time.perf_counter() - start
+    shutil.rmtree(str(data) + ".v2c", ignore_errors=True)
     shutil.rmtree(data, ignore_errors=True)
     shutil.rmtree(str(data) + ".v2", ignore_errors=True)
     return {
@@ -75,15 +82,17 @@ def one(size: int, shards: int, active: float, per_user: int, work: Path) -> dic
         "fresh_prepare_s": fresh,
         "append_s": appended,
         "append_over_fresh": appended / fresh,
+        "buckets_delta": part.get("buckets_delta", 0),
         "buckets_rewritten": part["buckets_rewritten"],
         "files_linked": part["files_linked"],
         "append_peak_gib": mem.peak_gib,
+        "compact_s": compacted,
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--sizes", default="1000000,4000000")
+    parser.add_argument("--sizes", default="1000000,4000000,16000000")
     parser.add_argument("--shards", default="0", help="comma-separated; 0 = prepare's default")
     parser.add_argument("--active", type=float, default=0.01, help="share of users in the day")
     parser.add_argument("--rows_per_user", type=int, default=5)
@@ -112,9 +121,11 @@ def main() -> None:
             "fresh s",
             "append s",
             "append/fresh",
+            "deltas",
             "rewritten",
             "linked",
             "peak GiB",
+            "compact s",
         ],
         [
             [
@@ -124,9 +135,11 @@ def main() -> None:
                 f"{r['fresh_prepare_s']:.1f}",
                 f"{r['append_s']:.1f}",
                 f"{r['append_over_fresh']:.2f}",
+                f"{r['buckets_delta']}/{r['shards']}",
                 f"{r['buckets_rewritten']}/{r['shards']}",
                 r["files_linked"],
                 f"{r['append_peak_gib']:.2f}",
+                f"{r['compact_s']:.1f}",
             ]
             for r in rows
         ],

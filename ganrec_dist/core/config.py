@@ -216,6 +216,14 @@ class OptimSettings:
     )
     init_epochs: int = setting(5, "with --init: most search epochs (instead of `epochs`)")
     init_patience: int = setting(2, "with --init: patience (instead of `patience`)")
+    init_new_row_lr: float = setting(
+        1.0,
+        "with --init and sparse tables: the rows the parent did not have (new items and users) "
+        "learn at this multiple of the tables' rate",
+    )
+    init_optimizer: bool = setting(
+        True, "with --init: start from the parent's Adam moments and step counts (false: fresh)"
+    )
     init_schedule: str = setting(
         "search",
         "with --init: search (init_epochs validated on the rows the parent never fitted, then "
@@ -445,6 +453,12 @@ class UpdateConfig:
     out_data: str = setting("", "the new DATA version (default: DATA.v<N> beside DATA)")
     out: str = setting("", "the new RUN (default: RUN.v<N> beside RUN, N the DATA version)")
     init_epochs: int = setting(5, "search epochs of the warm start")
+    retrain_every: int = setting(
+        0,
+        "the retrain policy: train from scratch (the live run's settings, no --init) instead of "
+        "warm-starting when the live run is this many warm starts from its last run from "
+        "scratch (0: never)",
+    )
     workers: int = setting(0, "DDP ranks (0: the live run's)")
     rollout: bool = setting(
         True, "set the live Serve app's run to the new one if the gate passed (none live: skip)"

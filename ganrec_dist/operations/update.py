@@ -4,8 +4,15 @@
     ->  roll out (only if the gate passed)
 
 The **gate** compares the new run with the live one on the same rows: the new run's validation
-rows (each user's train rows that the live run never trained on, :mod:`warmstart`), the new run scored at its best search epoch (before its refit fits those rows), the live
-run scored on them now, through the same retrieval and seen-item exclusion. The live model knows
+rows (each user's train rows that the live run never trained on, :mod:`warmstart`), the new run
+scored at its best search epoch (before its refit fits those rows), the live run scored on them
+now, through the same retrieval and seen-item exclusion.
+
+**Retrain policy** (``--retrain_every N``): when the live run is N - 1 warm starts from its last
+run trained from scratch, the update trains from scratch instead (the live run's settings on the
+new DATA, no ``--init``). Its validation rows are then each user's last train rows, some of which
+the live run has fitted: the gate favours the live run on such a day, so a retrain rolls out only
+when it is not worse even so. The live model knows
 none of the new ids: a new item in a history is ignored by it (as serving does) and a new user is
 an unknown user. The new run is rolled out iff its NDCG@10 there is not lower.
 
@@ -23,13 +30,14 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 
 from ganrec_dist.core import config as cfgmod
 from ganrec_dist.core import storage
 from ganrec_dist.core.config import IndexCommandConfig, PrepareConfig, TrainConfig
 from ganrec_dist.core.errors import UserError
 from ganrec_dist.data.append import append, default_out
-from ganrec_dist.data.interactions import Sequences
+from ganrec_dist.data.interactions import Sequences, from_rows, validation_limits
 from ganrec_dist.data.layout import DataDir, RunDir
 from ganrec_dist.training import warmstart
 from ganrec_dist.training.validation import validation_metrics, validation_truth
@@ -72,6 +80,12 @@ def update(cfg: cfgmod.UpdateConfig) -> dict:
         )
     out = cfg.out or next_run(cfg.run, data)
     train_cfg = warm_config(stored, cfg, data=data.root, out=out)
+    starts = warm_starts(cfg.run)
+    if cfg.retrain_every and starts + 1 >= cfg.retrain_every:
+        log.info(
+            "update: %s is %d warm starts from scratch: retrain (--retrain_every)", cfg.run, starts
+        )
+        train_cfg = dataclasses.replace(train_cfg, init="")
     if _trained_before(out, data):
         # A re-run after the driver died past training (e.g. before the rollout).
         log.info("update 2/4: %s is already trained on %s: reused", out, data)
@@ -213,6 +227,51 @@ def warm_config(stored: dict, cfg: cfgmod.UpdateConfig, *, data: str, out: str) 
     )
 
 
+def _gate_rows(
+    data: DataDir, new: dict, live_run: str, train_cfg: TrainConfig
+) -> tuple[Sequences, np.ndarray, np.ndarray]:
+    """The rows the gate judges on, as (sequences, history limits, users): the new run's
+    validation rows when it searched (a warm start: the rows the live run never fitted; a
+    retrain: its own), else (``--init_schedule fixed`` trains on every train row) the test
+    rows of the new DATA, after each user's train rows."""
+    users = np.asarray(new["state"]["best_val_users"], np.int64)
+    if len(users):
+        seq = data.sequences()
+        if train_cfg.init:
+            limits = warmstart.warm_limits(seq.lengths, warmstart.parent_lengths(live_run))
+        else:  # retrained: its own validation rows, which the live run may have fitted
+            limits = validation_limits(seq, train_cfg.dataset.val_fraction)
+        return seq, limits, users
+    columns = ["user_idx", "item_idx", "position"]
+    rows = pa.concat_tables([data.read(DataDir.TRAIN, columns), data.read(DataDir.TEST, columns)])
+    n_users, n_items = data.manifest["users"], data.manifest["items"]
+    seq = from_rows(*(rows[c].to_numpy() for c in columns), n_users=n_users, n_items=n_items)
+    limits = data.sequences().lengths
+    users = np.flatnonzero(seq.lengths > limits)
+    cap = train_cfg.dataset.val_users or len(users)
+    users = np.sort(np.random.default_rng(0).permutation(users)[:cap])
+    if len(users) == 0:
+        raise UserError(f"{data}: no test rows to judge {new_run_name(new)} on")
+    return seq, limits, users
+
+
+def new_run_name(payload: dict) -> str:
+    return str(payload["train_config"].get("out", "the new run"))
+
+
+def warm_starts(run: str) -> int:
+    """How many warm starts ``run`` is from its last run trained from scratch (add-items
+    versions are not warm starts and are not counted)."""
+    count, current = 0, run
+    for _ in range(10_000):
+        parent = RunDir.open(current).meta().get("parent") or {}
+        if not parent.get("run"):
+            return count
+        count += "added_items" not in parent
+        current = parent["run"]
+    return count
+
+
 def _live_view(seq: Sequences, n_items: int) -> Sequences:
     """``seq`` as the live model sees it: items it does not know become its padding id (so a
     history ignores them, as serving does)."""
@@ -221,33 +280,33 @@ def _live_view(seq: Sequences, n_items: int) -> Sequences:
 
 
 def gate(live_run: str, new_run: str, data: DataDir) -> tuple[dict, np.ndarray]:
-    """Both runs' NDCG@10 on the new run's validation users and rows (see the module); the
-    record and those users."""
+    """Both runs' NDCG@10 on rows neither has trained on (see the module); the record and the
+    users scored."""
     from ganrec_dist.model.models import generator_from_state
 
     new = RunDir(new_run).payload()
     live = RunDir.open(live_run).payload()
-    users = np.asarray(new["state"]["best_val_users"], np.int64)
-    if len(users) == 0:
-        raise UserError(f"{new_run}: no validation rows that {live_run} has not trained on")
     train_cfg = cfgmod.build(TrainConfig, new["train_config"])
-    seq = data.sequences()
-    limits = warmstart.warm_limits(seq.lengths, warmstart.parent_lengths(live_run))
+    seq, limits, users = _gate_rows(data, new, live_run, train_cfg)
     truth = validation_truth(seq, limits, users)
-    model = generator_from_state(live["model_config"], live["generator"])
-    per_user: dict = {}
-    validation_metrics(
-        model,
-        _live_view(seq, live["model_config"]["n_items"]),
-        limits=limits,
-        truth=truth,
-        index_cfg=train_cfg.index,
-        users=users,
-        per_user=per_user,
-    )
-    live_scores = dict(zip(per_user["users"].tolist(), per_user["ndcg"].tolist()))
-    new_scores = dict(zip(new["state"]["best_val_users"], new["state"]["best_val_ndcg"]))
-    pairs = np.asarray([[new_scores[u], live_scores.get(u, 0.0)] for u in users.tolist()])
+    scores = {}
+    for name, payload in (("live", live), ("new", new)):
+        if name == "new" and new["state"]["best_val_users"]:
+            # Scored at its best search epoch, before its refit fitted these rows.
+            scores[name] = dict(zip(new["state"]["best_val_users"], new["state"]["best_val_ndcg"]))
+            continue
+        per_user: dict = {}
+        validation_metrics(
+            generator_from_state(payload["model_config"], payload["generator"]),
+            _live_view(seq, payload["model_config"]["n_items"]),
+            limits=limits,
+            truth=truth,
+            index_cfg=train_cfg.index,
+            users=users,
+            per_user=per_user,
+        )
+        scores[name] = dict(zip(per_user["users"].tolist(), per_user["ndcg"].tolist()))
+    pairs = np.asarray([[scores["new"][u], scores["live"].get(u, 0.0)] for u in users.tolist()])
     new_mean, live_mean = (float(v) for v in pairs.mean(axis=0))
     record = {
         "live_run": storage.display(live_run),
@@ -259,7 +318,8 @@ def gate(live_run: str, new_run: str, data: DataDir) -> tuple[dict, np.ndarray]:
         "live": live_mean,
         "difference": new_mean - live_mean,
         "passed": new_mean >= live_mean,
-        "rule": "roll out iff the new run's validation NDCG@10 (best search epoch) on the train "
-        "rows the live run never trained on is not lower than the live run's on the same rows",
+        "rule": "roll out iff the new run's NDCG@10 on rows neither run has trained on (a "
+        "search: its validation rows at its best epoch; --init_schedule fixed: the test rows) "
+        "is not lower than the live run's on the same rows",
     }
     return record, users

@@ -45,6 +45,16 @@ def model_config(cfg: TrainConfig, n_users: int, n_items: int) -> ModelConfig:
     )
 
 
+def _parent_rows(cfg: TrainConfig) -> dict[str, int] | None:
+    """Under ``--init``: per table, the parent's row count (rows from there on are new)."""
+    if not cfg.init or cfg.optim.init_new_row_lr == 1.0:
+        return None
+    from ganrec_dist.data.layout import RunDir
+
+    parent = RunDir.open(cfg.init).meta()["model_config"]
+    return {name: int(parent[field]) for name, field in warmstart.TABLES.items()}
+
+
 def optimisers(
     gen: torch.nn.Module, disc: torch.nn.Module, cfg: TrainConfig, fused: bool = True
 ) -> tuple[Any, torch.optim.Adam]:
@@ -61,6 +71,8 @@ def optimisers(
             fused=fused,
             fused_rows=fused and cfg.execution.row_update == "fused",
             table_lr=cfg.optim.table_lr,
+            new_rows=_parent_rows(cfg),
+            new_row_lr=cfg.optim.init_new_row_lr,
         )
     else:
         g_opt = torch.optim.Adam(
@@ -160,7 +172,10 @@ def initial_state(cfg: TrainConfig, fresh: Generator) -> dict | None:
     refit start from (:mod:`ganrec_dist.training.warmstart`); None for a fresh run."""
     if not cfg.init:
         return None
-    return warmstart.inherited(warmstart.parent_payload(cfg.init), fresh, fresh.cfg.sparse)
+    start = warmstart.inherited(warmstart.parent_payload(cfg.init), fresh, fresh.cfg.sparse)
+    if not cfg.optim.init_optimizer:  # fresh moments and step counts
+        start.update(g_optimizer=None, d_optimizer=None)
+    return start
 
 
 def load_inherited_optimizers(start: dict, g_opt: Any, d_opt: Any) -> None:
@@ -177,4 +192,5 @@ def load_inherited_optimizers(start: dict, g_opt: Any, d_opt: Any) -> None:
         else:
             inherited = {**inherited, "param_groups": own["param_groups"]}
         g_opt.load_state_dict(inherited)
-    d_opt.load_state_dict(start["d_optimizer"])
+    if start["d_optimizer"] is not None:
+        d_opt.load_state_dict(start["d_optimizer"])

@@ -237,13 +237,17 @@ def train(cfg: TrainConfig) -> dict:
     history = run.payload()["state"]["history"]
     write_history(run, history)
     search = [h for h in history if h.get("phase") == "search"]
+    searched = (
+        f"best validation NDCG@10 {max(h.get('val_ndcg@10', 0) for h in search):.4f} at epoch "
+        f"{meta['best_epoch']} of {len(search)}"
+        if search
+        else "no search (--init_schedule fixed)"
+    )
     log.info(
-        "trained %s in %.0fs: best validation NDCG@10 %.4f at epoch %d of %d; refit %d epochs -> %s",
+        "trained %s in %.0fs: %s; refit %d epochs -> %s",
         name,
         time.time() - start,
-        max((h.get("val_ndcg@10", 0) for h in search), default=0),
-        meta["best_epoch"],
-        len(search),
+        searched,
         sum(h.get("phase") == "refit" for h in history),
         run.remote(RunDir.CHECKPOINT),
     )
