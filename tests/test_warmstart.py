@@ -97,7 +97,13 @@ def lineage(ray_local, synthetic_data, tmp_path_factory):
     train(train_config(data=str(synthetic_data), out=str(parent), epochs=2, refit=True, **TINY))
     child = base / "child"
     cfg = train_config(
-        data=str(data2), out=str(child), init=str(parent), init_epochs=2, seed=1, **TINY
+        data=str(data2),
+        out=str(child),
+        init=str(parent),
+        init_schedule="search",  # the schedule with a search: validation on unfitted rows
+        init_epochs=2,
+        seed=1,
+        **TINY,
     )
     train(cfg)
     return {"data": data, "data2": DataDir(data2), "parent": parent, "child": child, "cfg": cfg}

@@ -214,18 +214,15 @@ class OptimSettings:
     refit: bool = setting(
         True, "after the search, retrain on all of train for the best epoch count"
     )
-    init_epochs: int = setting(5, "with --init: most search epochs (instead of `epochs`)")
-    init_patience: int = setting(2, "with --init: patience (instead of `patience`)")
-    init_new_row_lr: float = setting(
-        1.0,
-        "with --init and sparse tables: the rows the parent did not have (new items and users) "
-        "learn at this multiple of the tables' rate",
+    init_epochs: int = setting(
+        3, "with --init: the epochs of the fixed schedule, or the search's most epochs"
     )
+    init_patience: int = setting(2, "with --init and the search schedule: patience")
     init_optimizer: bool = setting(
         True, "with --init: start from the parent's Adam moments and step counts (false: fresh)"
     )
     init_schedule: str = setting(
-        "search",
+        "fixed",
         "with --init: search (init_epochs validated on the rows the parent never fitted, then "
         "the refit from the parent for the best count) | fixed (init_epochs epochs over all of "
         "train from the parent, no search)",
@@ -452,7 +449,7 @@ class UpdateConfig:
     )
     out_data: str = setting("", "the new DATA version (default: DATA.v<N> beside DATA)")
     out: str = setting("", "the new RUN (default: RUN.v<N> beside RUN, N the DATA version)")
-    init_epochs: int = setting(5, "search epochs of the warm start")
+    init_epochs: int = setting(3, "epochs of the warm start (train's --init_epochs)")
     retrain_every: int = setting(
         0,
         "the retrain policy: train from scratch (the live run's settings, no --init) instead of "

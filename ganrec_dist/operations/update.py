@@ -3,18 +3,22 @@
     append the new partition  ->  warm-start train from the live run  ->  gate  ->  index
     ->  roll out (only if the gate passed)
 
-The **gate** compares the new run with the live one on the same rows: the new run's validation
-rows (each user's train rows that the live run never trained on, :mod:`warmstart`), the new run
-scored at its best search epoch (before its refit fits those rows), the live run scored on them
-now, through the same retrieval and seen-item exclusion.
+The **gate** compares the new run with the live one on the same rows, which neither has trained
+on, through the same retrieval and seen-item exclusion: with the default warm schedule
+(``--init_schedule fixed``, every train row fitted) the new DATA's test rows, each user's train
+rows the history; with the search schedule the new run's validation rows (each user's train rows
+that the live run never trained on, :mod:`warmstart`), the new run scored at its best search
+epoch (before its refit fits those rows).
 
 **Retrain policy** (``--retrain_every N``): when the live run is N - 1 warm starts from its last
 run trained from scratch, the update trains from scratch instead (the live run's settings on the
 new DATA, no ``--init``). Its validation rows are then each user's last train rows, some of which
 the live run has fitted: the gate favours the live run on such a day, so a retrain rolls out only
-when it is not worse even so. The live model knows
-none of the new ids: a new item in a history is ignored by it (as serving does) and a new user is
-an unknown user. The new run is rolled out iff its NDCG@10 there is not lower.
+when it is not worse even so.
+
+The live model knows none of the new ids: a new item in a history is ignored by it (as serving
+does) and a new user is an unknown user. The new run is rolled out iff its NDCG@10 there is not
+lower.
 
 **Rollout**: the live Ray Serve app's ``user_config.run`` is set to the new run, which swaps the
 model in place on every replica (no request dropped; ``GanRecommender.reconfigure``). Without a

@@ -45,16 +45,6 @@ def model_config(cfg: TrainConfig, n_users: int, n_items: int) -> ModelConfig:
     )
 
 
-def _parent_rows(cfg: TrainConfig) -> dict[str, int] | None:
-    """Under ``--init``: per table, the parent's row count (rows from there on are new)."""
-    if not cfg.init or cfg.optim.init_new_row_lr == 1.0:
-        return None
-    from ganrec_dist.data.layout import RunDir
-
-    parent = RunDir.open(cfg.init).meta()["model_config"]
-    return {name: int(parent[field]) for name, field in warmstart.TABLES.items()}
-
-
 def optimisers(
     gen: torch.nn.Module, disc: torch.nn.Module, cfg: TrainConfig, fused: bool = True
 ) -> tuple[Any, torch.optim.Adam]:
@@ -71,8 +61,6 @@ def optimisers(
             fused=fused,
             fused_rows=fused and cfg.execution.row_update == "fused",
             table_lr=cfg.optim.table_lr,
-            new_rows=_parent_rows(cfg),
-            new_row_lr=cfg.optim.init_new_row_lr,
         )
     else:
         g_opt = torch.optim.Adam(

@@ -86,13 +86,11 @@ def row_adam(
     lr: float,
     betas: tuple[float, float],
     eps: float,
-    scale: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Lazy Adam on ``rows`` of ``table`` in one pass: each of the weights and both moments is
     read once and written once at those rows (``torch.optim.SparseAdam``'s arithmetic, its
     state layout and its one step count per table; it reads and writes each moment twice and
-    builds a sparse tensor per write). ``scale`` ([rows, 1]) multiplies each row's step.
-    Returns the rows' weights before and after the step."""
+    builds a sparse tensor per write). Returns the rows' weights before and after the step."""
     if not state:
         state.update(step=0, exp_avg=torch.zeros_like(table), exp_avg_sq=torch.zeros_like(table))
     state["step"] += 1
@@ -106,10 +104,7 @@ def row_adam(
     step = state["step"]
     step_size = lr * math.sqrt(1 - beta2**step) / (1 - beta1**step)
     before = table.index_select(0, rows)
-    update = new_avg.div_(new_sq.sqrt_().add_(eps))
-    if scale is not None:
-        update.mul_(scale)
-    after = before + -step_size * update
+    after = before + -step_size * new_avg.div_(new_sq.sqrt_().add_(eps))
     table.index_copy_(0, rows, after)
     return before, after
 
@@ -135,13 +130,8 @@ class GeneratorOptimizer:
         fused: bool = True,
         fused_rows: bool | None = None,
         table_lr: float = 1.0,
-        new_rows: dict[str, int] | None = None,
-        new_row_lr: float = 1.0,
     ) -> None:
         named = dict(gen.named_parameters())
-        # A warm start's rows from these indices on are new: they learn new_row_lr times faster.
-        self.new_rows = new_rows if new_row_lr != 1.0 else None
-        self.new_row_lr = new_row_lr
         self.tables = {name: named[name] for name in tables(gen)}
         dense = [p for name, p in named.items() if name not in self.tables]
         self.dense = torch.optim.Adam(dense, lr=lr, weight_decay=weight_decay, fused=fused or None)
@@ -174,7 +164,6 @@ class GeneratorOptimizer:
                     lr=group["lr"],
                     betas=group["betas"],
                     eps=group["eps"],
-                    scale=self._scale(name, rows, values.dtype),
                 )
                 self.touched[name] = (rows, before, after)
                 continue
@@ -187,12 +176,6 @@ class GeneratorOptimizer:
             for name, (rows, before, _) in self.touched.items():
                 after = self.tables[name].detach()[rows]
                 self.touched[name] = (rows, before, after)
-
-    def _scale(self, name: str, rows: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
-        if not self.new_rows or name not in self.new_rows:
-            return None
-        fresh = (rows >= self.new_rows[name]).to(dtype)
-        return fresh.mul_(self.new_row_lr - 1.0).add_(1.0)[:, None]
 
     def state_dict(self) -> dict[str, Any]:
         return {"dense": self.dense.state_dict(), "sparse": self.sparse.state_dict()}
