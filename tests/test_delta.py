@@ -93,6 +93,8 @@ def test_in_order_days_are_deltas_and_every_version_reads_as_a_fresh_prepare(day
             assert os.path.samefile(v2.path(f"{split}/{f}"), versions[0].path(f"{split}/{f}"))
     # Day 2 adds a delta of its own; day 1's is linked, not copied.
     assert list(v3.deltas) == ["p0001", "p0002"]
+    # Day 2 names no new user: the user map is the parent's file, not a copy.
+    assert os.path.samefile(v3.path("users.parquet"), v2.path("users.parquet"))
     b = v2.deltas["p0001"][0]
     name = f"delta/p0001/{layout.part_name(b)}"
     assert os.path.samefile(v3.path(name), v2.path(name))

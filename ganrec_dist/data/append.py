@@ -131,9 +131,16 @@ def _build(cfg: PrepareConfig, parent: DataDir, tmp: Path) -> dict:
     touched = sorted(int(p.name[1:]) for p in (staging / "buckets").glob("b*") if any(p.iterdir()))
     merge = {"staging": str(staging), "parent": parent.root, "test_fraction": parent.test_fraction}
     # In order (every row after its user's newest): a delta. A bucket with a late row: merged.
-    tried = prepare._run(
-        delta.delta_bucket, [{**merge, "bucket": b} for b in touched], "delta", remote_args
-    )
+    tried = [
+        r
+        for done in prepare._run(
+            delta.delta_buckets,
+            [{**merge, "buckets": g} for g in delta.groups(touched)],
+            "delta",
+            remote_args,
+        )
+        for r in done["results"]
+    ]
     fast = [r for r in tried if not r["late"]]
     late = [r["bucket"] for r in tried if r["late"]]
     merged = prepare._run(
@@ -186,8 +193,11 @@ def _write_buckets(
         prepare.map_bucket, [{**where, "bucket": b} for b in late], "map ids", remote
     )
     prepare._run(
-        delta.map_delta,
-        [{**where, "bucket": r["bucket"], "partition": name} for r in fast],
+        delta.map_deltas,
+        [
+            {**where, "buckets": g, "partition": name}
+            for g in delta.groups([r["bucket"] for r in fast])
+        ],
         "map ids (deltas)",
         remote,
     )
@@ -316,8 +326,11 @@ def _extend_id_maps(
     staging: Path, out: Path, parent: DataDir, *, staged: Any, retire: pa.Array | None
 ) -> tuple[int, int]:
     """users.parquet and items.parquet: the parent's, then the partition's new ids (sorted),
-    items with content among them. Returns (new users, new items)."""
+    items with content among them (the parent's file, linked, when nothing changes). The ids the
+    partition names, with their indices, go to ``staging/ids/`` for its deltas. Returns (new
+    users, new items)."""
     counts = []
+    (staging / "ids").mkdir()
     for name, column, pattern in (
         (DataDir.USERS, "user_id", "users-b*.parquet"),
         (DataDir.ITEMS, "item_id", "items-b*.parquet"),
@@ -330,12 +343,24 @@ def _extend_id_maps(
         fresh = seen.filter(pc.invert(pc.is_in(seen, value_set=known[column])))
         idx = np.arange(known.num_rows, known.num_rows + len(fresh), dtype=np.int32)
         added = pa.table({f"{column[:4]}_idx": pa.array(idx), column: fresh})
+        at = pc.index_in(seen, value_set=pa.concat_arrays([*known[column].chunks, fresh]))
+        pq.write_table(
+            pa.table({column: seen, f"{column[:4]}_idx": at.cast(pa.int32())}),
+            staging / "ids" / name,
+        )
+        counts.append(len(fresh))
+        unchanged = not len(fresh) and (
+            name == DataDir.USERS
+            or (staged is None and retire is None and "retired" in known.column_names)
+        )
+        if unchanged:  # the day named no new id: the parent's map is this version's
+            delta.link(Path(parent.path(name)), out / name)
+            continue
         if name == DataDir.ITEMS:
             shown = prepare.shown_columns(staged) if staged is not None else None
             known, added = _item_columns(known, added, shown, retire)
         table = pa.concat_tables([known, added.select(known.column_names)])
         pq.write_table(table, out / name)
-        counts.append(len(fresh))
     return counts[0], counts[1]
 
 

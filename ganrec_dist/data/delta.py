@@ -83,6 +83,27 @@ def stats_of_bucket(data: Any, bucket: int) -> pa.Table:
 # --- the append's in-order path, one bucket a task --------------------------------------------
 
 
+def groups(buckets: list[int]) -> list[list[int]]:
+    """Buckets dealt to one task per CPU of the cluster: a day's delta of a bucket is small, so
+    a task per bucket would cost its start-up more than its work."""
+    import ray
+
+    if not buckets:
+        return []
+    n = max(1, min(len(buckets), int(ray.cluster_resources().get("CPU", 1))))
+    return [buckets[i::n] for i in range(n)]
+
+
+def delta_buckets(task: dict) -> dict:
+    """:func:`delta_bucket` for each of ``task["buckets"]``."""
+    return {"results": [delta_bucket({**task, "bucket": b}) for b in task["buckets"]]}
+
+
+def map_deltas(task: dict) -> dict:
+    """:func:`map_delta` for each of ``task["buckets"]``."""
+    return {"results": [map_delta({**task, "bucket": b}) for b in task["buckets"]]}
+
+
 def delta_bucket(task: dict) -> dict:
     """The partition's rows of one bucket as a delta, if every one comes after its user's
     newest row; else ``{"late": True}`` and nothing written (the bucket is merged instead)."""
@@ -179,27 +200,29 @@ def map_delta(task: dict) -> dict:
     """The delta files of one in-order bucket, with integer ids, and its new user stats."""
     staging, out, bucket = Path(task["staging"]), Path(task["out"]), int(task["bucket"])
     folder = out / DataDir.DELTA / task["partition"]
-    users = pq.read_table(out / DataDir.USERS, columns=["user_id"])["user_id"]
-    items = pq.read_table(out / DataDir.ITEMS, columns=["item_id"])["item_id"]
+    # Only the ids the partition names (``append._extend_id_maps``): not the whole catalogue.
+    users = pq.read_table(staging / "ids" / DataDir.USERS)
+    items = pq.read_table(staging / "ids" / DataDir.ITEMS)
+
+    def user_idx(ids: pa.ChunkedArray) -> pa.Array:
+        return pc.take(users["user_idx"], pc.index_in(ids, value_set=users["user_id"]))
+
     table = pq.read_table(staging / "split" / f"b{bucket:05d}.parquet")
-    table = table.append_column(
-        "user_idx", pc.index_in(table["user_id"], value_set=users).cast(pa.int32())
-    ).append_column("item_idx", pc.index_in(table["item_id"], value_set=items).cast(pa.int32()))
+    table = table.append_column("user_idx", user_idx(table["user_id"])).append_column(
+        "item_idx",
+        pc.take(items["item_idx"], pc.index_in(table["item_id"], value_set=items["item_id"])),
+    )
     pq.write_table(table.select(prepare.OUTPUT_COLUMNS), folder / layout.part_name(bucket))
     cuts = pq.read_table(staging / "split" / f"cuts-b{bucket:05d}.parquet")
     pq.write_table(
-        pa.table(
-            {
-                "user_idx": pc.index_in(cuts["user_id"], value_set=users).cast(pa.int32()),
-                "cut": cuts["cut"],
-            }
-        ),
+        pa.table({"user_idx": user_idx(cuts["user_id"]), "cut": cuts["cut"]}),
         folder / layout.cuts_name(bucket),
     )
+    # The bucket's stats: its untouched users keep their index; the touched ones are named.
     stats = pq.read_table(staging / "split" / f"stats-b{bucket:05d}.parquet")
-    stats = stats.set_column(
-        1, "user_idx", pc.index_in(stats["user_id"], value_set=users).cast(pa.int32())
-    )
+    named = pc.index_in(stats["user_id"], value_set=users["user_id"])
+    found = pc.take(users["user_idx"], named)
+    stats = stats.set_column(1, "user_idx", pc.coalesce(found, stats["user_idx"]))
     pq.write_table(stats.sort_by("user_idx"), out / DataDir.USER_STATS / layout.part_name(bucket))
     return {"bucket": bucket}
 
