@@ -250,12 +250,13 @@ def _read_bucket(data: Any, split: str, bucket: int, columns: list[str] | None) 
         cuts.append(cut["cut"].to_numpy())
     table = pa.concat_tables(tables)
     is_test = np.concatenate(labels)
-    # The newest cut of each user wins: later partitions come later in the arrays.
+    # The newest cut of each user wins; a user's cut only grows with their rows (and a bucket
+    # rewritten by a late row drops its older deltas), so the newest is the largest.
     u, c = np.concatenate(users).astype(np.int64), np.concatenate(cuts).astype(np.int64)
     lookup = np.full(
         int(max(u.max(initial=-1), table["user_idx"].to_numpy().max(initial=-1))) + 1, -1
     )
-    lookup[u] = c  # numpy assigns repeated indices in order: the last (newest) stays
+    np.maximum.at(lookup, u, c)
     row_cut = lookup[table["user_idx"].to_numpy()]
     position = table["position"].to_numpy()
     is_test = np.where(row_cut >= 0, position >= row_cut, is_test)
