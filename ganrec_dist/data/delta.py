@@ -63,7 +63,7 @@ def bucket_rows(data: Any) -> dict[str, list[int]]:
         fs, files = data.split_files(split)
         by_bucket = dict.fromkeys(range(data.buckets), 0)
         for f in files:
-            by_bucket[int(Path(f).name[5:10])] = pq.ParquetFile(
+            by_bucket[layout.bucket_number(f)] = pq.ParquetFile(
                 fs.open_input_file(f)
             ).metadata.num_rows
         out[split] = [by_bucket[b] for b in range(data.buckets)]
@@ -271,7 +271,10 @@ def compact_into(data: Any, out: Path, remote_args: dict | None = None) -> dict:
         rel = path.relative_to(root)
         if path.is_dir() or rel.parts[0] == DataDir.DELTA or rel.name == DataDir.MANIFEST:
             continue
-        if rel.parts[0] in (DataDir.TRAIN, DataDir.TEST) and int(rel.name[5:10]) in touched:
+        if (
+            rel.parts[0] in (DataDir.TRAIN, DataDir.TEST)
+            and layout.bucket_number(rel.name) in touched
+        ):
             continue
         link(path, out / rel)
     for split in (DataDir.TRAIN, DataDir.TEST):

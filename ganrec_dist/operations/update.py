@@ -247,10 +247,12 @@ def _gate_rows(
             limits = validation_limits(seq, train_cfg.dataset.val_fraction)
         return seq, limits, users
     columns = ["user_idx", "item_idx", "position"]
-    rows = pa.concat_tables([data.read(DataDir.TRAIN, columns), data.read(DataDir.TEST, columns)])
+    train = data.read(DataDir.TRAIN, columns)
+    rows = pa.concat_tables([train, data.read(DataDir.TEST, columns)])
     n_users, n_items = data.manifest["users"], data.manifest["items"]
     seq = from_rows(*(rows[c].to_numpy() for c in columns), n_users=n_users, n_items=n_items)
-    limits = data.sequences().lengths
+    # Each user's train rows are the history (positions put them before the test rows).
+    limits = np.bincount(train["user_idx"].to_numpy(), minlength=n_users)
     users = np.flatnonzero(seq.lengths > limits)
     cap = train_cfg.dataset.val_users or len(users)
     users = np.sort(np.random.default_rng(0).permutation(users)[:cap])
