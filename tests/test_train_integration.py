@@ -216,6 +216,23 @@ def test_epoch_batches_go_round_a_short_shard_and_stop_a_long_one(ray_local):
     assert len(list(epoch_batches(shard, steps=2, batch_size=4, shuffle_buffer=0, seed=1))) == 2
 
 
+def test_epoch_batches_keep_rebatch_the_kept_rows(ray_local):
+    """A replay mask keeps some rows: full batches of the kept rows, a lap's remainder shorter,
+    and a lap that keeps nothing still steps on one row."""
+    import ray.data
+
+    from ganrec_dist.data.shards import epoch_batches
+
+    shard = ray.data.range(20).iterator()
+    odd = lambda raw: raw["id"] % 2 == 1  # noqa: E731
+    got = list(epoch_batches(shard, steps=4, batch_size=4, shuffle_buffer=0, seed=1, keep=odd))
+    assert [len(b["id"]) for b in got] == [4, 4, 2, 4]
+    assert sorted(np.concatenate([b["id"] for b in got[:3]])) == list(range(1, 20, 2))
+    none = lambda raw: np.zeros(len(raw["id"]), bool)  # noqa: E731
+    got = list(epoch_batches(shard, steps=2, batch_size=4, shuffle_buffer=0, seed=1, keep=none))
+    assert [len(b["id"]) for b in got] == [1, 1]
+
+
 def test_unequal_shards_each_rank_holds_only_its_users(ray_local, tmp_path):
     """Three user shards for two ranks: one rank holds two, the other one; both take the same
     steps (else the gradient all-reduce would hang) and neither loads the other's users."""

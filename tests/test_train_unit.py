@@ -165,3 +165,18 @@ def test_shards_are_dealt_as_whole_files_balanced_by_rows():
     # The mean shard's batches, the natural count on one rank.
     assert shards.steps_per_epoch(1100, 1, 256) == 5
     assert shards.steps_per_epoch(1100, 2, 256) == 3
+
+
+def test_replay_keeps_every_unfitted_row_and_a_share_of_the_fitted():
+    from ganrec_dist.training.worker import Replay
+
+    fitted = np.array([3, 0, 10])  # user 1 is new to the parent
+    replay = Replay(fitted=fitted, share=0.3, steps=1)
+    users = np.repeat([0, 1, 2], 4000)
+    positions = np.tile(np.arange(4000) % 12, 3)
+    keep = replay.mask(np.random.default_rng(0))({"user_idx": users, "position": positions})
+    fresh = positions >= fitted[users]
+    assert keep[fresh].all()
+    assert abs(keep[~fresh].mean() - 0.3) < 0.02
+    again = replay.mask(np.random.default_rng(0))({"user_idx": users, "position": positions})
+    assert np.array_equal(keep, again)  # seeded: a resumed epoch draws the same sample

@@ -218,6 +218,31 @@ def test_the_fixed_schedule_trains_all_of_train_from_the_parent(lineage, tmp_pat
 
 
 @pytest.mark.integration
+def test_replay_trains_the_new_rows_and_a_share_of_the_old(lineage, tmp_path):
+    """--init_replay 0.25: an epoch trains the rows the parent never fitted and a quarter of
+    the rest (in expectation), in full batches: its rows are that count, not all of train."""
+    from ganrec_dist.training.warmstart import parent_lengths, warm_limits
+
+    out = tmp_path / "replay"
+    cfg = dataclasses.replace(lineage["cfg"], out=str(out))
+    cfg = dataclasses.replace(
+        cfg,
+        optim=dataclasses.replace(
+            cfg.optim, init_schedule="fixed", init_epochs=2, init_replay=0.25
+        ),
+    )
+    train(cfg)
+    lengths = lineage["data2"].sequences().lengths
+    old = int(warm_limits(lengths, parent_lengths(str(lineage["parent"]))).sum())
+    new = int(lengths.sum()) - old
+    assert new > 100  # the appended rows and the parent's test rows moved into train
+    history = RunDir(out).payload()["state"]["history"]
+    assert [h["phase"] for h in history] == ["refit", "refit"]
+    for epoch in history:
+        assert abs(epoch["rows"] - (new + 0.25 * old)) <= cfg.optim.batch_size + 4 * old**0.5
+
+
+@pytest.mark.integration
 def test_warm_starts_count_back_to_the_last_run_from_scratch(lineage):
     from ganrec_dist.operations.update import warm_starts
 

@@ -221,6 +221,12 @@ class OptimSettings:
     init_optimizer: bool = setting(
         True, "with --init: start from the parent's Adam moments and step counts (false: fresh)"
     )
+    init_replay: float = setting(
+        1.0,
+        "with --init, after the search (fixed: from the start): the share of the rows the "
+        "parent fitted that an epoch trains again, a new sample each epoch (1: all of them); "
+        "the rows the parent never fitted are trained every epoch",
+    )
     init_schedule: str = setting(
         "fixed",
         "with --init: search (init_epochs validated on the rows the parent never fitted, then "

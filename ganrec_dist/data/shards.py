@@ -12,8 +12,10 @@ epoch), so an epoch still takes as many rows as the train split has.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
+
+import numpy as np
 
 from ganrec_dist.core.errors import UserError
 
@@ -41,13 +43,23 @@ def steps_per_epoch(total_rows: int, world: int, batch_size: int) -> int:
 
 
 def epoch_batches(
-    shard: Any, *, steps: int, batch_size: int, shuffle_buffer: int, seed: int
+    shard: Any,
+    *,
+    steps: int,
+    batch_size: int,
+    shuffle_buffer: int,
+    seed: int,
+    keep: Callable[[dict], np.ndarray] | None = None,
 ) -> Iterator[dict]:
     """Exactly ``steps`` numpy batches of a Ray Data shard, going round it again (reshuffled)
-    when it runs out first."""
+    when it runs out first. With ``keep`` (a row mask of a batch), only the rows it keeps, in
+    batches of ``batch_size`` again; a lap's last rows are a shorter batch."""
     taken = lap = 0
     while taken < steps:
         empty = True
+        pending: list[dict] = []
+        held = 0
+        last: dict = {}
         for raw in shard.iter_batches(
             batch_size=batch_size,
             batch_format="numpy",
@@ -55,10 +67,29 @@ def epoch_batches(
             local_shuffle_seed=seed + lap * 1_000_003,
         ):
             empty = False
-            yield raw
-            taken += 1
-            if taken >= steps:
-                return
+            if keep is None:
+                yield raw
+                taken += 1
+                if taken >= steps:
+                    return
+                continue
+            last = raw
+            mask = keep(raw)
+            pending.append({k: v[mask] for k, v in raw.items()})
+            held += int(np.count_nonzero(mask))
+            while held >= batch_size:
+                merged = {k: np.concatenate([p[k] for p in pending]) for k in raw}
+                yield {k: v[:batch_size] for k, v in merged.items()}
+                taken += 1
+                if taken >= steps:
+                    return
+                pending, held = [{k: v[batch_size:] for k, v in merged.items()}], held - batch_size
         if empty:
             raise RuntimeError("this rank's train shard has no rows")
+        if keep is not None:
+            # The lap's remainder; a lap that kept nothing still steps (every rank must) on one
+            # row it read.
+            merged = {k: np.concatenate([p[k] for p in pending]) for k in last}
+            yield merged if held else {k: v[:1] for k, v in last.items()}
+            taken += 1
         lap += 1

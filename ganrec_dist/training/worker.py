@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+import math
 import os
 import tempfile
 import time
@@ -138,6 +139,36 @@ class Rank:
     content: Content | None = None  # DATA's item content, when the tower is on
     # The frozen model's user vectors and item rows, computed once for the tower phase.
     tower_targets: tuple[torch.Tensor, torch.Tensor] | None = None
+    replay: Replay | None = None  # --init_replay below 1
+
+
+@dataclasses.dataclass
+class Replay:
+    """A warm start's epochs after its search: every row the parent never fitted, and a new
+    sample (``share``) of the rows it fitted each epoch. Each rank keeps its own users' rows;
+    ``steps`` is the mean shard's batches of the expected rows, the same on every rank."""
+
+    fitted: np.ndarray  # per user, the leading train rows the parent fitted
+    share: float
+    steps: int
+
+    @classmethod
+    def of(
+        cls, cfg: TrainConfig, seq: Sequences, fitted: np.ndarray, world: int, device: Any
+    ) -> Replay:
+        old = float(np.minimum(fitted, seq.lengths).sum())
+        new = float(seq.lengths.sum()) - old
+        totals = all_sum(torch.tensor([new, old], dtype=torch.float64, device=device)).cpu()
+        expected = float(totals[0] + cfg.optim.init_replay * totals[1])
+        steps = shards.steps_per_epoch(math.ceil(expected), world, cfg.optim.batch_size)
+        return cls(fitted=fitted, share=cfg.optim.init_replay, steps=steps)
+
+    def mask(self, rng: np.random.Generator) -> Any:
+        def keep(raw: dict) -> np.ndarray:
+            fresh = raw["position"] >= self.fitted[raw["user_idx"]]
+            return fresh | (rng.random(len(fresh)) < self.share)
+
+        return keep
 
 
 def log_bytes(seq: Sequences, limits: np.ndarray, truth: sp.csr_matrix) -> int:
@@ -196,7 +227,11 @@ def setup(config: dict) -> Rank:
         counts = torch.as_tensor(np.bincount(seq.items, minlength=seq.n_items), device=device)
         popularity = all_sum(counts.to(torch.float64))
         popularity = (popularity / popularity.sum()).float()
+    replay = None
+    if cfg.init and cfg.optim.init_replay < 1:
+        replay = Replay.of(cfg, seq, fit_limits.copy(), world, device)
     return Rank(
+        replay=replay,
         cfg=cfg,
         rank=rank,
         world=world,
@@ -364,7 +399,10 @@ def run_epoch(rank: Rank, shard: Any, epoch: int) -> dict[str, Any]:
     steps = rows = 0
     wait = compute = 0.0
     tick = time.perf_counter()
-    steps_this_epoch = rank.steps
+    steps_this_epoch, keep = rank.steps, None
+    if rank.replay is not None and rank.state.phase == "refit":
+        steps_this_epoch = rank.replay.steps
+        keep = rank.replay.mask(np.random.default_rng([cfg.seed, epoch, rank.rank, 2]))
     if cfg.optim.max_steps_per_epoch:
         steps_this_epoch = min(steps_this_epoch, cfg.optim.max_steps_per_epoch)
     for raw in shards.epoch_batches(
@@ -373,6 +411,7 @@ def run_epoch(rank: Rank, shard: Any, epoch: int) -> dict[str, Any]:
         batch_size=cfg.optim.batch_size,
         shuffle_buffer=cfg.dataset.shuffle_buffer,
         seed=cfg.seed * 1000 + epoch,
+        keep=keep,
     ):
         started = time.perf_counter()
         wait += started - tick
