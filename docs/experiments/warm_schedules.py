@@ -40,6 +40,8 @@ def main() -> None:
                 rows[k].append((target, str(work / f"seed{seed}" / f"scratch{k}"), seconds))
                 live = target
         for k in partitions:
+            if not (work / f"seed{seeds[0]}" / f"scratch{k}").exists():
+                continue  # bench update --days: runs from scratch on some days only
             paired = compare(
                 [r[0] for r in rows[k]],
                 [r[1] for r in rows[k]],
