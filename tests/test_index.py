@@ -138,3 +138,23 @@ def test_meta_mismatch_is_refused(tmp_path):
     cfg2 = dataclasses.replace(cfg, kind="flat")
     save_index(build_index(items, cfg2), items, cfg2, run)
     assert isinstance(load_index(run, items)[0], ExactIndex)
+
+
+def test_known_users_get_their_best_new_items_in_the_last_slots():
+    """--explore_known 1: a list without a new item gets the user's best-scored new item (not
+    seen, not listed) in its last slot; a list that has one is left as it was."""
+    from ganrec_dist.retrieval.recommender import Recommender
+
+    rec = Recommender.__new__(Recommender)
+    rec.embeddings = np.eye(10, 4, dtype=np.float32) + np.arange(10)[:, None] * 0.01
+    rec.new_items, rec.explore_known = np.array([7, 8, 9]), 1
+    vectors = np.array([[0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 1, 0]], np.float32)
+    rec.embeddings[7:] = [[0, 0.5, 0, 0], [0, 0.9, 0.3, 0], [0, 0.1, 0.8, 0]]
+    rec.vectors = lambda histories, users: vectors  # G's output for the three users
+    items = np.array([[1, 2, 3], [0, 9, 4], [2, 5, 6]])
+    scores = np.ones((3, 3), np.float32)
+    exclude = [np.array([5]), np.array([], np.int64), np.array([9])]
+    got, got_scores = rec._with_new_items(np.zeros((3, 2)), np.arange(3), exclude, items, scores)
+    assert got.tolist() == [[1, 2, 8], [0, 9, 4], [2, 5, 8]]
+    assert got_scores[0, 2] == pytest.approx(0.9) and got_scores[2, 2] == pytest.approx(0.3)
+    assert items.tolist()[0] == [1, 2, 3]  # the caller's arrays are not written

@@ -306,6 +306,12 @@ class ContentSettings:
         "with the tower on: the share of a popularity fallback's slots (its last floor(k * "
         "share)) given to items nobody has touched yet, newest first, so new items are shown",
     )
+    explore_known: int = setting(
+        0,
+        "with the tower on: at least N of a known user's top-k are items new in DATA's newest "
+        "partition (that user's best-scored ones, in the list's last slots), so new items are "
+        "shown to the users who have a history too; 0: off",
+    )
 
 
 @dataclasses.dataclass

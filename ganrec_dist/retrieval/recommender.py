@@ -50,6 +50,9 @@ def load_parts(run: RunDir) -> dict[str, Any]:
         "popular": np.argsort(-popularity, kind="stable"),
         "item_table": items.combine_chunks(),
         "user_table": users.combine_chunks(),
+        # Items new in the run's DATA's newest partition start here (the whole catalogue's
+        # size, so none, for a run from before this was recorded).
+        "new_items_from": int(payload.get("new_items_from", payload["model_config"]["n_items"])),
     }
 
 
@@ -70,6 +73,10 @@ class Recommender:
     """A trained generator, its catalogue and the retrieval index, rebuilt from RUN/ alone,
     or from :func:`load_parts` of it shared through the object store; or, with :meth:`over`, a
     generator in memory (validation while it trains) over the sequences it validates on."""
+
+    # Known users' slots for new items (a run's content settings; none for :meth:`over`).
+    explore_known = 0
+    new_items = np.zeros(0, np.int64)
 
     def __init__(
         self,
@@ -110,6 +117,11 @@ class Recommender:
         # Items without a train interaction have rows only when the tower wrote them.
         tower_on = content.get("tower", "off") != "off"
         self.explore_share = float(content.get("explore_share", 0.1)) if tower_on else 0.0
+        self.explore_known = int(content.get("explore_known", 0)) if tower_on else 0
+        new = np.arange(
+            int(parts.get("new_items_from", generator.cfg.n_items)), generator.cfg.n_items
+        )
+        self.new_items = new[~np.isin(new, self.retired)] if len(self.retired) else new
 
     @classmethod
     def over(
@@ -311,9 +323,43 @@ class Recommender:
         ``[b, k]`` each."""
         samples = self.samples if samples is None else samples
         if samples == 1:
-            return self.search(self.vectors(histories, users), exclude, k)
-        items, scores, _ = self.sample_lists(histories, users, exclude, k, samples=samples)
-        return merge(items, scores, k, self.merge)
+            items, scores = self.search(self.vectors(histories, users), exclude, k)
+        else:
+            found, found_scores, _ = self.sample_lists(histories, users, exclude, k, samples)
+            items, scores = merge(found, found_scores, k, self.merge)
+        if self.explore_known and len(self.new_items) and len(users):
+            items, scores = self._with_new_items(histories, users, exclude, items, scores)
+        return items, scores
+
+    def _with_new_items(
+        self,
+        histories: np.ndarray,
+        users: np.ndarray,
+        exclude: list[np.ndarray],
+        items: np.ndarray,
+        scores: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Lists with at least ``explore_known`` new items: each user's best-scored new items
+        (z = 0; not excluded, not already listed) replace the last items that are not new.
+        New items are a day's worth of the catalogue: scored exactly, without the index."""
+        k = items.shape[1]
+        want = min(self.explore_known, k)
+        rows = self.embeddings[self.new_items]
+        new_scores = self.vectors(histories, users) @ rows.T  # [b, n_new]
+        items, scores = items.copy(), scores.copy()
+        for row in range(len(users)):
+            listed = items[row]
+            is_new = np.isin(listed, self.new_items)
+            missing = want - int(is_new.sum())
+            if missing <= 0:
+                continue
+            ranked = np.argsort(-new_scores[row], kind="stable")
+            blocked = np.isin(self.new_items[ranked], np.concatenate([exclude[row], listed]))
+            chosen = ranked[~blocked][:missing]
+            slots = np.flatnonzero(~is_new)[::-1][: len(chosen)][::-1]
+            items[row, slots] = self.new_items[chosen]
+            scores[row, slots] = new_scores[row, chosen]
+        return items, scores
 
     def known_inputs(
         self, users: np.ndarray, include_seen: bool = False

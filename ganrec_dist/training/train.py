@@ -74,11 +74,21 @@ def _check(cfg: TrainConfig, data: DataDir) -> None:
         raise UserError("--init_schedule fixed: --init_epochs must be at least 1")
 
 
+def new_items_from(data: DataDir) -> int:
+    """The first item index of DATA's newest partition's new items (ids keep their index, new
+    ones come after): the catalogue's size when DATA was never appended to."""
+    partitions = data.manifest.get("partitions") or []
+    if len(partitions) < 2:
+        return int(data.manifest["items"])
+    return int(data.manifest["items"]) - int(partitions[-1].get("new_items", 0))
+
+
 def lineage(cfg: TrainConfig, data: DataDir) -> dict:
     """What the checkpoint records of the run's DATA and its parent (``--init``, checked here)."""
     record = {
         "data_version": data.version,
         "data_max_timestamp": data.max_timestamp,
+        "new_items_from": new_items_from(data),
         "parent": None,
     }
     if not cfg.init:
