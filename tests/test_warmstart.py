@@ -67,6 +67,15 @@ def test_grown_tables_keep_old_rows_and_optimizer_moments(sparse):
     new_opt.step()  # the grown state is usable
 
 
+def test_shrink_mixes_the_parent_with_the_fresh_start_and_keeps_counters():
+    parent = {"w": torch.full((2, 2), 4.0), "steps": torch.tensor(7)}
+    fresh = {"w": torch.zeros(2, 2), "steps": torch.tensor(0)}
+    assert warmstart.shrink(parent, fresh, 1.0) is parent
+    mixed = warmstart.shrink(parent, fresh, 0.75)
+    assert torch.equal(mixed["w"], torch.full((2, 2), 3.0))
+    assert int(mixed["steps"]) == 7
+
+
 def test_validation_is_the_rows_the_parent_never_fitted():
     lengths = np.array([10, 5, 10, 0, 4])
     fitted = np.array([9, 0, 10, 0])  # per parent user; user 4 is new

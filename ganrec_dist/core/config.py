@@ -227,6 +227,11 @@ class OptimSettings:
         "parent fitted that an epoch trains again, a new sample each epoch (1: all of them); "
         "the rows the parent never fitted are trained every epoch",
     )
+    init_shrink: float = setting(
+        1.0,
+        "with --init: G starts at this share of the parent's weights plus the rest of a fresh "
+        "initialisation's (shrink and perturb; 1: the parent's weights as they are)",
+    )
     init_schedule: str = setting(
         "fixed",
         "with --init: search (init_epochs validated on the rows the parent never fitted, then "

@@ -161,6 +161,9 @@ def initial_state(cfg: TrainConfig, fresh: Generator) -> dict | None:
     if not cfg.init:
         return None
     start = warmstart.inherited(warmstart.parent_payload(cfg.init), fresh, fresh.cfg.sparse)
+    start["generator"] = warmstart.shrink(
+        start["generator"], fresh.state_dict(), cfg.optim.init_shrink
+    )
     if not cfg.optim.init_optimizer:  # fresh moments and step counts
         start.update(g_optimizer=None, d_optimizer=None)
     return start

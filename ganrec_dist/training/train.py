@@ -68,6 +68,8 @@ def _check(cfg: TrainConfig, data: DataDir) -> None:
         raise UserError(f"{data}: no train rows")
     if cfg.optim.init_schedule not in ("search", "fixed"):
         raise UserError(f"--init_schedule {cfg.optim.init_schedule!r}: expected search or fixed")
+    if not 0 <= cfg.optim.init_shrink <= 1:
+        raise UserError(f"--init_shrink {cfg.optim.init_shrink}: expected a share in [0, 1]")
     if not 0 < cfg.optim.init_replay <= 1:
         raise UserError(f"--init_replay {cfg.optim.init_replay}: expected a share in (0, 1]")
     if cfg.init and cfg.optim.init_schedule == "fixed" and cfg.optim.init_epochs < 1:

@@ -161,6 +161,18 @@ def inherited(payload: dict, gen: torch.nn.Module, sparse: bool) -> dict:
     return out
 
 
+def shrink(inherited: dict, fresh: dict, keep: float) -> dict:
+    """ "Shrink and perturb" (Ash & Adams 2020, on warm-started training generalising worse than
+    a fresh start): every floating weight ``keep * inherited + (1 - keep) * fresh``, ``fresh``
+    this run's own initialisation; 1 keeps the parent's weights as they are."""
+    if keep >= 1:
+        return inherited
+    return {
+        name: keep * value + (1 - keep) * fresh[name] if value.is_floating_point() else value
+        for name, value in inherited.items()
+    }
+
+
 def parent_lengths(init: str) -> np.ndarray:
     """Per user of the parent, how many train rows it fitted (from its RUN/log; only the
     offsets are read)."""
