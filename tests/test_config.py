@@ -36,6 +36,20 @@ def test_every_command_reads_its_own_section_of_a_pipeline_file(tmp_path):
     assert (cfg.init_epochs, cfg.rollout) == (2, False)
 
 
+def test_the_update_warm_starts_with_its_own_schedule():
+    """The live run's settings, but the update's warm-start epochs and shrink (a live run
+    trained before the shrink existed records none, or another)."""
+    from ganrec_dist.core.config import to_dict, train_config
+    from ganrec_dist.operations.update import warm_config
+
+    stored = to_dict(train_config(data="d", out="live", init_shrink=1.0, init_epochs=7, lr=0.01))
+    cfg = warm_config(
+        stored, UpdateConfig(run="live", init_epochs=2, init_shrink=0.5), data="d2", out="r2"
+    )
+    assert (cfg.init, cfg.data, cfg.out) == ("live", "d2", "r2")
+    assert (cfg.optim.init_epochs, cfg.optim.init_shrink, cfg.optim.lr) == (2, 0.5, 0.01)
+
+
 def test_flat_yaml_and_dotted_override(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("epochs: 3\nindex:\n  kind: hnsw\n")

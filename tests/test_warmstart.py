@@ -123,7 +123,8 @@ def test_init_starts_from_the_parent_with_grown_tables(lineage):
     cfg, data2 = lineage["cfg"], lineage["data2"]
     parent = RunDir(lineage["parent"]).payload()
     mcfg = model_config(cfg, data2.manifest["users"], data2.manifest["items"])
-    start = initial_state(cfg, fresh_models(cfg, mcfg)[0])
+    kept = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, init_shrink=1.0))
+    start = initial_state(kept, fresh_models(kept, mcfg)[0])
     n_old = parent["model_config"]["n_items"]
     old_items = parent["generator"]["encoder.items.weight"]
     new_items = start["generator"]["encoder.items.weight"]
@@ -132,6 +133,14 @@ def test_init_starts_from_the_parent_with_grown_tables(lineage):
     for key, value in parent["generator"].items():
         if key not in warmstart.TABLES:
             assert torch.equal(start["generator"][key], value), key
+    # The default shrinks towards this run's own fresh start (new rows: the fresh start's).
+    fresh = fresh_models(cfg, mcfg)[0].state_dict()
+    shrunk = initial_state(cfg, fresh_models(cfg, mcfg)[0])["generator"]
+    keep = cfg.optim.init_shrink
+    assert keep < 1
+    for key, value in start["generator"].items():
+        if value.is_floating_point():
+            assert torch.allclose(shrunk[key], keep * value + (1 - keep) * fresh[key]), key
 
 
 @pytest.mark.integration

@@ -228,7 +228,7 @@ class OptimSettings:
         "the rows the parent never fitted are trained every epoch",
     )
     init_shrink: float = setting(
-        1.0,
+        0.6,
         "with --init: G starts at this share of the parent's weights plus the rest of a fresh "
         "initialisation's (shrink and perturb; 1: the parent's weights as they are)",
     )
@@ -467,6 +467,9 @@ class UpdateConfig:
     out_data: str = setting("", "the new DATA version (default: DATA.v<N> beside DATA)")
     out: str = setting("", "the new RUN (default: RUN.v<N> beside RUN, N the DATA version)")
     init_epochs: int = setting(3, "epochs of the warm start (train's --init_epochs)")
+    init_shrink: float = setting(
+        0.6, "the warm start's share of the live run's weights (train's --init_shrink)"
+    )
     retrain_every: int = setting(
         0,
         "the retrain policy: train from scratch (the live run's settings, no --init) instead of "

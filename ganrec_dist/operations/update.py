@@ -225,7 +225,9 @@ def warm_config(stored: dict, cfg: cfgmod.UpdateConfig, *, data: str, out: str) 
         address=cfg.address,
         workers=cfg.workers or base.execution.workers,
     )
-    optim = dataclasses.replace(base.optim, init_epochs=cfg.init_epochs)
+    optim = dataclasses.replace(
+        base.optim, init_epochs=cfg.init_epochs, init_shrink=cfg.init_shrink
+    )
     return dataclasses.replace(
         base, data=data, out=out, init=cfg.run, execution=execution, optim=optim
     )
