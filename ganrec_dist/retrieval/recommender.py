@@ -325,10 +325,14 @@ class Recommender:
         if samples == 1:
             items, scores = self.search(self.vectors(histories, users), exclude, k)
         else:
-            found, found_scores, _ = self.sample_lists(histories, users, exclude, k, samples)
+            found, found_scores, _ = self.sample_lists(
+                histories, users, exclude, k, samples=samples
+            )
             items, scores = merge(found, found_scores, k, self.merge)
         if self.explore_known and len(self.new_items) and len(users):
-            items, scores = self._with_new_items(histories, users, exclude, items, scores)
+            items, scores = self._with_new_items(
+                histories, users, exclude, items=items, scores=scores
+            )
         return items, scores
 
     def _with_new_items(

@@ -229,7 +229,7 @@ def setup(config: dict) -> Rank:
         popularity = (popularity / popularity.sum()).float()
     replay = None
     if cfg.init and cfg.optim.init_replay < 1:
-        replay = Replay.of(cfg, seq, fit_limits.copy(), world, device)
+        replay = Replay.of(cfg, seq, fit_limits.copy(), world=world, device=device)
     return Rank(
         replay=replay,
         cfg=cfg,
