@@ -118,9 +118,7 @@ class Recommender:
         tower_on = content.get("tower", "off") != "off"
         self.explore_share = float(content.get("explore_share", 0.1)) if tower_on else 0.0
         self.explore_known = int(content.get("explore_known", 0)) if tower_on else 0
-        new = np.arange(
-            int(parts.get("new_items_from", generator.cfg.n_items)), generator.cfg.n_items
-        )
+        new = np.arange(parts["new_items_from"], generator.cfg.n_items)
         self.new_items = new[~np.isin(new, self.retired)] if len(self.retired) else new
 
     @classmethod

@@ -156,7 +156,7 @@ class Replay:
     def of(
         cls, cfg: TrainConfig, seq: Sequences, fitted: np.ndarray, world: int, device: Any
     ) -> Replay:
-        old = float(np.minimum(fitted, seq.lengths).sum())
+        old = float(fitted.sum())  # warm_limits: already at most each user's train rows
         new = float(seq.lengths.sum()) - old
         totals = all_sum(torch.tensor([new, old], dtype=torch.float64, device=device)).cpu()
         expected = float(totals[0] + cfg.optim.init_replay * totals[1])
