@@ -1,5 +1,3 @@
-import sys
+from ganrec_dist.operations.cli import console
 
-from ganrec_dist.operations.cli import main
-
-sys.exit(main())
+console()

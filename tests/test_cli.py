@@ -52,7 +52,8 @@ def test_a_stopped_training_prints_one_line_and_leaves_no_process(
     run = tmp_path / "run"
     command = [sys.executable, "-m", "ganrec_dist", "train", f"--data={tiny_data}", f"--out={run}"]
     command += ["--epochs=500", "--patience=500", "--dim=8", "--hidden=16", "--history_len=5"]
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    # A crash after the line would otherwise show only its status: print the stacks.
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONFAULTHANDLER": "1"}
     env.pop("RAY_ADDRESS", None)
     proc = subprocess.Popen(
         command,

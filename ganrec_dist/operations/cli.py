@@ -283,5 +283,21 @@ def main(argv: list[str] | None = None) -> int:
             pass
 
 
+def console() -> None:
+    """The ``ganrec`` console script: :func:`main`, then exit with its status.
+
+    After Ctrl-C or SIGTERM the command has printed its line and stopped the Ray it started;
+    it then leaves without the interpreter's teardown, where threads of Ray's core worker or
+    torch that the signal stopped mid-call can crash the process after its line was printed.
+    """
+    status = main()
+    if status in (130, 143):
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    sys.exit(status)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()
