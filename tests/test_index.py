@@ -158,3 +158,49 @@ def test_known_users_get_their_best_new_items_in_the_last_slots():
     assert got.tolist() == [[1, 2, 8], [0, 9, 4], [2, 5, 8]]
     assert got_scores[0, 2] == pytest.approx(0.9) and got_scores[2, 2] == pytest.approx(0.3)
     assert items.tolist()[0] == [1, 2, 3]  # the caller's arrays are not written
+
+
+def _slots_one_row_at_a_time(items, scores, new_scores, new_items, exclude, want):
+    """The slot rule written plainly, a row at a time: the reference for the batched one."""
+    items, scores = items.copy(), scores.copy()
+    for row in range(len(items)):
+        listed = items[row]
+        is_new = np.isin(listed, new_items)
+        missing = want - int(is_new.sum())
+        if missing <= 0:
+            continue
+        ranked = np.argsort(-new_scores[row], kind="stable")
+        blocked = np.isin(new_items[ranked], np.concatenate([exclude[row], listed]))
+        chosen = ranked[~blocked][:missing]
+        slots = np.flatnonzero(~is_new)[::-1][: len(chosen)][::-1]
+        items[row, slots] = new_items[chosen]
+        scores[row, slots] = new_scores[row, chosen]
+    return items, scores
+
+
+@pytest.mark.parametrize("want", [1, 2, 5])
+def test_the_batched_new_item_slots_equal_the_rule_row_by_row(want):
+    """Random lists with new items already in some, exclusions hitting new items, tied scores
+    (rounded), rows where too few new items are left, and a day smaller than ``want``."""
+    from ganrec_dist.retrieval.recommender import with_new_items
+
+    rng = np.random.default_rng(want)
+    for n_new in (3, 40):
+        new_items = np.sort(rng.choice(np.arange(100, 200), n_new, replace=False))
+        catalogue = np.concatenate([np.arange(100), new_items])
+        b, k = 64, 6
+        items = np.stack([rng.choice(catalogue, k, replace=False) for _ in range(b)])
+        scores = rng.random((b, k)).astype(np.float32)
+        new_scores = np.round(rng.random((b, n_new)), 1).astype(np.float32)  # ties
+        exclude = [
+            rng.choice(catalogue, rng.integers(0, n_new + 3), replace=False) for _ in range(b)
+        ]
+        exclude[0] = new_items.copy()  # nothing left for row 0
+        got = with_new_items(
+            items, scores, new_scores=new_scores, new_items=new_items, exclude=exclude, want=want
+        )
+        expected = _slots_one_row_at_a_time(items, scores, new_scores, new_items, exclude, want)
+        np.testing.assert_array_equal(got[0], expected[0])
+        np.testing.assert_array_equal(got[1], expected[1])
+        assert (got[0] != items).any(axis=1).sum() >= 8  # the rule had work to do
+        assert not (got[0][0] != items[0]).any()  # row 0 had no new item left

@@ -344,24 +344,16 @@ class Recommender:
         """Lists with at least ``explore_known`` new items: each user's best-scored new items
         (z = 0; not excluded, not already listed) replace the last items that are not new.
         New items are a day's worth of the catalogue: scored exactly, without the index."""
-        k = items.shape[1]
-        want = min(self.explore_known, k)
         rows = self.embeddings[self.new_items]
         new_scores = self.vectors(histories, users) @ rows.T  # [b, n_new]
-        items, scores = items.copy(), scores.copy()
-        for row in range(len(users)):
-            listed = items[row]
-            is_new = np.isin(listed, self.new_items)
-            missing = want - int(is_new.sum())
-            if missing <= 0:
-                continue
-            ranked = np.argsort(-new_scores[row], kind="stable")
-            blocked = np.isin(self.new_items[ranked], np.concatenate([exclude[row], listed]))
-            chosen = ranked[~blocked][:missing]
-            slots = np.flatnonzero(~is_new)[::-1][: len(chosen)][::-1]
-            items[row, slots] = self.new_items[chosen]
-            scores[row, slots] = new_scores[row, chosen]
-        return items, scores
+        return with_new_items(
+            items,
+            scores,
+            new_scores=new_scores,
+            new_items=self.new_items,
+            exclude=exclude,
+            want=min(self.explore_known, items.shape[1]),
+        )
 
     def known_inputs(
         self, users: np.ndarray, include_seen: bool = False
@@ -380,3 +372,57 @@ class Recommender:
         ``include_seen``: the path `evaluate`, `score` and the demo share. ``[b, k]`` each."""
         histories, seen = self.known_inputs(users, include_seen)
         return self.recommend(histories, users, seen, k, samples=samples)
+
+
+def with_new_items(
+    items: np.ndarray,
+    scores: np.ndarray,
+    *,
+    new_scores: np.ndarray,
+    new_items: np.ndarray,
+    exclude: list[np.ndarray],
+    want: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k lists ``items``/``scores`` [b, k] with at least ``want`` of ``new_items`` (sorted
+    indices; ``new_scores`` [b, n_new] their scores for each user) each, where enough are
+    neither excluded nor listed: a row's best new items (ties to the lower index) replace its
+    last items that are not new, the best in the earliest of those slots. Copies; whole-batch
+    array operations, so a batch costs O(b · n_new) whatever its size."""
+    b, n = new_scores.shape
+    items, scores = items.copy(), scores.copy()
+    if not (b and n and want):
+        return items, scores
+    at = np.searchsorted(new_items, items)
+    is_new = new_items[np.minimum(at, n - 1)] == items  # [b, k]
+    missing = want - is_new.sum(axis=1)
+    if not (missing > 0).any():
+        return items, scores
+    blocked = np.zeros((b, n), bool)
+    rows, cols = np.nonzero(is_new)
+    blocked[rows, at[rows, cols]] = True
+    flat = np.concatenate([np.asarray(e, np.int64) for e in exclude]) if exclude else None
+    if flat is not None and len(flat):
+        owner = np.repeat(np.arange(b), [len(e) for e in exclude])
+        hit = np.searchsorted(new_items, flat)
+        ok = new_items[np.minimum(hit, n - 1)] == flat
+        blocked[owner[ok], hit[ok]] = True
+    masked = np.where(blocked, -np.inf, new_scores)
+    m = min(want, n)
+    # Each row's m best, a tie at the m-th score going to the lower index (as a stable sort).
+    kth = -np.partition(-masked, m - 1, axis=1)[:, m - 1 : m]
+    tie = masked == kth
+    chosen = (masked > kth) | (tie & (np.cumsum(tie, axis=1) <= m - (masked > kth).sum(1)[:, None]))
+    best = np.nonzero(chosen)[1].reshape(b, m)
+    best_scores = np.take_along_axis(masked, best, axis=1)
+    order = np.lexsort((best, -best_scores), axis=1)  # score down, then index up
+    best = np.take_along_axis(best, order, axis=1)
+    best_scores = np.take_along_axis(best_scores, order, axis=1)
+    count = np.minimum(np.maximum(missing, 0), np.isfinite(best_scores).sum(axis=1))  # [b]
+    # A slot that is not new, counted from the end: the last ``count`` of them take the chosen.
+    from_end = np.cumsum(~is_new[:, ::-1], axis=1)[:, ::-1]
+    take = ~is_new & (from_end <= count[:, None])
+    rows, slots = np.nonzero(take)
+    pick = count[rows] - from_end[rows, slots]  # the earliest taken slot gets the best
+    items[rows, slots] = new_items[best[rows, pick]]
+    scores[rows, slots] = best_scores[rows, pick]
+    return items, scores
