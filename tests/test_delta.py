@@ -100,6 +100,26 @@ def test_in_order_days_are_deltas_and_every_version_reads_as_a_fresh_prepare(day
     assert os.path.samefile(v3.path(name), v2.path(name))
 
 
+def test_a_day_of_known_ids_links_both_id_maps_of_a_fresh_prepare(days):
+    """Nothing in the maps changes, so neither is rewritten: the append's cost does not grow
+    with the catalogue (a first append used to add the ``retired`` column by rewriting it)."""
+    root, versions, _ = days
+    first = versions[0]
+    assert "retired" not in first.read("items.parquet").column_names
+    _write(root / "known.csv", [["u03", "i05", 5000, "4"], ["u04", "i06", 5001, "2"]])
+    known = PrepareConfig(
+        source=str(root / "known.csv"), append_to=str(first.root), out=str(root / "data.known")
+    )
+    prepare(known)
+    out = DataDir(root / "data.known")
+    for name in ("users.parquet", "items.parquet"):
+        assert os.path.samefile(out.path(name), first.path(name)), name
+    assert out.manifest["retired_items"] == 0 and len(out.retired_items()) == 0
+    assert out.manifest["train_rows"] + out.manifest["test_rows"] == (
+        first.manifest["train_rows"] + first.manifest["test_rows"] + 2
+    )
+
+
 def test_a_delta_moves_a_users_old_test_rows_into_train(days):
     _, versions, fresh = days
     old, new = versions[0], versions[1]

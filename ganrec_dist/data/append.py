@@ -335,27 +335,33 @@ def _extend_id_maps(
         (DataDir.USERS, "user_id", "users-b*.parquet"),
         (DataDir.ITEMS, "item_id", "items-b*.parquet"),
     ):
-        known = parent.read(name)
+        index = f"{column[:4]}_idx"
         seen = prepare._sorted_unique(staging / "split", pattern, column)
         if name == DataDir.ITEMS and staged is not None:
             seen = pc.unique(pa.concat_arrays([seen, staged.ids()]))
             seen = pc.take(seen, pc.sort_indices(seen))
-        fresh = seen.filter(pc.invert(pc.is_in(seen, value_set=known[column])))
-        idx = np.arange(known.num_rows, known.num_rows + len(fresh), dtype=np.int32)
-        added = pa.table({f"{column[:4]}_idx": pa.array(idx), column: fresh})
-        at = pc.index_in(seen, value_set=pa.concat_arrays([*known[column].chunks, fresh]))
-        pq.write_table(
-            pa.table({column: seen, f"{column[:4]}_idx": at.cast(pa.int32())}),
-            staging / "ids" / name,
-        )
+        # The map's ids probed against the day's (a hash table of the day's ids, not of the
+        # catalogue: ten times faster at 800k items); the ids not found (sorted, as ``seen``
+        # is) get the next indices in order.
+        ids = parent.read(name, columns=[index, column])
+        named = ids.filter(pc.is_in(ids[column], value_set=seen))
+        found = pc.take(named[index], pc.index_in(seen, value_set=named[column]))
+        is_fresh = pc.is_null(found).to_numpy(zero_copy_only=False)
+        fresh = seen.filter(pa.array(is_fresh))
+        at = found.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int32)
+        at[is_fresh] = np.arange(ids.num_rows, ids.num_rows + len(fresh), dtype=np.int32)
+        added = pa.table({index: pa.array(at[is_fresh]), column: fresh})
+        pq.write_table(pa.table({column: seen, index: pa.array(at)}), staging / "ids" / name)
         counts.append(len(fresh))
+        # The day named no new id (and, for items, brought no content and retired none): the
+        # parent's map is this version's, linked. A map without ``retired`` has none retired.
         unchanged = not len(fresh) and (
-            name == DataDir.USERS
-            or (staged is None and retire is None and "retired" in known.column_names)
+            name == DataDir.USERS or (staged is None and retire is None)
         )
-        if unchanged:  # the day named no new id: the parent's map is this version's
+        if unchanged:
             delta.link(Path(parent.path(name)), out / name)
             continue
+        known = parent.read(name)
         if name == DataDir.ITEMS:
             shown = prepare.shown_columns(staged) if staged is not None else None
             known, added = _item_columns(known, added, shown, retire)
@@ -464,8 +470,10 @@ def _manifest(
         "rejected_by_reason": rejected,
         "max_timestamp": prepare.max_timestamp(split),
     }
-    items = pq.read_table(out / DataDir.ITEMS, columns=["retired"])["retired"]
-    retired = int(pc.sum(items).as_py() or 0)
+    retired = 0
+    if "retired" in pq.read_schema(out / DataDir.ITEMS).names:
+        items = pq.read_table(out / DataDir.ITEMS, columns=["retired"])["retired"]
+        retired = int(pc.sum(items).as_py() or 0)
     rows = {k: sum(v) for k, v in layout["bucket_rows"].items()}
     partitions = old.get("partitions") or [
         prepare.partition_entry(old, users=old["users"], items=old["items"])

@@ -100,8 +100,14 @@ def delta_buckets(task: dict) -> dict:
 
 
 def map_deltas(task: dict) -> dict:
-    """:func:`map_delta` for each of ``task["buckets"]``."""
-    return {"results": [map_delta({**task, "bucket": b}) for b in task["buckets"]]}
+    """:func:`map_delta` for each of ``task["buckets"]``, the day's id maps read once."""
+    staging = Path(task["staging"])
+    # Only the ids the partition names (``append._extend_id_maps``): not the whole catalogue.
+    ids = (
+        pq.read_table(staging / "ids" / DataDir.USERS),
+        pq.read_table(staging / "ids" / DataDir.ITEMS),
+    )
+    return {"results": [map_delta({**task, "bucket": b}, ids) for b in task["buckets"]]}
 
 
 def delta_bucket(task: dict) -> dict:
@@ -196,13 +202,12 @@ def _stage_delta(out: Path, bucket: int, new: pa.Table, *, split: dict, stats: p
     pq.write_table(pa.concat_tables([untouched, grown]), out / f"stats-b{bucket:05d}.parquet")
 
 
-def map_delta(task: dict) -> dict:
-    """The delta files of one in-order bucket, with integer ids, and its new user stats."""
+def map_delta(task: dict, ids: tuple[pa.Table, pa.Table]) -> dict:
+    """The delta files of one in-order bucket, with integer ids (``ids``: the day's users and
+    items with their indices), and its new user stats."""
     staging, out, bucket = Path(task["staging"]), Path(task["out"]), int(task["bucket"])
     folder = out / DataDir.DELTA / task["partition"]
-    # Only the ids the partition names (``append._extend_id_maps``): not the whole catalogue.
-    users = pq.read_table(staging / "ids" / DataDir.USERS)
-    items = pq.read_table(staging / "ids" / DataDir.ITEMS)
+    users, items = ids
 
     def user_idx(ids: pa.ChunkedArray) -> pa.Array:
         return pc.take(users["user_idx"], pc.index_in(ids, value_set=users["user_id"]))
