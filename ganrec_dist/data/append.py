@@ -439,6 +439,13 @@ def _carry_over(
     return done
 
 
+def _count_retired(items: Path) -> int:
+    """How many items an id map retires (a map without the flag retires none)."""
+    if "retired" not in pq.read_schema(items).names:
+        return 0
+    return int(pc.sum(pq.read_table(items, columns=["retired"])["retired"]).as_py() or 0)
+
+
 def _manifest(
     parent: DataDir,
     raw: Any,
@@ -470,10 +477,7 @@ def _manifest(
         "rejected_by_reason": rejected,
         "max_timestamp": prepare.max_timestamp(split),
     }
-    retired = 0
-    if "retired" in pq.read_schema(out / DataDir.ITEMS).names:
-        items = pq.read_table(out / DataDir.ITEMS, columns=["retired"])["retired"]
-        retired = int(pc.sum(items).as_py() or 0)
+    retired = _count_retired(out / DataDir.ITEMS)
     rows = {k: sum(v) for k, v in layout["bucket_rows"].items()}
     partitions = old.get("partitions") or [
         prepare.partition_entry(old, users=old["users"], items=old["items"])
