@@ -150,11 +150,10 @@ def test_known_users_get_their_best_new_items_in_the_last_slots():
     rec.new_items, rec.explore_known = np.array([7, 8, 9]), 1
     vectors = np.array([[0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 1, 0]], np.float32)
     rec.embeddings[7:] = [[0, 0.5, 0, 0], [0, 0.9, 0.3, 0], [0, 0.1, 0.8, 0]]
-    rec.vectors = lambda histories, users: vectors  # G's output for the three users
     items = np.array([[1, 2, 3], [0, 9, 4], [2, 5, 6]])
     scores = np.ones((3, 3), np.float32)
     exclude = [np.array([5]), np.array([], np.int64), np.array([9])]
-    got, got_scores = rec._with_new_items(np.zeros((3, 2)), np.arange(3), exclude, items, scores)
+    got, got_scores = rec._with_new_items(vectors, exclude, items, scores)
     assert got.tolist() == [[1, 2, 8], [0, 9, 4], [2, 5, 8]]
     assert got_scores[0, 2] == pytest.approx(0.9) and got_scores[2, 2] == pytest.approx(0.3)
     assert items.tolist()[0] == [1, 2, 3]  # the caller's arrays are not written

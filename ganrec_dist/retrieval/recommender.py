@@ -321,31 +321,30 @@ class Recommender:
         ``[b, k]`` each."""
         samples = self.samples if samples is None else samples
         if samples == 1:
-            items, scores = self.search(self.vectors(histories, users), exclude, k)
+            plain = self.vectors(histories, users)  # G(u, z = 0)
+            items, scores = self.search(plain, exclude, k)
         else:
-            found, found_scores, _ = self.sample_lists(
+            found, found_scores, sampled = self.sample_lists(
                 histories, users, exclude, k, samples=samples
             )
+            plain = sampled[:, 0]  # sample 0 is z = 0
             items, scores = merge(found, found_scores, k, self.merge)
         if self.explore_known and len(self.new_items) and len(users):
-            items, scores = self._with_new_items(
-                histories, users, exclude, items=items, scores=scores
-            )
+            items, scores = self._with_new_items(plain, exclude, items=items, scores=scores)
         return items, scores
 
     def _with_new_items(
         self,
-        histories: np.ndarray,
-        users: np.ndarray,
+        vectors: np.ndarray,
         exclude: list[np.ndarray],
         items: np.ndarray,
         scores: np.ndarray,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Lists with at least ``explore_known`` new items: each user's best-scored new items
-        (z = 0; not excluded, not already listed) replace the last items that are not new.
-        New items are a day's worth of the catalogue: scored exactly, without the index."""
-        rows = self.embeddings[self.new_items]
-        new_scores = self.vectors(histories, users) @ rows.T  # [b, n_new]
+        (by ``vectors``, G at z = 0; not excluded, not already listed) replace the last items
+        that are not new. New items are a day's worth of the catalogue: scored exactly, without
+        the index."""
+        new_scores = vectors @ self.embeddings[self.new_items].T  # [b, n_new]
         return with_new_items(
             items,
             scores,
