@@ -184,6 +184,14 @@ class DataDir:
             merged, batch_size=1, batch_format="numpy"
         )
 
+    def train_tables(self, columns: list[str], files: list[str]) -> list[pa.Table]:
+        """The rows of ``files`` (of :meth:`train_shards`), a table each, read in this process:
+        the same rows, in the same order, as :meth:`train_dataset` streams."""
+        if self.deltas:
+            return [self.bucket(self.TRAIN, bucket_number(f), columns) for f in files]
+        fs, _ = storage.resolve(self.path(self.TRAIN))
+        return [pq.read_table(f, columns=columns, filesystem=fs) for f in files]
+
     def sequences(self, split: str = "train", files: list[str] | None = None) -> Sequences:
         """One split's (user_idx, item_idx, position) rows as per-user CSR sequences: of every
         user, or of the users in ``files`` (train shards; the other users have none)."""

@@ -135,12 +135,17 @@ def _datasets(cfg: TrainConfig, data: DataDir, files: list[list[str]]) -> dict[s
     # Blocks in file order: with the seeded local shuffle, the same seed and worker count give
     # the same batches (parallel reads otherwise finish, and arrive, in any order).
     context.execution_options.preserve_order = True
+    columns = ["user_idx", "item_idx", "position"]
     cache = data.manifest["train_rows"] <= cfg.dataset.cache_rows
     datasets = {}
     for rank, mine in enumerate(files):
-        dataset = data.train_dataset(["user_idx", "item_idx", "position"], files=mine)
-        # Small enough to keep in the object store: later epochs skip the Parquet reads.
-        datasets[f"train_{rank}"] = dataset.materialize() if cache else dataset
+        if cache:
+            # Small enough to keep in the object store, so later epochs skip the Parquet reads;
+            # read here, since Ray Data's listing and footer actors take seconds to start, more
+            # than reading these rows does.
+            datasets[f"train_{rank}"] = ray.data.from_arrow(data.train_tables(columns, mine))
+        else:
+            datasets[f"train_{rank}"] = data.train_dataset(columns, files=mine)
     return datasets
 
 
