@@ -19,7 +19,9 @@ import ray
 import requests
 import yaml
 
+from ganrec_dist.core.config import PrepareConfig
 from ganrec_dist.data.layout import DataDir
+from ganrec_dist.data.prepare import prepare
 from ganrec_dist.operations.cluster import (
     CLUSTER_RUNTIME_ENV,
     EXCLUDES,
@@ -167,7 +169,7 @@ def _write_partition(data, path):
 
 
 @pytest.mark.integration
-def test_jobs_training_across_nodes_and_serve_on_a_local_cluster(tmp_path):
+def test_jobs_training_across_nodes_and_serve_on_a_local_cluster(ray_local, tmp_path):
     # Ray's socket paths must stay under 107 bytes: keep the cluster's directory short.
     cluster_dir = Path(tempfile.mkdtemp(prefix="grc-", dir="/tmp"))
     env = {
@@ -197,23 +199,10 @@ def test_jobs_training_across_nodes_and_serve_on_a_local_cluster(tmp_path):
         dashboard = (cluster_dir / "dashboard").read_text().strip()
         data, run = tmp_path / "data", tmp_path / "run"
         ganrec = [sys.executable, "-m", "ganrec_dist", "submit", "--address", dashboard, "--"]
-        prep = subprocess.run(
-            ganrec
-            + [
-                "prepare",
-                "--source=synthetic",
-                "--users=300",
-                "--items=200",
-                "--interactions=8000",
-                f"--out={data}",
-            ],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert prep.returncode == 0 and "SUCCEEDED" in prep.stdout, (
-            prep.stdout[-3000:] + prep.stderr[-2000:]
+        # DATA is prepared here, on the test session's Ray: the update job below runs the same
+        # ingest and id-map tasks as a Ray job on this cluster (its append).
+        prepare(
+            PrepareConfig(source="synthetic", users=300, items=200, interactions=8000, out=str(data))
         )
         fit = subprocess.run(
             ganrec
