@@ -202,7 +202,9 @@ def test_jobs_training_across_nodes_and_serve_on_a_local_cluster(ray_local, tmp_
         # DATA is prepared here, on the test session's Ray: the update job below runs the same
         # ingest and id-map tasks as a Ray job on this cluster (its append).
         prepare(
-            PrepareConfig(source="synthetic", users=300, items=200, interactions=8000, out=str(data))
+            PrepareConfig(
+                source="synthetic", users=300, items=200, interactions=8000, out=str(data)
+            )
         )
         fit = subprocess.run(
             ganrec
