@@ -23,7 +23,7 @@ pids=$(for p in $(cat "$dir/pids"); do kill -0 "$p" 2>/dev/null && { echo "$p"; 
 # The GCS last: terminated together with the nodes and the autoscaler's monitor, it and the
 # monitor outwait the whole grace period; alone, it exits within a second or two.
 gcs=$(for p in $pids; do [ "$(cat /proc/"$p"/comm 2>/dev/null)" = gcs_server ] && echo "$p"; done)
-stop "$(for p in $pids; do [[ " $gcs " == *" $p "* ]] || echo "$p"; done)"
+stop "$(echo "$pids" | grep -vxF -- "${gcs:-none}")"
 stop "$gcs"
 stopped=$(echo $pids | wc -w)
 for _ in 1 2 3; do
