@@ -15,23 +15,41 @@ then our setup, two epochs and the end. E.g.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
-TINY = dict(
-    dim=16,
-    hidden=32,
-    history_len=10,
-    noise_dim=4,
-    batch_size=256,
-    lr=5e-3,
-    cpus_per_worker=0.5,
-    shuffle_buffer=20_000,
-)
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def tests_tiny() -> dict:
+    """The tests' small model settings (``TINY`` of tests/test_train_integration.py)."""
+    spec = importlib.util.spec_from_file_location(
+        "test_train_integration", ROOT / "tests" / "test_train_integration.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.TINY
+
+
+def first_adam_seconds() -> float:
+    """The first ``torch.optim.Adam`` of a fresh process (torch already imported): it imports
+    ``torch._dynamo``, as every training worker's first optimiser does."""
+    code = (
+        "import time, torch; m = torch.nn.Linear(2, 2); t = time.perf_counter(); "
+        "torch.optim.Adam(m.parameters()); print(time.perf_counter() - t)"
+    )
+    return float(
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        ).stdout
+    )
 
 
 def stream_materialize(cfg, data, files):
@@ -43,10 +61,12 @@ def stream_materialize(cfg, data, files):
 
 
 def phases(start: float) -> dict:
-    """Seconds from ``start`` to the first controller and worker events of Ray's timeline."""
+    """From Ray's timeline: seconds from ``start`` to the first controller and worker events,
+    and how long the controller's and the worker's set-up took (their arguments unpickled:
+    torch and the train function's modules imported in a new process)."""
     import ray
 
-    first: dict = {}
+    found: dict = {}
     for event in ray.timeline():
         name, ts = str(event.get("cat", "")), event.get("ts", 0) / 1e6
         if event.get("ph") != "X" or ts < start:
@@ -56,9 +76,11 @@ def phases(start: float) -> dict:
             ("RayTrainWorker.init_train_context", "worker"),
             ("RayTrainWorker.run_train_fn", "train_fn"),
         ):
-            if key in name:
-                first[label] = min(first.get(label, 1e9), round(ts - start, 2))
-    return first
+            if key in name and ts - start < found.get(label, 1e9):
+                found[label] = round(ts - start, 2)
+                if label != "train_fn":
+                    found[f"{label}_setup"] = round(event.get("dur", 0) / 1e6, 2)
+    return found
 
 
 def main() -> None:
@@ -67,6 +89,7 @@ def main() -> None:
     from ganrec_dist.core.config import PrepareConfig, train_config
     from ganrec_dist.core.logs import print_table, setup_logging
     from ganrec_dist.core.raycluster import ensure_ray
+    from ganrec_dist.data.layout import RunDir
     from ganrec_dist.data.prepare import prepare
     from ganrec_dist.training import train as train_module
 
@@ -81,6 +104,7 @@ def main() -> None:
             source="synthetic", out=data, users=500, items=1000, interactions=30_000, seed=1
         )
     )
+    tiny = tests_tiny()
     current = train_module._datasets
     variants = {"stream-materialize": stream_materialize, "driver-tables": current}
     runs: dict = {name: [] for name in variants}
@@ -90,30 +114,47 @@ def main() -> None:
             train_module._datasets = datasets
             start = time.time()
             train_module.train(
-                train_config(data=data, out=f"{work}/run{n}", epochs=2, refit=False, **TINY)
+                train_config(data=data, out=f"{work}/run{n}", epochs=2, refit=False, **tiny)
             )
             wall = round(time.time() - start, 2)
+            history = RunDir(f"{work}/run{n}").payload()["state"]["history"]
+            epochs = round(sum(h["seconds"] for h in history), 2)
             n += 1
             if rep:
-                runs[name].append({"wall": wall, **phases(start)})
+                runs[name].append({"wall": wall, "epochs": epochs, **phases(start)})
                 print(name, runs[name][-1], flush=True)
     train_module._datasets = current
-    rows, result = [], {"cpu": cpu_model(), "repeats": repeats, "variants": {}}
+    rows = []
+    result = {
+        "cpu": cpu_model(),
+        "repeats": repeats,
+        "first_adam_s": round(first_adam_seconds(), 2),
+        "variants": {},
+    }
     for name, found in runs.items():
         median = {k: statistics.median(r[k] for r in found) for k in found[0]}
         result["variants"][name] = {"runs": found, "median": median}
+        # From the train function's start to fit() returning, less the epochs: our set-up
+        # (its first Adam included) and Ray Train's end.
+        median["rest"] = round(median["wall"] - median["train_fn"] - median["epochs"], 2)
+        keys = ("controller", "controller_setup", "worker", "worker_setup", "train_fn")
         rows.append(
-            [
-                name,
-                *(
-                    f"{median.get(k, float('nan')):.2f}"
-                    for k in ("controller", "worker", "train_fn", "wall")
-                ),
-            ]
+            [name, *(median.get(k, float("nan")) for k in (*keys, "epochs", "rest", "wall"))]
         )
     print_table(
-        f"two-epoch run of the tests' synthetic log: seconds from train() ({result['cpu']})",
-        ["datasets", "controller starts", "worker starts", "train fn starts", "wall"],
+        f"two-epoch run of the tests' synthetic log, medians, seconds from train() "
+        f"({result['cpu']}; a fresh process's first Adam: {result['first_adam_s']} s)",
+        [
+            "datasets",
+            "controller starts",
+            "its set-up",
+            "worker starts",
+            "its set-up",
+            "train fn starts",
+            "epochs",
+            "set-up + end",
+            "wall",
+        ],
         rows,
     )
     with open(out, "w") as f:
