@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from ganrec_dist.core.config import PrepareConfig
-from ganrec_dist.data import layout
+from ganrec_dist.data import delta, layout
 from ganrec_dist.data.append import prepare_or_append as prepare
 from ganrec_dist.data.layout import DataDir
 from ganrec_dist.operations.cli import main
@@ -95,9 +95,33 @@ def test_in_order_days_are_deltas_and_every_version_reads_as_a_fresh_prepare(day
     assert list(v3.deltas) == ["p0001", "p0002"]
     # Day 2 names no new user: the user map is the parent's file, not a copy.
     assert os.path.samefile(v3.path("users.parquet"), v2.path("users.parquet"))
-    b = v2.deltas["p0001"][0]
-    name = f"delta/p0001/{layout.part_name(b)}"
-    assert os.path.samefile(v3.path(name), v2.path(name))
+    for kind in (layout.DELTA_ROWS, layout.DELTA_CUTS, layout.DELTA_STATS):
+        name = f"delta/p0001/{kind}"
+        assert os.path.samefile(v3.path(name), v2.path(name))
+
+
+def test_a_partition_is_one_file_of_each_kind_and_the_user_stats_are_linked(days):
+    """An in-order day writes three files, whatever the bucket count, and no bucket's user
+    stats: the touched users' new counts ride in the partition's stats file."""
+    _, versions, _ = days
+    v1, v2 = versions[0], versions[1]
+    assert len(v2.deltas["p0001"]) > 1  # several buckets touched
+    assert sorted(os.listdir(v2.path("delta/p0001"))) == sorted(
+        [layout.DELTA_ROWS, layout.DELTA_CUTS, layout.DELTA_STATS]
+    )
+    for f in os.listdir(v1.path("user_stats")):
+        assert os.path.samefile(v2.path(f"user_stats/{f}"), v1.path(f"user_stats/{f}"))
+    # A row group per bucket: a reader of one bucket reads its rows only.
+    file = layout.delta_file(v2, "p0001", layout.DELTA_ROWS)
+    assert file.metadata.num_row_groups == len(v2.deltas["p0001"])
+    # The stats a next append reads: a fresh prepare's counts and newest times, per user.
+    users = dict(zip(*v2.read("users.parquet", ["user_idx", "user_id"]).to_pydict().values()))
+    rows = v2.read("train").to_pylist() + v2.read("test").to_pylist()
+    for b in range(v2.buckets):
+        for s in delta.stats_of_bucket(v2, b).to_pylist():
+            mine = [r["timestamp"] for r in rows if r["user_idx"] == s["user_idx"]]
+            assert users[s["user_idx"]] == s["user_id"]
+            assert (s["rows"], s["newest"]) == (len(mine), max(mine)), s
 
 
 def test_a_day_of_known_ids_links_both_id_maps_of_a_fresh_prepare(days):
@@ -143,6 +167,44 @@ def test_a_late_row_rewrites_its_bucket_from_base_and_deltas(days):
         b for p, bs in v4.deltas.items() for b in bs
     }
     assert rewritten  # the rewritten bucket's deltas are folded into its new base files
+
+
+def _per_bucket_layout(data: DataDir, out) -> DataDir:
+    """A copy of ``data`` in the layout before one delta file a partition: a rows and a cuts file
+    per bucket, and each bucket's user stats rewritten whole by every append."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    shutil.copytree(data.root, out)
+    copy = DataDir(out)
+    for b in range(copy.buckets):
+        pq.write_table(delta.stats_of_bucket(data, b), out / "user_stats" / layout.part_name(b))
+    for p, buckets in copy.deltas.items():
+        folder = out / "delta" / p
+        for kind, name in (
+            (layout.DELTA_ROWS, layout.part_name),
+            (layout.DELTA_CUTS, layout.cuts_name),
+        ):
+            for b in buckets:
+                table = layout.read_delta(data, p, kind, b, None)
+                pq.write_table(table, folder / name(b))
+        for kind in (layout.DELTA_ROWS, layout.DELTA_CUTS, layout.DELTA_STATS):
+            (folder / kind).unlink()
+    return copy
+
+
+def test_a_data_in_the_per_bucket_delta_layout_reads_and_appends_as_before(days, tmp_path):
+    """DATA appended by the version before one delta file a partition keeps working: its readers
+    see the same rows, and a next append on it (in order and late) gives a fresh prepare's."""
+    root, versions, fresh = days
+    old = _per_bucket_layout(versions[2], tmp_path / "old")
+    assert not (tmp_path / "old" / "delta" / "p0001" / layout.DELTA_ROWS).exists()
+    assert _rows(old) == _rows(versions[2]) == _rows(fresh[2])
+    assert delta.delta_rows(old) == delta.delta_rows(versions[2]) > 0
+    out = tmp_path / "next"
+    prepare(PrepareConfig(source=str(root / "day3.csv"), append_to=old.root, out=str(out)))
+    assert _rows(DataDir(out)) == _rows(fresh[3])
 
 
 def test_readers_merge_deltas(days):

@@ -1,8 +1,9 @@
 """What a daily `prepare --append-to` costs as the log grows, against preparing the log afresh.
 
 For each size: a synthetic log is prepared (timed: what a rebuild from scratch costs at least);
-then a day's partition (``--active`` of the users, ``--rows_per_user`` later rows each) is
-appended (timed, with the peak PSS of this process and its Ray processes), the buckets it wrote
+then ``--repeats`` days (``--active`` of the users, ``--rows_per_user`` later rows each, other users
+each day) are appended to it in turn (timed, the median shown, with the peak PSS of this process
+and its Ray processes), the buckets it wrote
 as deltas or rewrote and the files it hard-linked are read from the manifest, and the appended
 version is compacted (timed). Run alone on a quiet machine, e.g.
 
@@ -23,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 
-def one(size: int, shards: int, active: float, per_user: int, work: Path) -> dict:
+def one(size: int, shards: int, active: float, per_user: int, work: Path, repeats: int) -> dict:
     from ganrec_dist.bench.common import PeakMemory
     from ganrec_dist.core.config import PrepareConfig
     from ganrec_dist.data.append import prepare_or_append
@@ -48,23 +49,28 @@ def one(size: int, shards: int, active: float, per_user: int, work: Path) -> dic
     ids = base.read("users.parquet")["user_id"].to_pylist()
     items = base.read("items.parquet")["item_id"].to_pylist()
     rng = np.random.default_rng(0)
-    chosen = rng.choice(len(ids), max(1, int(active * len(ids))), replace=False)
     t0 = base.max_timestamp
     today = work / "today.csv"
-    with open(today, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["user_id", "item_id", "timestamp"])
-        for n, u in enumerate(chosen):
-            for j in range(per_user):
-                writer.writerow(
-                    [ids[u], items[rng.integers(len(items))], t0 + 1 + n * per_user + j]
-                )
-    start = time.perf_counter()
-    with PeakMemory() as mem:
-        manifest = prepare_or_append(
-            PrepareConfig(source=str(today), append_to=str(data), out=str(data) + ".v2")
-        )
-    appended = time.perf_counter() - start
+    times, peaks = [], []
+    for _ in range(repeats):  # a new day each time, appended to the same DATA
+        chosen = rng.choice(len(ids), max(1, int(active * len(ids))), replace=False)
+        with open(today, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["user_id", "item_id", "timestamp"])
+            for n, u in enumerate(chosen):
+                for j in range(per_user):
+                    writer.writerow(
+                        [ids[u], items[rng.integers(len(items))], t0 + 1 + n * per_user + j]
+                    )
+        shutil.rmtree(str(data) + ".v2", ignore_errors=True)
+        start = time.perf_counter()
+        with PeakMemory() as mem:
+            manifest = prepare_or_append(
+                PrepareConfig(source=str(today), append_to=str(data), out=str(data) + ".v2")
+            )
+        times.append(time.perf_counter() - start)
+        peaks.append(mem.peak_gib)
+    appended = float(np.median(times))
     part = manifest["partitions"][-1]
     from ganrec_dist.data.delta import compact
 
@@ -81,11 +87,12 @@ def one(size: int, shards: int, active: float, per_user: int, work: Path) -> dic
         "active_users": len(chosen),
         "fresh_prepare_s": fresh,
         "append_s": appended,
+        "append_s_each": times,
         "append_over_fresh": appended / fresh,
         "buckets_delta": part.get("buckets_delta", 0),
         "buckets_rewritten": part["buckets_rewritten"],
         "files_linked": part["files_linked"],
-        "append_peak_gib": mem.peak_gib,
+        "append_peak_gib": max(peaks),
         "compact_s": compacted,
     }
 
@@ -96,6 +103,7 @@ def main() -> None:
     parser.add_argument("--shards", default="0", help="comma-separated; 0 = prepare's default")
     parser.add_argument("--active", type=float, default=0.01, help="share of users in the day")
     parser.add_argument("--rows_per_user", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3, help="days appended; the median is shown")
     parser.add_argument("--out", default="docs/bench/append-cost.json")
     args = parser.parse_args()
     from ganrec_dist.bench.common import cpu_model
@@ -105,7 +113,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="ganrec-append-"))
     try:
         rows = [
-            one(int(size), int(shards), args.active, args.rows_per_user, work)
+            one(int(size), int(shards), args.active, args.rows_per_user, work, args.repeats)
             for size in args.sizes.split(",")
             for shards in args.shards.split(",")
         ]

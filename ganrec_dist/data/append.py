@@ -122,20 +122,27 @@ def _build(cfg: PrepareConfig, parent: DataDir, tmp: Path) -> dict:
     )
     # File indices from 1: an old row's input order (its position, < 2**40) precedes them.
     files = [
-        {"path": p, "format": raw.format, "file_idx": i + 1, "cols": cols, "buckets": shards}
+        {
+            "path": p,
+            "format": raw.format,
+            "file_idx": i + 1,
+            "cols": cols,
+            "buckets": shards,
+            "one_file": True,
+        }
         for i, p in enumerate(raw.files)
     ]
     ingest = prepare._run(
         prepare.ingest_file, [{**f, "staging": str(staging)} for f in files], "ingest", remote_args
     )
-    touched = sorted(int(p.name[1:]) for p in (staging / "buckets").glob("b*") if any(p.iterdir()))
+    touched = sorted({b for done in ingest for b in done["buckets"]})
     merge = {"staging": str(staging), "parent": parent.root, "test_fraction": parent.test_fraction}
     # In order (every row after its user's newest): a delta. A bucket with a late row: merged.
     tried = [
         r
         for done in prepare._run(
             delta.delta_buckets,
-            [{**merge, "buckets": g} for g in delta.groups(touched)],
+            [{**merge, "buckets": g, "group": k} for k, g in enumerate(delta.groups(touched))],
             "delta",
             remote_args,
         )
@@ -192,17 +199,10 @@ def _write_buckets(
     mapped = prepare._run(
         prepare.map_bucket, [{**where, "bucket": b} for b in late], "map ids", remote
     )
-    prepare._run(
-        delta.map_deltas,
-        [
-            {**where, "buckets": g, "partition": name}
-            for g in delta.groups([r["bucket"] for r in fast])
-        ],
-        "map ids (deltas)",
-        remote,
-    )
+    if fast:
+        prepare._run(delta.map_deltas, [{**where, "partition": name}], "map ids (deltas)", remote)
     in_order = [r["bucket"] for r in fast]
-    shared = _carry_over(parent, tmp, rewritten=late, in_order=in_order, shards=parent.buckets)
+    shared = _carry_over(parent, tmp, rewritten=late, shards=parent.buckets)
     deltas = {p: [b for b in bs if b not in late] for p, bs in parent.deltas.items()}
     deltas[name] = in_order
     counted = delta.bucket_rows(parent)
@@ -258,12 +258,10 @@ def merge_bucket(task: dict) -> dict:
         },
         schema=prepare.STAGED_SCHEMA,
     )
-    source = staging / "buckets" / f"b{bucket:05d}"
-    new_rows = pq.read_table(source, schema=prepare.STAGED_SCHEMA)
+    new_rows = delta.staged_rows(staging, [bucket]).select(prepare.STAGED_SCHEMA.names)
     stats = prepare.write_split(
         pa.concat_tables([staged_old, new_rows]), staging, bucket, float(task["test_fraction"])
     )
-    shutil.rmtree(source)
     # The old rows were unique already: every duplicate dropped is a row of the partition.
     return {**stats, "old_rows": staged_old.num_rows, "new_rows": new_rows.num_rows}
 
@@ -332,8 +330,8 @@ def _extend_id_maps(
     counts = []
     (staging / "ids").mkdir()
     for name, column, pattern in (
-        (DataDir.USERS, "user_id", "users-b*.parquet"),
-        (DataDir.ITEMS, "item_id", "items-b*.parquet"),
+        (DataDir.USERS, "user_id", "users-*.parquet"),
+        (DataDir.ITEMS, "item_id", "items-*.parquet"),
     ):
         index = f"{column[:4]}_idx"
         seen = prepare._sorted_unique(staging / "split", pattern, column)
@@ -409,26 +407,31 @@ def _item_columns(
     return known, added
 
 
-def _carry_over(
-    parent: DataDir, out: Path, *, rewritten: list[int], in_order: list[int], shards: int
-) -> dict[str, int]:
+def _carry_over(parent: DataDir, out: Path, *, rewritten: list[int], shards: int) -> dict[str, int]:
     """What the new version shares with the parent, hard-linked (copied where the filesystem
-    cannot link): the base files and deltas of every bucket not rewritten, the user stats of
-    the buckets the partition did not touch, and the old quarantine."""
+    cannot link): the base files, user stats and delta files of every bucket not rewritten
+    (a partition's delta files whole), and the old quarantine."""
     done = {"linked": 0, "copied": 0}
     keep = sorted(set(range(shards)) - set(rewritten))
     root = Path(parent.root)
     files = [
         (f"{split}/part-{b:05d}.parquet") for split in (DataDir.TRAIN, DataDir.TEST) for b in keep
     ]
-    files += [f"{DataDir.USER_STATS}/part-{b:05d}.parquet" for b in keep if b not in set(in_order)]
-    files += [
-        f"{DataDir.DELTA}/{p}/{name}"
-        for p, buckets in parent.deltas.items()
-        for b in buckets
-        if b in keep
-        for name in (layout.part_name(b), layout.cuts_name(b))
-    ]
+    # A bucket's user stats change only by the deltas' stats files (and a rewrite).
+    files += [f"{DataDir.USER_STATS}/part-{b:05d}.parquet" for b in keep]
+    for p, buckets in parent.deltas.items():
+        if not set(buckets) & set(keep):
+            continue
+        if (root / DataDir.DELTA / p / layout.DELTA_ROWS).exists():
+            kinds = (layout.DELTA_ROWS, layout.DELTA_CUTS, layout.DELTA_STATS)
+            files += [f"{DataDir.DELTA}/{p}/{kind}" for kind in kinds]
+        else:  # the layout before one file a partition
+            files += [
+                f"{DataDir.DELTA}/{p}/{name}"
+                for b in buckets
+                if b in keep
+                for name in (layout.part_name(b), layout.cuts_name(b))
+            ]
     files += [
         str(f.relative_to(root))
         for f in sorted(Path(parent.path(DataDir.REJECTED)).glob("*.parquet"))

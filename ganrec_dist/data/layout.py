@@ -225,6 +225,56 @@ def cuts_name(bucket: int) -> str:
     return f"cuts-{bucket:05d}.parquet"
 
 
+# A partition's delta: one file of each kind, a row group (or more) per bucket, in bucket order,
+# with a ``bucket`` column; the manifest's ``deltas`` names the buckets a reader may take from it
+# (a bucket a later late row rewrote is dropped there, its row group left unread).
+DELTA_ROWS = "rows.parquet"  # the output columns
+DELTA_CUTS = "cuts.parquet"  # user_idx, cut
+DELTA_STATS = "stats.parquet"  # user_id, user_idx, rows, newest: the touched users' stats after it
+_PER_BUCKET = {DELTA_ROWS: part_name, DELTA_CUTS: cuts_name}  # the layout before one file
+
+
+def delta_file(data: Any, partition: str, kind: str) -> pq.ParquetFile | None:
+    """A partition's delta file of ``kind`` (``DELTA_ROWS``...), or None where it has none."""
+    fs, path = storage.resolve(data.path(f"{DataDir.DELTA}/{partition}/{kind}"))
+    if fs.get_file_info(path).type.name == "NotFound":
+        return None
+    return pq.ParquetFile(fs.open_input_file(path))
+
+
+def bucket_groups(file: pq.ParquetFile, bucket: int, name: str) -> list[int]:
+    """The row groups of a delta file (``name``, for the error) that may hold ``bucket``, from the
+    ``bucket`` column's statistics."""
+    meta, at = file.metadata, file.schema_arrow.get_field_index("bucket")
+    found = []
+    for g in range(meta.num_row_groups):
+        stats = meta.row_group(g).column(at).statistics if at >= 0 else None
+        if stats is None or not stats.has_min_max:
+            raise UserError(f"{name}: a delta file without bucket statistics")
+        if stats.min <= bucket <= stats.max:
+            found.append(g)
+    return found
+
+
+def read_delta(
+    data: Any, partition: str, kind: str, bucket: int, columns: list[str] | None
+) -> pa.Table | None:
+    """``bucket``'s rows of a partition's delta file of ``kind``; None where there is none (a
+    partition written before the stats deltas has no ``DELTA_STATS``)."""
+    file = delta_file(data, partition, kind)
+    if file is None:
+        if kind not in _PER_BUCKET:
+            return None
+        return read_optional(
+            data, f"{DataDir.DELTA}/{partition}/{_PER_BUCKET[kind](bucket)}", columns
+        )
+    name = data.path(f"{DataDir.DELTA}/{partition}/{kind}")
+    read = None if columns is None else list(dict.fromkeys([*columns, "bucket"]))
+    table = file.read_row_groups(bucket_groups(file, bucket, name), columns=read)
+    table = table.filter(pc.equal(table["bucket"], bucket))
+    return table if columns is not None and "bucket" in columns else table.drop_columns(["bucket"])
+
+
 def read_optional(data: Any, name: str, columns: list[str] | None) -> pa.Table | None:
     fs, path = storage.resolve(data.path(name))
     if fs.get_file_info(path).type.name == "NotFound":
@@ -246,10 +296,12 @@ def _read_bucket(data: Any, split: str, bucket: int, columns: list[str] | None) 
         if table is not None:
             tables.append(table)
             labels.append(np.full(table.num_rows, label))
+    if need is None and tables:
+        need = tables[0].column_names
     users, cuts = [], []
     for p in parts:
-        rows = read_optional(data, f"{DataDir.DELTA}/{p}/{part_name(bucket)}", need)
-        cut = read_optional(data, f"{DataDir.DELTA}/{p}/{cuts_name(bucket)}", ["user_idx", "cut"])
+        rows = read_delta(data, p, DELTA_ROWS, bucket, need)
+        cut = read_delta(data, p, DELTA_CUTS, bucket, ["user_idx", "cut"])
         if rows is None or cut is None:
             raise UserError(f"{data}: delta {p} of bucket {bucket} is missing a file")
         tables.append(rows.cast(tables[0].schema) if tables else rows)

@@ -307,10 +307,19 @@ def bucket_of(user_ids: pa.ChunkedArray | pa.Array, buckets: int) -> np.ndarray:
     return (pd.util.hash_array(values) % np.uint64(buckets)).astype(np.int64)
 
 
+DAY = "day"  # an append's staged rows: a file per input file, with a bucket column
+DAY_SCHEMA = STAGED_SCHEMA.append(pa.field("bucket", pa.int32()))
+
+
 def ingest_file(task: dict) -> dict:
-    """Pass 1 for one file: validate, write rejected rows, partition good rows into buckets."""
+    """Pass 1 for one file: validate, write rejected rows, partition good rows into buckets
+    (a file per bucket; with ``one_file``, as an append does, one file sorted by bucket, whose
+    row groups' statistics let a reader of some buckets skip the rest: a day's rows are few, and
+    a file per bucket would cost more than its rows)."""
     path, fmt, file_idx = task["path"], task["format"], int(task["file_idx"])
     cols, buckets, staging = task["cols"], int(task["buckets"]), Path(task["staging"])
+    one_file = bool(task.get("one_file"))
+    seen: set[int] = set()
     writers: dict[int, pq.ParquetWriter] = {}
     rejected_writer = None
     malformed: list[str] = []
@@ -331,7 +340,16 @@ def ingest_file(task: dict) -> dict:
                 schema=STAGED_SCHEMA,
             )
             part = bucket_of(staged["user_id"], buckets)
-            for b in np.unique(part):
+            seen |= {int(b) for b in np.unique(part)}
+            if one_file:
+                if not writers:
+                    (staging / DAY).mkdir(exist_ok=True)
+                    out = staging / DAY / f"f{file_idx:06d}.parquet"
+                    writers[0] = pq.ParquetWriter(out, DAY_SCHEMA)
+                order = np.argsort(part, kind="stable")
+                day = staged.append_column("bucket", pa.array(part.astype(np.int32)))
+                writers[0].write_table(day.take(order), row_group_size=65_536)
+            for b in np.unique(part) if not one_file else ():
                 if b not in writers:
                     out = staging / "buckets" / f"b{b:05d}"
                     out.mkdir(parents=True, exist_ok=True)
@@ -381,7 +399,7 @@ def ingest_file(task: dict) -> dict:
             w.close()
         if rejected_writer is not None:
             rejected_writer.close()
-    return stats
+    return {**stats, "buckets": sorted(seen)}
 
 
 # --- pass 2: dedup and split -----------------------------------------------------------------
