@@ -36,6 +36,9 @@ def main() -> None:
     parser.add_argument("--out", default="append-stages.json")
     args = parser.parse_args()
     code = str(Path(args.code).absolute())
+    out_path, work = Path(args.out).absolute(), Path(args.work).absolute()
+    # Ray's local workers put the driver's directory first on their path: run from the checkout.
+    os.chdir(code)
     sys.path.insert(0, code)
     import ray
 
@@ -94,7 +97,6 @@ def main() -> None:
     timed(append, "_extend_id_maps")
     timed(append, "_carry_over")
 
-    work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     out: dict = {"cpu": cpu_model(), "code": code, "sizes": {}}
     for size in (int(s) for s in args.sizes.split(",")):
@@ -138,7 +140,7 @@ def main() -> None:
         # The first append of a process warms Ray's workers up: the medians leave it out.
         medians = {k: float(np.median([r.get(k, 0.0) for r in runs[1:]])) for k in runs[0]}
         print(size, {k: round(v, 3) for k, v in medians.items()}, flush=True)
-    Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
+    out_path.write_text(json.dumps(out, indent=1) + "\n")
     ray.shutdown()
 
 

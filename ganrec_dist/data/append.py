@@ -36,6 +36,7 @@ import os
 import shutil
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -137,23 +138,28 @@ def _build(cfg: PrepareConfig, parent: DataDir, tmp: Path) -> dict:
     )
     touched = sorted({b for done in ingest for b in done["buckets"]})
     merge = {"staging": str(staging), "parent": parent.root, "test_fraction": parent.test_fraction}
-    # In order (every row after its user's newest): a delta. A bucket with a late row: merged.
-    tried = [
-        r
-        for done in prepare._run(
-            delta.delta_buckets,
-            [{**merge, "buckets": g, "group": k} for k, g in enumerate(delta.groups(touched))],
-            "delta",
-            remote_args,
+    # The id maps need only the ids the day names: they are extended here while the tasks
+    # split the day (reading the maps is what grows with the catalogue; the tasks, the day).
+    with ThreadPoolExecutor(1) as pool:
+        extended = pool.submit(_extend_id_maps, staging, tmp, parent, staged=staged, retire=retire)
+        # In order (every row after its user's newest): a delta. A bucket with a late row: merged.
+        groups = delta.groups(touched)
+        tried = [
+            r
+            for done in prepare._run(
+                delta.delta_buckets,
+                [{**merge, "buckets": g, "group": k} for k, g in enumerate(groups)],
+                "delta",
+                remote_args,
+            )
+            for r in done["results"]
+        ]
+        fast = [r for r in tried if not r["late"]]
+        late = [r["bucket"] for r in tried if r["late"]]
+        merged = prepare._run(
+            merge_bucket, [{**merge, "bucket": b} for b in late], "merge", remote_args
         )
-        for r in done["results"]
-    ]
-    fast = [r for r in tried if not r["late"]]
-    late = [r["bucket"] for r in tried if r["late"]]
-    merged = prepare._run(
-        merge_bucket, [{**merge, "bucket": b} for b in late], "merge", remote_args
-    )
-    new_ids = _extend_id_maps(staging, tmp, parent, staged=staged, retire=retire)
+        new_ids = extended.result()
     described = _grow_content(parent, earlier, staged, tmp)
     shared, layout = _write_buckets(
         parent, tmp, staging, fast=fast, late=late, name=f"p{partition:04d}", remote=remote_args
@@ -325,16 +331,14 @@ def _extend_id_maps(
 ) -> tuple[int, int]:
     """users.parquet and items.parquet: the parent's, then the partition's new ids (sorted),
     items with content among them (the parent's file, linked, when nothing changes). The ids the
-    partition names, with their indices, go to ``staging/ids/`` for its deltas. Returns (new
-    users, new items)."""
+    partition names (its staged rows', before deduplication: a row dropped as a duplicate names
+    ids another row names) with their indices go to ``staging/ids/`` for its deltas. Returns
+    (new users, new items)."""
     counts = []
     (staging / "ids").mkdir()
-    for name, column, pattern in (
-        (DataDir.USERS, "user_id", "users-*.parquet"),
-        (DataDir.ITEMS, "item_id", "items-*.parquet"),
-    ):
+    for name, column in ((DataDir.USERS, "user_id"), (DataDir.ITEMS, "item_id")):
         index = f"{column[:4]}_idx"
-        seen = prepare._sorted_unique(staging / "split", pattern, column)
+        seen = prepare._sorted_unique(staging / prepare.DAY, "*.parquet", column)
         if name == DataDir.ITEMS and staged is not None:
             seen = pc.unique(pa.concat_arrays([seen, staged.ids()]))
             seen = pc.take(seen, pc.sort_indices(seen))

@@ -180,11 +180,6 @@ def delta_buckets(task: dict) -> dict:
         table = pa.concat_tables(rows)
         pq.write_table(table, out / f"{STAGED_DELTA}{group:05d}.parquet")
         pq.write_table(pa.concat_tables(cuts), out / f"{STAGED_CUTS}{group:05d}.parquet")
-        # The ids the day names, for the id maps (``append._extend_id_maps``).
-        users = pc.unique(table["user_id"])
-        pq.write_table(pa.table({"user_id": users}), out / f"users-g{group:05d}.parquet")
-        items = pc.unique(table["item_id"])
-        pq.write_table(pa.table({"item_id": items}), out / f"items-g{group:05d}.parquet")
     return {"results": results}
 
 
