@@ -187,7 +187,7 @@ def _per_bucket_layout(data: DataDir, out) -> DataDir:
             (layout.DELTA_CUTS, layout.cuts_name),
         ):
             for b in buckets:
-                table = layout.read_delta(data, p, kind, b, None)
+                table = layout.read_delta(data, p, kind, bucket=b, columns=None)
                 pq.write_table(table, folder / name(b))
         for kind in (layout.DELTA_ROWS, layout.DELTA_CUTS, layout.DELTA_STATS):
             (folder / kind).unlink()

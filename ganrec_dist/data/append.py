@@ -137,29 +137,9 @@ def _build(cfg: PrepareConfig, parent: DataDir, tmp: Path) -> dict:
         prepare.ingest_file, [{**f, "staging": str(staging)} for f in files], "ingest", remote_args
     )
     touched = sorted({b for done in ingest for b in done["buckets"]})
-    merge = {"staging": str(staging), "parent": parent.root, "test_fraction": parent.test_fraction}
-    # The id maps need only the ids the day names: they are extended here while the tasks
-    # split the day (reading the maps is what grows with the catalogue; the tasks, the day).
-    with ThreadPoolExecutor(1) as pool:
-        extended = pool.submit(_extend_id_maps, staging, tmp, parent, staged=staged, retire=retire)
-        # In order (every row after its user's newest): a delta. A bucket with a late row: merged.
-        groups = delta.groups(touched)
-        tried = [
-            r
-            for done in prepare._run(
-                delta.delta_buckets,
-                [{**merge, "buckets": g, "group": k} for k, g in enumerate(groups)],
-                "delta",
-                remote_args,
-            )
-            for r in done["results"]
-        ]
-        fast = [r for r in tried if not r["late"]]
-        late = [r["bucket"] for r in tried if r["late"]]
-        merged = prepare._run(
-            merge_bucket, [{**merge, "bucket": b} for b in late], "merge", remote_args
-        )
-        new_ids = extended.result()
+    fast, late, merged, new_ids = _split_day(
+        parent, staging, tmp, touched, staged=staged, retire=retire, remote=remote_args
+    )
     described = _grow_content(parent, earlier, staged, tmp)
     shared, layout = _write_buckets(
         parent, tmp, staging, fast=fast, late=late, name=f"p{partition:04d}", remote=remote_args
@@ -184,6 +164,42 @@ def _build(cfg: PrepareConfig, parent: DataDir, tmp: Path) -> dict:
     )
     (tmp / DataDir.MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
+
+
+def _split_day(
+    parent: DataDir,
+    staging: Path,
+    tmp: Path,
+    touched: list[int],
+    *,
+    staged: Any,
+    retire: pa.Array | None,
+    remote: dict | None,
+) -> tuple[list[dict], list[int], list[dict], tuple[int, int]]:
+    """The staged day split into deltas (in-order buckets) and merged buckets (a late row),
+    the id maps extended beside. Returns (the deltas' results, the late buckets, the merges'
+    results, (new users, new items))."""
+    merge = {"staging": str(staging), "parent": parent.root, "test_fraction": parent.test_fraction}
+    # The id maps need only the ids the day names: they are extended here while the tasks
+    # split the day (reading the maps is what grows with the catalogue; the tasks, the day).
+    with ThreadPoolExecutor(1) as pool:
+        extended = pool.submit(_extend_id_maps, staging, tmp, parent, staged=staged, retire=retire)
+        # In order (every row after its user's newest): a delta. A bucket with a late row: merged.
+        groups = delta.groups(touched)
+        tried = [
+            r
+            for done in prepare._run(
+                delta.delta_buckets,
+                [{**merge, "buckets": g, "group": k} for k, g in enumerate(groups)],
+                "delta",
+                remote,
+            )
+            for r in done["results"]
+        ]
+        fast = [r for r in tried if not r["late"]]
+        late = [r["bucket"] for r in tried if r["late"]]
+        merged = prepare._run(merge_bucket, [{**merge, "bucket": b} for b in late], "merge", remote)
+        return fast, late, merged, extended.result()
 
 
 def _write_buckets(

@@ -257,7 +257,7 @@ def bucket_groups(file: pq.ParquetFile, bucket: int, name: str) -> list[int]:
 
 
 def read_delta(
-    data: Any, partition: str, kind: str, bucket: int, columns: list[str] | None
+    data: Any, partition: str, kind: str, *, bucket: int, columns: list[str] | None
 ) -> pa.Table | None:
     """``bucket``'s rows of a partition's delta file of ``kind``; None where there is none (a
     partition written before the stats deltas has no ``DELTA_STATS``)."""
@@ -300,8 +300,8 @@ def _read_bucket(data: Any, split: str, bucket: int, columns: list[str] | None) 
         need = tables[0].column_names
     users, cuts = [], []
     for p in parts:
-        rows = read_delta(data, p, DELTA_ROWS, bucket, need)
-        cut = read_delta(data, p, DELTA_CUTS, bucket, ["user_idx", "cut"])
+        rows = read_delta(data, p, DELTA_ROWS, bucket=bucket, columns=need)
+        cut = read_delta(data, p, DELTA_CUTS, bucket=bucket, columns=["user_idx", "cut"])
         if rows is None or cut is None:
             raise UserError(f"{data}: delta {p} of bucket {bucket} is missing a file")
         tables.append(rows.cast(tables[0].schema) if tables else rows)

@@ -341,20 +341,7 @@ def ingest_file(task: dict) -> dict:
             )
             part = bucket_of(staged["user_id"], buckets)
             seen |= {int(b) for b in np.unique(part)}
-            if one_file:
-                if not writers:
-                    (staging / DAY).mkdir(exist_ok=True)
-                    out = staging / DAY / f"f{file_idx:06d}.parquet"
-                    writers[0] = pq.ParquetWriter(out, DAY_SCHEMA)
-                order = np.argsort(part, kind="stable")
-                day = staged.append_column("bucket", pa.array(part.astype(np.int32)))
-                writers[0].write_table(day.take(order), row_group_size=65_536)
-            for b in np.unique(part) if not one_file else ():
-                if b not in writers:
-                    out = staging / "buckets" / f"b{b:05d}"
-                    out.mkdir(parents=True, exist_ok=True)
-                    writers[b] = pq.ParquetWriter(out / f"f{file_idx:06d}.parquet", STAGED_SCHEMA)
-                writers[b].write_table(staged.filter(pa.array(part == b)))
+            _stage(staged, part, staging, file_idx=file_idx, writers=writers, one_file=one_file)
             if rejected.num_rows:
                 rejected = rejected.set_column(
                     6, "row", pa.array(rejected["row"].to_numpy() + offset)
@@ -400,6 +387,34 @@ def ingest_file(task: dict) -> dict:
         if rejected_writer is not None:
             rejected_writer.close()
     return {**stats, "buckets": sorted(seen)}
+
+
+def _stage(
+    staged: pa.Table,
+    part: np.ndarray,
+    staging: Path,
+    *,
+    file_idx: int,
+    writers: dict[int, pq.ParquetWriter],
+    one_file: bool,
+) -> None:
+    """A chunk's good rows written to its buckets' staged files (``part``: each row's bucket),
+    or with ``one_file`` to the file's one day file, sorted by bucket."""
+    if one_file:
+        if not writers:
+            (staging / DAY).mkdir(exist_ok=True)
+            out = staging / DAY / f"f{file_idx:06d}.parquet"
+            writers[0] = pq.ParquetWriter(out, DAY_SCHEMA)
+        order = np.argsort(part, kind="stable")
+        day = staged.append_column("bucket", pa.array(part.astype(np.int32)))
+        writers[0].write_table(day.take(order), row_group_size=65_536)
+        return
+    for b in np.unique(part):
+        if b not in writers:
+            out = staging / "buckets" / f"b{b:05d}"
+            out.mkdir(parents=True, exist_ok=True)
+            writers[b] = pq.ParquetWriter(out / f"f{file_idx:06d}.parquet", STAGED_SCHEMA)
+        writers[b].write_table(staged.filter(pa.array(part == b)))
 
 
 # --- pass 2: dedup and split -----------------------------------------------------------------
