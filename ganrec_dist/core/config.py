@@ -215,7 +215,7 @@ class OptimSettings:
         True, "after the search, retrain on all of train for the best epoch count"
     )
     init_epochs: int = setting(
-        3, "with --init: the epochs of the fixed schedule, or the search's most epochs"
+        4, "with --init: the epochs of the fixed schedule, or the search's most epochs"
     )
     init_patience: int = setting(2, "with --init and the search schedule: patience")
     init_optimizer: bool = setting(
@@ -228,7 +228,7 @@ class OptimSettings:
         "the rows the parent never fitted are trained every epoch",
     )
     init_shrink: float = setting(
-        0.6,
+        0.5,
         "with --init: G starts at this share of the parent's weights plus the rest of a fresh "
         "initialisation's (shrink and perturb; 1: the parent's weights as they are)",
     )
@@ -466,9 +466,9 @@ class UpdateConfig:
     )
     out_data: str = setting("", "the new DATA version (default: DATA.v<N> beside DATA)")
     out: str = setting("", "the new RUN (default: RUN.v<N> beside RUN, N the DATA version)")
-    init_epochs: int = setting(3, "epochs of the warm start (train's --init_epochs)")
+    init_epochs: int = setting(4, "epochs of the warm start (train's --init_epochs)")
     init_shrink: float = setting(
-        0.6, "the warm start's share of the live run's weights (train's --init_shrink)"
+        0.5, "the warm start's share of the live run's weights (train's --init_shrink)"
     )
     retrain_every: int = setting(
         0,

@@ -8,9 +8,11 @@ across DATA versions, :mod:`ganrec_dist.data.append`), new rows are what a fresh
 seed would start them at, and their Adam moments start at zero. Then G is shrunk towards that
 fresh start (``--init_shrink``, :func:`shrink`): a model trained on from its parent's weights
 generalises worse than a retrain (Ash & Adams 2020); on the tuning log 0.6 x the parent's weights
-+ 0.4 x the fresh ones lifted the warm start from 0.93 x to 0.99 x a retrain.
++ 0.4 x the fresh ones lifted the warm start from 0.93 x to 0.99 x a retrain, and 0.5 x with a
+fourth epoch (the default) to 1.00 x after the second partition, where 0.6 x and three stayed at
+0.97 x.
 
-The schedule (``--init_schedule``): **fixed** (the default) trains ``init_epochs`` epochs (3)
+The schedule (``--init_schedule``): **fixed** (the default) trains ``init_epochs`` epochs (4)
 over all of train from the inherited models, no search; **search** runs ``init_epochs`` search
 epochs with ``init_patience``, then the refit, which starts from the same inherited models (not
 from fresh ones: that would throw the warm start away) and trains on all of train for the best
