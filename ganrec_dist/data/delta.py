@@ -141,8 +141,8 @@ STAGED_CUTS = "dcuts-g"  # + group: its touched users' bucket, user_id, cut, row
 
 
 def staged_rows(staging: Path, buckets: list[int]) -> pa.Table:
-    """The day's staged rows of ``buckets`` (``prepare.ingest_file`` with ``one_file``), in
-    input order, with their bucket."""
+    """The day's staged rows of ``buckets`` (``prepare.ingest_file`` with ``one_file``), with
+    their bucket, sorted by bucket and, within one, in input order."""
     import pyarrow.dataset as pads
 
     files = sorted(str(f) for f in (staging / prepare.DAY).glob("*.parquet"))
@@ -150,7 +150,7 @@ def staged_rows(staging: Path, buckets: list[int]) -> pa.Table:
         return prepare.DAY_SCHEMA.empty_table()
     found = pads.dataset(files, schema=prepare.DAY_SCHEMA, format="parquet")
     table = found.to_table(filter=pads.field("bucket").isin(buckets))
-    return table.sort_by([("seq", "ascending")])
+    return table.sort_by([("bucket", "ascending"), ("seq", "ascending")])
 
 
 def delta_buckets(task: dict) -> dict:
@@ -162,10 +162,12 @@ def delta_buckets(task: dict) -> dict:
     buckets = [int(b) for b in task["buckets"]]
     stats = stats_of_buckets(parent, buckets)
     day = staged_rows(staging, buckets)
+    # Sorted by bucket: each bucket's rows are one slice (no scan of the day per bucket).
     at = day["bucket"].to_numpy()
+    bounds = np.searchsorted(at, [buckets, np.add(buckets, 1)])
     results, rows, cuts = [], [], []
-    for b in buckets:
-        new = day.filter(pa.array(at == b)).select(prepare.STAGED_SCHEMA.names)
+    for b, start, end in zip(buckets, *bounds):
+        new = day.slice(start, end - start).select(prepare.STAGED_SCHEMA.names)
         done = delta_bucket(new, b, stats[b], float(task["test_fraction"]))
         if done is None:
             results.append({"bucket": b, "late": True})
