@@ -4,6 +4,7 @@ models, their optimisers and G's weight average."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import torch
@@ -11,6 +12,7 @@ import torch
 from ganrec_dist.core.config import TrainConfig
 from ganrec_dist.model.models import ENCODERS, Discriminator, Generator, ModelConfig
 from ganrec_dist.training import gan, warmstart
+from ganrec_dist.training.adam import Adam
 from ganrec_dist.training.tables import GeneratorOptimizer, LazyAverage, tables
 
 # Full softmax up to this many items, then sampled negatives: where the sampled step got faster
@@ -47,7 +49,7 @@ def model_config(cfg: TrainConfig, n_users: int, n_items: int) -> ModelConfig:
 
 def optimisers(
     gen: torch.nn.Module, disc: torch.nn.Module, cfg: TrainConfig, fused: bool = True
-) -> tuple[Any, torch.optim.Adam]:
+) -> tuple[Any, Any]:
     """G's and D's Adam. Fused: one kernel per step instead of a dozen elementwise passes per
     parameter; False is the reference ``bench step`` times. A G with sparse tables gets lazy
     Adam on them (:class:`~ganrec_dist.training.tables.GeneratorOptimizer`)."""
@@ -63,16 +65,19 @@ def optimisers(
             table_lr=cfg.optim.table_lr,
         )
     else:
-        g_opt = torch.optim.Adam(
-            table_groups(core, lr, cfg.optim.table_lr),
-            lr=lr,
-            weight_decay=weight_decay,
-            fused=fused or None,
+        g_opt = adam(fused)(
+            table_groups(core, lr, cfg.optim.table_lr), lr=lr, weight_decay=weight_decay
         )
-    d_opt = torch.optim.Adam(
-        disc.parameters(), lr=cfg.discriminator.d_lr, betas=(0.5, 0.999), fused=fused or None
-    )
+    d_opt = adam(fused)(disc.parameters(), lr=cfg.discriminator.d_lr, betas=(0.5, 0.999))
     return g_opt, d_opt
+
+
+def adam(fused: bool) -> Any:
+    """Fused Adam (:class:`~ganrec_dist.training.adam.Adam`: torch's fused kernel without
+    ``torch.optim``'s import of ``torch._dynamo``), or the per-parameter reference."""
+    if fused:
+        return Adam
+    return functools.partial(torch.optim.Adam, fused=None)
 
 
 def averaged(gen: Generator, decay: float) -> Any:
@@ -126,7 +131,7 @@ class Models:
     gen: Any  # Generator, DDP-wrapped with several ranks
     disc: Any
     g_opt: Any  # Adam, or GeneratorOptimizer for sparse tables
-    d_opt: torch.optim.Adam
+    d_opt: Any  # Adam
     average: Any  # AveragedModel, LazyAverage for sparse tables, or None
     tower: Any = None  # the content tower (DDP-wrapped with several ranks), or None
     tower_opt: Any = None

@@ -29,6 +29,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ganrec_dist.training.adam import Adam, RowAdamState
+
 TABLES = ("encoder.items.weight", "encoder.users.weight")
 
 
@@ -134,10 +136,14 @@ class GeneratorOptimizer:
         named = dict(gen.named_parameters())
         self.tables = {name: named[name] for name in tables(gen)}
         dense = [p for name, p in named.items() if name not in self.tables]
-        self.dense = torch.optim.Adam(dense, lr=lr, weight_decay=weight_decay, fused=fused or None)
-        self.sparse = torch.optim.SparseAdam(list(self.tables.values()), lr=lr * table_lr)
-        self.weight_decay = weight_decay
         self.fused = fused if fused_rows is None else fused_rows
+        if fused:
+            self.dense: Any = Adam(dense, lr=lr, weight_decay=weight_decay)
+        else:
+            self.dense = torch.optim.Adam(dense, lr=lr, weight_decay=weight_decay)
+        sparse_state = RowAdamState if self.fused else torch.optim.SparseAdam
+        self.sparse: Any = sparse_state(list(self.tables.values()), lr=lr * table_lr)
+        self.weight_decay = weight_decay
         self.touched: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     def zero_grad(self, set_to_none: bool = True) -> None:
