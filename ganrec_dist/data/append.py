@@ -361,7 +361,8 @@ def _extend_id_maps(
         # The map's ids probed against the day's (a hash table of the day's ids, not of the
         # catalogue: ten times faster at 800k items); the ids not found (sorted, as ``seen``
         # is) get the next indices in order.
-        ids = parent.read(name, columns=[index, column])
+        known = parent.read(name)  # once: a day with new ids writes it whole
+        ids = known.select([index, column])
         named = ids.filter(pc.is_in(ids[column], value_set=seen))
         found = pc.take(named[index], pc.index_in(seen, value_set=named[column]))
         is_fresh = pc.is_null(found).to_numpy(zero_copy_only=False)
@@ -379,7 +380,6 @@ def _extend_id_maps(
         if unchanged:
             delta.link(Path(parent.path(name)), out / name)
             continue
-        known = parent.read(name)
         if name == DataDir.ITEMS:
             shown = prepare.shown_columns(staged) if staged is not None else None
             known, added = _item_columns(known, added, shown, retire)
