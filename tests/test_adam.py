@@ -14,7 +14,9 @@ from ganrec_dist.training.adam import Adam, RowAdamState
 
 def _params() -> list[torch.nn.Parameter]:
     g = torch.Generator().manual_seed(1)
-    return [torch.nn.Parameter(torch.randn(shape, generator=g)) for shape in ((30, 8), (8,), (4, 3))]
+    return [
+        torch.nn.Parameter(torch.randn(shape, generator=g)) for shape in ((30, 8), (8,), (4, 3))
+    ]
 
 
 def _groups(params: list) -> list[dict]:

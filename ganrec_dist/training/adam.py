@@ -13,7 +13,8 @@ updates.
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 
@@ -183,9 +184,7 @@ class RowAdamState(_Optimiser):
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
     ) -> None:
-        super().__init__(
-            params, {"lr": lr, "betas": tuple(betas), "eps": eps, "maximize": False}
-        )
+        super().__init__(params, {"lr": lr, "betas": tuple(betas), "eps": eps, "maximize": False})
 
     @staticmethod
     def _cast(param: torch.Tensor, key: str, value: Any) -> Any:
