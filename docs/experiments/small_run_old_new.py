@@ -49,18 +49,6 @@ seconds = [round(h["seconds"], 2) for h in history]
 print(json.dumps({"wall": round(wall, 2), "epoch_1": seconds[0], "epoch_2": seconds[1]}))
 """
 
-# The tests' TINY model (tests/test_train_integration.py).
-TINY = dict(
-    dim=16,
-    hidden=32,
-    history_len=10,
-    noise_dim=4,
-    batch_size=256,
-    lr=5e-3,
-    cpus_per_worker=0.5,
-    shuffle_buffer=20_000,
-)
-
 
 def main() -> None:
     parser = argparse.ArgumentParser()
@@ -72,6 +60,8 @@ def main() -> None:
     args = parser.parse_args()
     codes = dict(pair.split("=", 1) for pair in args.code.split(","))
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    from train_startup import tests_tiny  # this directory's script: the tests' TINY model
+
     from ganrec_dist.bench.common import cpu_model, write_json
     from ganrec_dist.core.config import PrepareConfig
     from ganrec_dist.core.logs import print_table, setup_logging
@@ -94,7 +84,7 @@ def main() -> None:
             run_dir.mkdir()
             env = {**os.environ, "PYTHONPATH": checkout, **dict(v.split("=", 1) for v in settings)}
             done = subprocess.run(
-                [sys.executable, "-c", CHILD, data, str(run_dir), json.dumps(TINY)],
+                [sys.executable, "-c", CHILD, data, str(run_dir), json.dumps(tests_tiny())],
                 cwd=checkout,
                 env=env,
                 capture_output=True,
