@@ -86,7 +86,7 @@ def ensure_ray(address: str = "", num_cpus: int | None = None) -> None:
         use_haproxy_ingress()
         # Ray Train's preemption watcher looks for nodes a cloud takes back: a local instance
         # has none, and the watcher's new process (~1 s of CPU) would start during the first
-        # epoch of every run (1.3-1.9 s longer on 2 CPUs, docs/benchmarks.md).
+        # epoch of every run (about 2 s longer on 2 CPUs, docs/benchmarks.md).
         os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
         # The dashboard process also serves the State API that Ray Train's monitor queries.
         # Loopback only: a local instance is never reachable from (or sending to) the network.
