@@ -54,6 +54,22 @@ def tower_step(data: str):
     return step
 
 
+def alternating_ms(steps: dict, rounds: int = 5, per_round: int = 30) -> dict[str, list[float]]:
+    """Each round's milliseconds a step, the steps' rounds alternating so that all see the same
+    machine (after 5 warm-up steps each: allocator, thread pool)."""
+    for step in steps.values():
+        for _ in range(5):
+            step()
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            for _ in range(per_round):
+                step()
+            times[name].append((time.perf_counter() - start) / per_round * 1000)
+    return times
+
+
 def main(which: str, data: str = "") -> None:
     torch.set_num_threads(2)
     if which == "tower" and data:
@@ -65,16 +81,7 @@ def main(which: str, data: str = "") -> None:
         }
     else:
         sys.exit(__doc__)
-    for step in steps.values():
-        for _ in range(5):
-            step()
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(5):
-        for name, step in steps.items():
-            start = time.perf_counter()
-            for _ in range(30):
-                step()
-            times[name].append((time.perf_counter() - start) / 30 * 1000)
+    times = alternating_ms(steps)
     for name, values in times.items():
         rows = 512 if "512" in name else 256
         median = sorted(values)[2]

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import statistics
 import sys
-import time
 
 import numpy as np
 import torch
@@ -102,16 +101,9 @@ def main() -> None:
         "fresh": stepper(work, None, kind == "real"),
         "warm": stepper(work, f"{work}/seed0/v0", kind == "real"),
     }
-    for step in steps.values():
-        for _ in range(5):  # warm-up: allocator, thread pool
-            step()
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(5):
-        for name, step in steps.items():
-            start = time.perf_counter()
-            for _ in range(30):
-                step()
-            times[name].append(round((time.perf_counter() - start) / 30 * 1000, 1))
+    from step_time import alternating_ms  # this directory's script
+
+    times = {k: [round(t, 1) for t in v] for k, v in alternating_ms(steps).items()}
     median = {name: statistics.median(t) for name, t in times.items()}
     print(f"{kind} batches{' (flush)' if flags else ''}: ms a step {median}, rounds {times}")
 
