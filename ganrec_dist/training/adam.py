@@ -12,6 +12,7 @@ updates.
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
@@ -192,3 +193,11 @@ class RowAdamState(_Optimiser):
         if key == "step" or not torch.is_tensor(value):
             return value
         return value.to(dtype=param.dtype, device=param.device)
+
+
+def adam(fused: bool) -> Any:
+    """The Adam to build: fused (:class:`Adam`, torch's fused kernel without ``torch.optim``'s
+    import of ``torch._dynamo``), or torch's per-parameter reference."""
+    if fused:
+        return Adam
+    return functools.partial(torch.optim.Adam, fused=None)

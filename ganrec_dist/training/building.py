@@ -4,7 +4,6 @@ models, their optimisers and G's weight average."""
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any
 
 import torch
@@ -12,7 +11,7 @@ import torch
 from ganrec_dist.core.config import TrainConfig
 from ganrec_dist.model.models import ENCODERS, Discriminator, Generator, ModelConfig
 from ganrec_dist.training import gan, warmstart
-from ganrec_dist.training.adam import Adam
+from ganrec_dist.training.adam import adam
 from ganrec_dist.training.tables import GeneratorOptimizer, LazyAverage, tables
 
 # Full softmax up to this many items, then sampled negatives: where the sampled step got faster
@@ -70,14 +69,6 @@ def optimisers(
         )
     d_opt = adam(fused)(disc.parameters(), lr=cfg.discriminator.d_lr, betas=(0.5, 0.999))
     return g_opt, d_opt
-
-
-def adam(fused: bool) -> Any:
-    """Fused Adam (:class:`~ganrec_dist.training.adam.Adam`: torch's fused kernel without
-    ``torch.optim``'s import of ``torch._dynamo``), or the per-parameter reference."""
-    if fused:
-        return Adam
-    return functools.partial(torch.optim.Adam, fused=None)
 
 
 def averaged(gen: Generator, decay: float) -> Any:

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ganrec_dist.training.adam import Adam, RowAdamState
+from ganrec_dist.training.adam import RowAdamState, adam
 
 TABLES = ("encoder.items.weight", "encoder.users.weight")
 
@@ -137,10 +137,7 @@ class GeneratorOptimizer:
         self.tables = {name: named[name] for name in tables(gen)}
         dense = [p for name, p in named.items() if name not in self.tables]
         self.fused = fused if fused_rows is None else fused_rows
-        if fused:
-            self.dense: Any = Adam(dense, lr=lr, weight_decay=weight_decay)
-        else:
-            self.dense = torch.optim.Adam(dense, lr=lr, weight_decay=weight_decay)
+        self.dense: Any = adam(fused)(dense, lr=lr, weight_decay=weight_decay)
         sparse_state = RowAdamState if self.fused else torch.optim.SparseAdam
         self.sparse: Any = sparse_state(list(self.tables.values()), lr=lr * table_lr)
         self.weight_decay = weight_decay
