@@ -55,6 +55,8 @@ def test_a_stopped_training_prints_one_line_and_leaves_no_process(
     # A crash after the line would otherwise show only its status: print the stacks.
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONFAULTHANDLER": "1"}
     env.pop("RAY_ADDRESS", None)
+    # The command's own local Ray decides on the preemption watcher (the suite's turns it off).
+    env.pop("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", None)
     proc = subprocess.Popen(
         command,
         env=env,
@@ -71,6 +73,16 @@ def test_a_stopped_training_prints_one_line_and_leaves_no_process(
         time.sleep(0.5)
     tree = psutil.Process(proc.pid).children(recursive=True)
     assert tree  # the local Ray this command started
+    # A local Ray has no nodes a cloud takes back: no watcher process (`ray::PreemptionWatcher`
+    # when Ray Train starts one) in an epoch of the run.
+    titles = []
+    for p in tree:
+        try:
+            titles.append(" ".join(p.cmdline()))
+        except psutil.NoSuchProcess:
+            pass
+    assert any(t.startswith("ray::RayTrainWorker") for t in titles), titles
+    assert not any("PreemptionWatcher" in t for t in titles), titles
     proc.send_signal(signum)
     try:
         out, err = proc.communicate(timeout=300)  # a slow host: Ray's shutdown takes a while
