@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import socket
 import tempfile
 
@@ -29,6 +31,8 @@ os.environ["AWS_SECRET_ACCESS_KEY"] = "testing"
 os.environ["AWS_DEFAULT_REGION"] = "us-east-1"
 os.environ["STORAGE_EMULATOR_HOST"] = f"http://127.0.0.1:{_free_port()}"  # gs:// (test_storage)
 os.environ["GANREC_CACHE"] = tempfile.mkdtemp(prefix="ganrec-test-cache-")
+# Gone with the session, like every other directory the suite makes.
+atexit.register(shutil.rmtree, os.environ["GANREC_CACHE"], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
