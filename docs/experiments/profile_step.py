@@ -52,17 +52,10 @@ def step_times(rounds: int = 5, steps: int = 20) -> dict[str, float]:
         "no game (adv_weight 0)": {"adv_weight": 0.0},
         "game on every row (d_rows 0)": {"d_rows": 0},
     }
+    from step_time import alternating_ms  # this directory's script
+
     fns = {k: random_step(build(TrainConfig, v), N_USERS, N_ITEMS) for k, v in variants.items()}
-    for fn in fns.values():
-        for _ in range(3):
-            fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            for _ in range(steps):
-                fn()
-            times[name].append((time.perf_counter() - start) / steps * 1000)
+    times = alternating_ms(fns, rounds=rounds, per_round=steps)
     return {k: sorted(v)[len(v) // 2] for k, v in times.items()}
 
 
