@@ -13,7 +13,7 @@ G=$CHECKOUT/.venv/bin/ganrec
 [ -f data/movielens-small/manifest.json ] || $G prepare --source movielens-small --out data/movielens-small
 $G sweep --config docs/experiments/embedded-seeds.yaml --test
 $G sweep --config docs/experiments/embedded-sasrec.yaml --test
-[ -d ../old ] || git worktree add ../old 8aa7523
+[ -d ../old ] || { git worktree prune; git worktree add ../old 8aa7523; }
 cd ../old
 OLD="env PYTHONPATH=. $CHECKOUT/.venv/bin/python -m ganrec_dist"
 [ -f "$CHECKOUT/data/movielens-small-old/manifest.json" ] ||
