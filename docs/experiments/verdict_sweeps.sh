@@ -4,7 +4,10 @@
 # trained again). Alone on the host: two trainings at once on 2 CPUs slow each other ~6x.
 #   nohup docs/experiments/verdict_sweeps.sh > verdict_sweeps.log 2>&1 &
 # Runs go to sweeps/ (git-ignored); the code before issue 26 to a worktree at ../old, its DATA
-# prepared by that code. Then the compares in docs/results.md, *Ten paired seeds*.
+# prepared by that code (the same id maps and the same train and test rows as this checkout's
+# prepare of the sample, checked on raw ids: `ganrec compare --split test --data
+# data/movielens-small` scores both codes' runs on one split). Then the compares in
+# docs/results.md, *Ten paired seeds*.
 set -ex
 cd "$(dirname "$0")/../.."
 CHECKOUT=$PWD
