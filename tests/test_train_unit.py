@@ -87,6 +87,33 @@ def test_run_changes_ignore_d_settings_only_for_a_run_without_d_steps():
     assert run_changes(stored_lr, ablation_cfg) == [f"optim.lr: 0.1 -> {ablation_cfg.optim.lr!r}"]
 
 
+def test_threads_are_the_setting_else_the_workers_whole_cpus():
+    from ganrec_dist.core.errors import UserError
+    from ganrec_dist.training.train import _check, _threads
+
+    assert _threads(train_config(threads=3)) == 3
+    assert _threads(train_config(workers=2, cpus_per_worker=2.0)) == 2
+    assert _threads(train_config(workers=2, cpus_per_worker=0.5)) == 1
+    with pytest.raises(UserError, match="--threads must be 0"):
+        _check(train_config(threads=-1), None)
+
+
+def test_trials_side_by_side_divide_the_cores_among_lone_local_workers():
+    from ganrec_dist.evaluation.sweep import _share_cores
+
+    trials = [
+        {"settings": {}},
+        {"settings": {"threads": 3}},  # set by the sweep file: kept
+        {"settings": {"workers": 2}},  # several workers take their own CPUs' worth already
+        {"settings": {"address": "ray://head:10001"}},
+    ]
+    _share_cores(trials, cores=8, concurrent=3)
+    assert [t["settings"].get("threads") for t in trials] == [2, 3, None, None]
+    crowded = [{"settings": {}}]
+    _share_cores(crowded, cores=2, concurrent=4)
+    assert crowded[0]["settings"]["threads"] == 1
+
+
 def _random_sequences(rng, n_users=60, n_items=30, longest=12):
     lengths = rng.integers(1, longest, n_users)
     offsets = np.concatenate([[0], np.cumsum(lengths)])

@@ -347,6 +347,11 @@ class ExecutionSettings:
     cpus_per_worker: float = setting(
         1.0, "CPUs per worker; fractions let workers and Ray Data share a small machine"
     )
+    threads: int = setting(
+        0,
+        "torch threads per worker; 0: its whole CPUs, and a lone worker on a local Ray all the "
+        "machine's cores (a sweep running trials side by side divides the cores among them)",
+    )
     max_failures: int = setting(2, "worker-group restarts from the last checkpoint")
     address: str = setting("", "Ray cluster address; empty: RAY_ADDRESS, else a local Ray")
     row_update: str = setting(

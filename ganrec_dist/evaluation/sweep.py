@@ -19,7 +19,12 @@ SWEEP.yaml::
       ablation: {adv_weight: 0}
     grid:                       # optional: every combination, crossed with the configurations
       dropout: [0.2, 0.5]
-    max_concurrent: 1           # trials at once (two trainings on 2 CPUs run ~6x slower each)
+    max_concurrent: 1           # trials at once; see below
+
+Trials side by side (``max_concurrent`` > 1 on a local Ray) each get the machine's cores divided
+among them as torch threads (``threads`` in ``train`` overrides it): with all of them each, two
+trainings on 2 CPUs run ~6x slower each. Leave CPUs for Ray Data too (``cpus_per_worker: 0.5``
+for two trials on 2 CPUs).
 """
 
 from __future__ import annotations
@@ -133,6 +138,17 @@ def run_trial(trial: dict[str, Any]) -> dict[str, Any]:
     return metrics
 
 
+def _share_cores(trial_list: list[dict[str, Any]], cores: int, concurrent: int) -> None:
+    """Trials side by side divide the cores: a lone local worker would otherwise take all of
+    them as torch threads (`train._threads`), and two such trainings oversubscribe the CPUs."""
+    share = max(1, cores // concurrent)
+    for trial in trial_list:
+        settings = trial["settings"]
+        alone = int(settings.get("workers", 1)) == 1 and not settings.get("address")
+        if alone and not settings.get("threads"):
+            trial["settings"] = {**settings, "threads": share}
+
+
 def _trial_name(trial: Any) -> str:
     return f"{trial.config['trial']['config']}-seed{trial.config['trial']['seed']}"
 
@@ -160,6 +176,8 @@ def sweep(path: str, *, address: str = "", test: bool = False, max_concurrent: i
     storage = out / "tune"
     experiment = storage / spec["name"]
     trial_list = [{**t, "test": test} for t in spec["trials"]]
+    if concurrent > 1:
+        _share_cores(trial_list, int(ray.cluster_resources().get("CPU", 1)), concurrent)
     log.info(
         "sweep %s: %d trials, %d at a time -> %s", spec["name"], len(trial_list), concurrent, out
     )

@@ -36,6 +36,8 @@ ROW_UPDATES = ("fused", "reference")
 def _check(cfg: TrainConfig, data: DataDir) -> None:
     if cfg.execution.workers < 1:
         raise UserError("--workers must be at least 1")
+    if cfg.execution.threads < 0:
+        raise UserError(f"--threads must be 0 (automatic) or more, got {cfg.execution.threads}")
     if not 0 <= cfg.optim.ema_decay < 1:
         raise UserError(f"--ema_decay must be in [0, 1), got {cfg.optim.ema_decay}")
     model = cfg.model
@@ -115,10 +117,13 @@ def warm_schedule(cfg: TrainConfig) -> TrainConfig:
 
 
 def _threads(cfg: TrainConfig) -> int:
-    """Torch threads per worker: its whole CPUs; one local worker gets the machine's cores."""
+    """Torch threads per worker: ``--threads``, else its whole CPUs; one local worker gets the
+    machine's cores."""
     import ray
 
     ex = cfg.execution
+    if ex.threads > 0:
+        return ex.threads
     threads = max(1, int(ex.cpus_per_worker) if ex.cpus_per_worker >= 1 else 1)
     if ex.workers == 1 and not ex.address:
         threads = max(threads, int(ray.cluster_resources().get("CPU", 1)))
