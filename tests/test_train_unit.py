@@ -99,19 +99,24 @@ def test_threads_are_the_setting_else_the_workers_whole_cpus():
 
 
 def test_trials_side_by_side_divide_the_cores_among_lone_local_workers():
+    from ganrec_dist.core.config import build
     from ganrec_dist.evaluation.sweep import _share_cores
 
     trials = [
         {"settings": {}},
+        {"settings": {"execution.threads": 0}},  # 0 is automatic: shared like the default
         {"settings": {"threads": 3}},  # set by the sweep file: kept
+        {"settings": {"execution.threads": 3}},  # the nested spelling too
         {"settings": {"workers": 2}},  # several workers take their own CPUs' worth already
+        {"settings": {"execution.workers": 2}},
         {"settings": {"address": "ray://head:10001"}},
     ]
     _share_cores(trials, cores=8, concurrent=3)
-    assert [t["settings"].get("threads") for t in trials] == [2, 3, None, None]
+    threads = [build(TrainConfig, t["settings"]).execution.threads for t in trials]
+    assert threads == [2, 2, 3, 3, 0, 0, 0]
     crowded = [{"settings": {}}]
     _share_cores(crowded, cores=2, concurrent=4)
-    assert crowded[0]["settings"]["threads"] == 1
+    assert build(TrainConfig, crowded[0]["settings"]).execution.threads == 1
 
 
 def _random_sequences(rng, n_users=60, n_items=30, longest=12):

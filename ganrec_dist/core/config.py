@@ -363,6 +363,11 @@ class ExecutionSettings:
     fail_at_epoch: int = setting(-1, "test hook: the last rank exits once at this search epoch")
     fail_phase: str = setting("search", "test hook: the phase of --fail_at_epoch")
 
+    def takes_every_core(self) -> bool:
+        """A lone worker on the local Ray without ``threads``: it gets all the machine's cores
+        as torch threads (`training.train._threads`), which trials side by side must share."""
+        return self.threads == 0 and self.workers == 1 and not self.address
+
 
 @dataclasses.dataclass
 class TrainConfig:

@@ -139,14 +139,15 @@ def run_trial(trial: dict[str, Any]) -> dict[str, Any]:
 
 
 def _share_cores(trial_list: list[dict[str, Any]], cores: int, concurrent: int) -> None:
-    """Trials side by side divide the cores: a lone local worker would otherwise take all of
-    them as torch threads (`train._threads`), and two such trainings oversubscribe the CPUs."""
+    """Trials side by side divide the cores: a trial that would take every core as torch
+    threads (`ExecutionSettings.takes_every_core`) gets its share, so that two such trainings
+    do not oversubscribe the CPUs."""
     share = max(1, cores // concurrent)
     for trial in trial_list:
         settings = trial["settings"]
-        alone = int(settings.get("workers", 1)) == 1 and not settings.get("address")
-        if alone and not settings.get("threads"):
-            trial["settings"] = {**settings, "threads": share}
+        if build(TrainConfig, settings).execution.takes_every_core():
+            rest = {k: v for k, v in settings.items() if k not in ("threads", "execution.threads")}
+            trial["settings"] = {**rest, "threads": share}
 
 
 def _trial_name(trial: Any) -> str:
@@ -160,10 +161,39 @@ def _trainable(config: dict[str, Any]) -> None:
     ray.tune.report({**run_trial(trial), "config": trial["config"], "seed": trial["seed"]})
 
 
-def sweep(path: str, *, address: str = "", test: bool = False, max_concurrent: int = 0) -> dict:
-    """Run (or resume) the sweep of ``path``; writes and returns OUT/sweep.json."""
+def _tuner(name: str, storage: Path, trial_list: list[dict[str, Any]], concurrent: int) -> Any:
+    """The sweep's Tuner: restored from ``storage`` if it started before, else a new one."""
     import ray.tune
 
+    # The trial process only waits for its run's Ray Train workers, which ask for their own CPUs.
+    trainable = ray.tune.with_resources(_trainable, {"cpu": 0.01})
+    experiment = storage / name
+    if ray.tune.Tuner.can_restore(str(experiment)):
+        # Tune restores the trials and the concurrency the sweep started with, not the file's.
+        log.info(
+            "resuming the sweep from %s with the trials and max_concurrent it started with "
+            "(move it aside to start afresh: finished runs are reused, not trained again)",
+            experiment,
+        )
+        return ray.tune.Tuner.restore(
+            str(experiment), trainable, resume_unfinished=True, resume_errored=True
+        )
+    if concurrent > 1:
+        _share_cores(trial_list, int(ray.cluster_resources().get("CPU", 1)), concurrent)
+    return ray.tune.Tuner(
+        trainable,
+        param_space={"trial": ray.tune.grid_search(trial_list)},
+        tune_config=ray.tune.TuneConfig(
+            max_concurrent_trials=concurrent,
+            trial_name_creator=_trial_name,
+            trial_dirname_creator=_trial_name,
+        ),
+        run_config=ray.tune.RunConfig(name=name, storage_path=str(storage)),
+    )
+
+
+def sweep(path: str, *, address: str = "", test: bool = False, max_concurrent: int = 0) -> dict:
+    """Run (or resume) the sweep of ``path``; writes and returns OUT/sweep.json."""
     from ganrec_dist.core.raycluster import ensure_ray
 
     spec = read_sweep(path)
@@ -171,33 +201,12 @@ def sweep(path: str, *, address: str = "", test: bool = False, max_concurrent: i
     out.mkdir(parents=True, exist_ok=True)
     ensure_ray(address)
     concurrent = max_concurrent or int(spec.get("max_concurrent") or 1)
-    # The trial process only waits for its run's Ray Train workers, which ask for their own CPUs.
-    trainable = ray.tune.with_resources(_trainable, {"cpu": 0.01})
     storage = out / "tune"
-    experiment = storage / spec["name"]
     trial_list = [{**t, "test": test} for t in spec["trials"]]
-    if concurrent > 1:
-        _share_cores(trial_list, int(ray.cluster_resources().get("CPU", 1)), concurrent)
     log.info(
         "sweep %s: %d trials, %d at a time -> %s", spec["name"], len(trial_list), concurrent, out
     )
-    if ray.tune.Tuner.can_restore(str(experiment)):
-        log.info("resuming the sweep from %s", experiment)
-        tuner = ray.tune.Tuner.restore(
-            str(experiment), trainable, resume_unfinished=True, resume_errored=True
-        )
-    else:
-        tuner = ray.tune.Tuner(
-            trainable,
-            param_space={"trial": ray.tune.grid_search(trial_list)},
-            tune_config=ray.tune.TuneConfig(
-                max_concurrent_trials=concurrent,
-                trial_name_creator=_trial_name,
-                trial_dirname_creator=_trial_name,
-            ),
-            run_config=ray.tune.RunConfig(name=spec["name"], storage_path=str(storage)),
-        )
-    grid = tuner.fit()
+    grid = _tuner(spec["name"], storage, trial_list, concurrent).fit()
     results, unstarted = [], 0
     for result in (grid[i] for i in range(len(grid))):
         trial = (result.config or {}).get("trial")

@@ -125,7 +125,7 @@ def _threads(cfg: TrainConfig) -> int:
     if ex.threads > 0:
         return ex.threads
     threads = max(1, int(ex.cpus_per_worker) if ex.cpus_per_worker >= 1 else 1)
-    if ex.workers == 1 and not ex.address:
+    if ex.takes_every_core():
         threads = max(threads, int(ray.cluster_resources().get("CPU", 1)))
     return threads
 
