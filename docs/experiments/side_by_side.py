@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -22,7 +21,9 @@ from pathlib import Path
 
 import yaml
 
+from ganrec_dist.bench.common import cpu_model
 from ganrec_dist.core.logs import print_table
+from ganrec_dist.core.storage import write_atomic
 
 MODELS = {
     "gan": {"epochs": 4},
@@ -40,13 +41,6 @@ WAYS = {
     "one at a time": {"max_concurrent": 1, "train": {}},
     "side by side": {"max_concurrent": 2, "train": {"cpus_per_worker": 0.5}},
 }
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def run_sweep(work: Path, data: str, model: str, way: str, seeds: int) -> dict:
@@ -143,9 +137,7 @@ def main() -> None:
         "rows": rows,
         "summary": summary,
     }
-    tmp = Path(args.out).with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.rename(args.out)
+    write_atomic(Path(args.out), json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":
