@@ -82,6 +82,17 @@ def synthetic_data(ray_local, tmp_path_factory):
     return out
 
 
+@pytest.fixture
+def side_by_side(ray_local):
+    """Train configurations at once, one Ray task each, as a sweep runs trials side by side:
+    on the suite's 2 CPUs a pair with one torch thread each (``threads=1``) ends sooner than
+    one after the other. Returns each training's result, in order."""
+    from ganrec_dist.training.train import train
+
+    task = ray_local.remote(num_cpus=0.01, max_retries=0)(train)
+    return lambda *configs: ray_local.get([task.remote(c) for c in configs])
+
+
 def _kill_tree(proc) -> None:
     """SIGKILL a driver started in its own session and everything under it (the local Ray it
     started), then wait for them: a test of what a killed process leaves behind."""
