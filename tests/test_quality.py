@@ -10,16 +10,17 @@ tolerance, are in docs/results.md.
 
 import pytest
 
-from ganrec_dist.core.config import EvaluateConfig, replace, train_config
+from ganrec_dist.core.config import EvaluateConfig, train_config
 from ganrec_dist.data.layout import RunDir
+from ganrec_dist.evaluation.companions import ABLATION, companion_config
 from ganrec_dist.evaluation.evaluate import evaluate
 
 pytestmark = [pytest.mark.quality, pytest.mark.integration]
 
-# Measured with this schedule, one thread (seed 0, AMD EPYC, docs/results.md *The quality test's
-# level*): GAN 0.1438. One seed's GAN moves with the last bits of the arithmetic alone: by ±0.005 between
-# runs that round differently, by up to 0.01 between an Intel and an AMD host (the default run of
-# seed 0: 0.1403 and 0.1501); the tolerance is a little above the larger.
+# Measured with this schedule, one thread (seed 0, AMD EPYC, docs/results.md *The quality
+# test's level*): GAN 0.1438. One seed's GAN moves with the last bits of the arithmetic alone: by
+# ±0.005 between runs that round differently, by up to 0.01 between an Intel and an AMD host (the
+# default run of seed 0: 0.1403 and 0.1501); the tolerance is a little above the larger.
 MEASURED_GAN_NDCG10 = 0.1438
 TOLERANCE = 0.015
 
@@ -28,25 +29,17 @@ def test_gan_quality_on_movielens(movielens_data, side_by_side, tmp_path):
     data, _ = movielens_data
     run = tmp_path / "run"
     gan = train_config(data=str(data), out=str(run), refit=False, threads=1, cpus_per_worker=0.5)
-    # The ablation exactly as `evaluate` would train it (its companion of the GAN's settings),
-    # trained beside the GAN instead of after it; evaluate below must reuse it.
-    ablation = replace(
-        gan,
-        out=RunDir(str(run)).ablation().uri,
-        name=f"{gan.execution.name or run.name}-ablation",
-        fail_at_epoch=-1,
-        adv_weight=0.0,
+    cfg = EvaluateConfig(
+        data=str(data), run=str(run), ease_lambdas="400", als_regs="1.0", als_iterations=10
+    )
+    # The ablation as `evaluate` trains it, trained beside the GAN instead of after it; the
+    # evaluation below must reuse it.
+    runs = RunDir(str(run))
+    ablation = companion_config(
+        gan, run=runs, target=runs.ablation(), label="ablation", cfg=cfg, **ABLATION
     )
     side_by_side(gan, ablation)
-    result = evaluate(
-        EvaluateConfig(
-            data=str(data),
-            run=str(run),
-            ease_lambdas="400",
-            als_regs="1.0",
-            als_iterations=10,
-        )
-    )
+    result = evaluate(cfg)
     assert not result["companions"]["gan_ablation"]["trained"], "the ablation was trained again"
     m = {name: v["ndcg@10"] for name, v in result["models"].items()}
     print("\nNDCG@10:", {k: round(v, 4) for k, v in m.items()})

@@ -30,9 +30,12 @@ def train_companions(cfg: EvaluateConfig, run: RunDir) -> dict[str, dict[str, An
     return out
 
 
+ABLATION = {"adv_weight": 0.0}  # the ablation: the same model without the adversarial term
+
+
 def ablation_run(cfg: EvaluateConfig, run: RunDir) -> dict[str, Any]:
     """Train (or reuse) the same model with adv_weight = 0 under RUN/ablation."""
-    return companion_run(cfg, run, run.ablation(), "ablation", adv_weight=0.0)
+    return companion_run(cfg, run, run.ablation(), "ablation", **ABLATION)
 
 
 # SASRec's settings when `evaluate --sasrec train` trains it: the SASRec paper's size and
@@ -61,6 +64,28 @@ def sasrec_run(cfg: EvaluateConfig, run: RunDir) -> dict[str, Any]:
     return companion_run(cfg, run, run.companion("sasrec"), "sasrec", **SASREC)
 
 
+def companion_config(
+    trained: TrainConfig,
+    *,
+    run: RunDir,
+    target: RunDir,
+    label: str,
+    cfg: EvaluateConfig,
+    **changes: Any,
+) -> TrainConfig:
+    """The run's configuration ``trained`` (index settings included) as its companion under
+    ``target``: the changes, and DATA and the cluster of the evaluation ``cfg``."""
+    return replace(
+        trained,
+        out=target.uri,
+        name=f"{trained.execution.name or run.name}-{label}",
+        data=cfg.data,
+        address=cfg.address,
+        fail_at_epoch=-1,
+        **changes,
+    )
+
+
 def companion_run(
     cfg: EvaluateConfig, run: RunDir, target: RunDir, label: str, **changes: Any
 ) -> dict[str, Any]:
@@ -71,16 +96,7 @@ def companion_run(
     from ganrec_dist.training.train import train_or_reuse
 
     trained = build(TrainConfig, run.stored_config() or {})
-    # The same configuration, index settings included, with the changes.
-    companion = replace(
-        trained,
-        out=target.uri,
-        name=f"{trained.execution.name or run.name}-{label}",
-        data=cfg.data,
-        address=cfg.address,
-        fail_at_epoch=-1,
-        **changes,
-    )
+    companion = companion_config(trained, run=run, target=target, label=label, cfg=cfg, **changes)
     log.info("the %s (%s) in %s", label, _label(changes), target.uri)
     outcome = train_or_reuse(companion, retrain_other_settings=True)
     log.info("%s the %s", "trained" if outcome["trained"] else "reused", label)
